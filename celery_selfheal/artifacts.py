@@ -1,0 +1,99 @@
+"""Artifact layout and atomic file writes (DESIGN section 6, "Artifacts").
+
+``<root>/<job id>/patches/steps/step-0000.patch``, ``state/steps/step-0000.json``,
+``state/self_heal/attempt-0000-0001.json``, ``logs/step-0000-attempt-0001.log``.
+Step indexes are zero-based, attempts one-based, both four digits. Every path is checked to stay
+under the job's folder: job ids are validated, but the check is kept here too so that no caller can
+build a path that escapes the root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def check_safe_id(value: str, *, what: str = "id") -> str:
+    """Return ``value`` if it is a safe identifier (no separators, not ``.``/``..``)."""
+    if not SAFE_ID.match(value) or value in (".", ".."):
+        raise ValueError(f"{what} {value!r} must match [A-Za-z0-9._:-]{{1,128}} and not be '.' or '..'")
+    return value
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as pretty, key-sorted JSON."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+@dataclass(frozen=True)
+class JobArtifacts:
+    """Paths of one job's artifacts under ``root``."""
+
+    root: Path
+    job_id: str
+
+    def __post_init__(self) -> None:
+        check_safe_id(self.job_id, what="job id")
+
+    @property
+    def base(self) -> Path:
+        return self._inside(self.root / self.job_id)
+
+    def patch_path(self, step_index: int) -> Path:
+        return self._inside(self.base / "patches" / "steps" / f"step-{step_index:04d}.patch")
+
+    def step_state_path(self, step_index: int) -> Path:
+        return self._inside(self.base / "state" / "steps" / f"step-{step_index:04d}.json")
+
+    def attempt_state_path(self, step_index: int, attempt: int) -> Path:
+        return self._inside(
+            self.base / "state" / "self_heal" / f"attempt-{step_index:04d}-{attempt:04d}.json"
+        )
+
+    def log_path(self, step_index: int, attempt: int) -> Path:
+        return self._inside(self.base / "logs" / f"step-{step_index:04d}-attempt-{attempt:04d}.log")
+
+    def history_path(self, name: str) -> Path:
+        """A file under ``history/`` (superseded checkpoints, replay evidence)."""
+        check_safe_id(name, what="artifact name")
+        return self._inside(self.base / "history" / name)
+
+    def iter_files(self) -> Iterator[Path]:
+        """Every artifact file of the job, sorted, relative paths resolvable against ``base``."""
+        if not self.base.exists():
+            return iter(())
+        return iter(sorted(p for p in self.base.rglob("*") if p.is_file() and not p.name.startswith(".")))
+
+    def _inside(self, path: Path) -> Path:
+        root = self.root.resolve()
+        resolved = path.resolve()
+        if resolved != root and root not in resolved.parents:
+            raise ValueError(f"artifact path {path} escapes {root}")
+        return path

@@ -1,0 +1,1 @@
+"""Thin Celery wiring: tasks, control commands, signals, the one-call install."""

@@ -1,0 +1,1 @@
+"""The `selfheal` command line (also `celery -A APP selfheal`)."""

@@ -1,0 +1,1 @@
+"""Pure logic: no I/O, no Celery import. Everything here is tested with plain function calls."""

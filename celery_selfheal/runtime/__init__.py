@@ -1,0 +1,1 @@
+"""Running a step's runtime: process groups, watchdogs, capped attempt logs."""

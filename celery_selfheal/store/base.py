@@ -1,0 +1,152 @@
+"""The state-store contract shared by the SQLite and Redis backends.
+
+Every record is a JSON-ready ``dict`` (camelCase keys, as in the public contract); the store never
+interprets it beyond the few fields named here. Callers redact before they store. Methods are safe
+to call from several processes at once (Celery prefork children, the CLI, other hosts for Redis);
+the ``expect``/``from_status`` arguments are compare-and-set guards so that handlers which can run
+twice (Celery's hard-limit and errback paths) stay idempotent.
+
+A store object may be created before a ``fork()``; backends reopen their connection lazily in the
+child (they remember the pid that opened it).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+Record = dict[str, Any]
+
+
+class StateStore(abc.ABC):
+    """Jobs, attempts, events, checkpoints, control requests, audit and leases of all jobs."""
+
+    url: str
+
+    # -- jobs -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_job(self, job: Record) -> None:
+        """Insert a new job (``job["jobId"]`` is the key). Raises ``KeyError`` if it exists."""
+
+    @abc.abstractmethod
+    def get_job(self, job_id: str) -> Record | None:
+        """The job record, or None."""
+
+    @abc.abstractmethod
+    def update_job(self, job_id: str, changes: Record, *, expect: Record | None = None) -> bool:
+        """Merge ``changes`` into the job atomically, only if every ``expect`` field currently has
+        the given value. Returns whether it was applied (False also for an unknown job)."""
+
+    @abc.abstractmethod
+    def list_jobs(self, limit: int = 100) -> list[Record]:
+        """Most recently created first."""
+
+    # -- attempts ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_attempt(self, job_id: str, step_index: int, attempt: int, record: Record) -> None:
+        """Insert or replace one attempt record."""
+
+    @abc.abstractmethod
+    def get_attempt(self, job_id: str, step_index: int, attempt: int) -> Record | None:
+        """One attempt record, or None."""
+
+    @abc.abstractmethod
+    def transition_attempt(
+        self, job_id: str, step_index: int, attempt: int, from_status: str, changes: Record
+    ) -> bool:
+        """Merge ``changes`` only if the attempt's ``status`` is ``from_status``; True if applied."""
+
+    @abc.abstractmethod
+    def list_attempts(self, job_id: str, step_index: int | None = None) -> list[Record]:
+        """Attempts ordered by (stepIndex, attempt)."""
+
+    # -- events -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def append_event(self, job_id: str, event: Record) -> int:
+        """Append an event; returns its per-job sequence number (1, 2, 3, ...)."""
+
+    @abc.abstractmethod
+    def list_events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Record]]:
+        """Events with sequence number > ``after``, in order."""
+
+    # -- checkpoints ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def record_checkpoint(self, job_id: str, step_index: int, epoch: int, meta: Record) -> bool:
+        """Record the checkpoint of a step for an epoch, once: a second call for the same
+        (job, step, epoch) changes nothing and returns False (two workers racing)."""
+
+    @abc.abstractmethod
+    def list_checkpoints(self, job_id: str, *, include_superseded: bool = False) -> list[Record]:
+        """Checkpoints ordered by stepIndex (then epoch). Without ``include_superseded`` only the
+        active one per step: the newest epoch not marked superseded."""
+
+    @abc.abstractmethod
+    def supersede_checkpoints(self, job_id: str, from_index: int) -> int:
+        """Mark every active checkpoint with stepIndex >= from_index superseded (kept as history).
+        Returns how many were marked."""
+
+    # -- control requests -------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_control(self, job_id: str, request: Record) -> str:
+        """Queue an operator request (``request`` gets ``requestId`` and ``state='pending'``)."""
+
+    @abc.abstractmethod
+    def pending_control(self, job_id: str) -> list[Record]:
+        """Requests not yet acknowledged, oldest first."""
+
+    @abc.abstractmethod
+    def resolve_control(self, job_id: str, request_id: str, changes: Record) -> bool:
+        """Mark a pending request done (merging ``changes``); False if it was not pending."""
+
+    @abc.abstractmethod
+    def list_control(self, job_id: str) -> list[Record]:
+        """All requests of a job, oldest first."""
+
+    # -- audit ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def append_audit(self, job_id: str, record: Record) -> None:
+        """Append an audit record (who, when, action, step, reason, outcome)."""
+
+    @abc.abstractmethod
+    def list_audit(self, job_id: str) -> list[Record]:
+        """Audit records, oldest first."""
+
+    # -- leases -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Take ``key`` for ``owner`` for ``ttl`` seconds if free, expired, or already ours."""
+
+    @abc.abstractmethod
+    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        """Extend our lease; False if it is no longer ours."""
+
+    @abc.abstractmethod
+    def release_lease(self, key: str, owner: str) -> bool:
+        """Drop our lease; False if it was not ours."""
+
+    @abc.abstractmethod
+    def get_lease(self, key: str) -> Record | None:
+        """``{"owner": ..., "expiresAt": epoch_seconds}`` of a live lease, else None."""
+
+    @abc.abstractmethod
+    def expired_leases(self, prefix: str) -> list[tuple[str, Record]]:
+        """Leases under ``prefix`` whose time ran out and that nobody released."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def open_store(url: str) -> StateStore:
+    """Open the backend named by ``url``: ``sqlite:///path/to/file.db`` or ``redis://host:port/db``."""
+    from celery_selfheal.errors import ConfigError
+
+    if url.startswith("sqlite://"):
+        from celery_selfheal.store.sqlite import SQLiteStore
+
+        return SQLiteStore(url)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from celery_selfheal.store.redis import RedisStore
+
+        return RedisStore(url)
+    raise ConfigError(f"unsupported store URL {url!r} (use sqlite:///PATH or redis://HOST:PORT/DB)",
+                      where="SELFHEAL_STORE_URL")

@@ -1,0 +1,1 @@
+"""Git workspaces, checkpoints and verified replay. The only package that runs git."""
