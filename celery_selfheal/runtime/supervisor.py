@@ -1,0 +1,333 @@
+"""Run one attempt's runtime under event-driven wall/idle watchdogs (REQ-01) and end its whole
+process group on timeout, cancel or shutdown (REQ-04).
+
+One thread, one ``selectors`` loop over the child's stdout, stderr, stdin (the prompt is written
+non-blocking) and a pidfd that becomes readable when the leader exits. The select timeout is the
+time to the nearest deadline (wall, last output + idle, next cancel poll), so a timeout is noticed
+within about a millisecond of its threshold instead of at the next coarse poll.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery_selfheal.core.model import Detector
+from celery_selfheal.runtime.capped_log import CappedLog
+from celery_selfheal.runtime.process_group import (
+    group_alive,
+    kill_process_group,
+    signal_group,
+    start_group_child_preexec,
+)
+
+_CHUNK = 64 * 1024
+_TAIL_CHARS = 8192
+#: how long to keep reading pipes once the group is gone (a writer that escaped the group with
+#: setsid could hold them open forever)
+_DRAIN_SECONDS = 1.0
+#: how often the kill phase re-checks whether the group is gone while it keeps reading output
+_KILL_POLL = 0.02
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What to run for one attempt."""
+
+    #: the runtime command (no shell)
+    argv: Sequence[str]
+    #: working directory (the workspace)
+    cwd: Path
+    #: full environment of the child; the caller builds it
+    env: Mapping[str, str]
+    #: the prompt, written to stdin which is then closed
+    stdin_text: str
+    #: seconds from start until the attempt is killed
+    wall_timeout: float
+    #: seconds without any stdout/stderr chunk until the attempt is killed
+    idle_timeout: float
+    #: seconds between SIGTERM and SIGKILL when ending the process group
+    kill_grace: float = 5.0
+
+
+@dataclass(frozen=True)
+class RuntimeResult:
+    """How an attempt's runtime ended."""
+
+    #: exit status of the leader; None when a signal ended it
+    exit_code: int | None
+    #: signal that ended the leader (ours or foreign)
+    signal: int | None
+    #: EXIT (exited by itself, any code), SIGNAL (foreign signal), WALL_TIMEOUT or IDLE_TIMEOUT;
+    #: on cancel, EXIT or SIGNAL as the leader ended, with ``cancelled`` set
+    detector: Detector
+    #: the attempt ended because ``cancel_check()`` returned True
+    cancelled: bool
+    #: pid of the leader, also the pgid of its group (0 if it never started)
+    pid: int
+    #: seconds from start until the end was detected (the kill phase is not included)
+    wall_seconds: float
+    #: seconds since the last output chunk when the end was detected
+    idle_seconds: float
+    #: the longest silence between start, output chunks and the end
+    max_idle_seconds: float
+    #: timeouts only: seconds between the threshold instant and its detection
+    detection_lag: float | None
+    #: bytes of output written to the log during the attempt
+    output_bytes: int
+    #: the last ~8 KiB of (redacted) output
+    tail: str
+
+
+class _Stream:
+    """One output pipe: incremental UTF-8 decoding, then the optional stream redactor."""
+
+    def __init__(self, fd: int, redactor: Any | None) -> None:
+        self.fd = fd
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._redactor = redactor
+
+    def text(self, data: bytes, *, final: bool = False) -> str:
+        text = self._decoder.decode(data, final=final)
+        if self._redactor is None:
+            return text
+        out: str = self._redactor.feed(text) if text else ""
+        if final:
+            out += self._redactor.flush()
+        return out
+
+
+def _not_started(spec: RuntimeSpec, log: CappedLog, message: str) -> RuntimeResult:
+    # Like a shell: 127 for a command that cannot be run; a one-line reason, no traceback.
+    log.write(message + "\n")
+    return RuntimeResult(
+        exit_code=127, signal=None, detector=Detector.EXIT, cancelled=False, pid=0, wall_seconds=0.0,
+        idle_seconds=0.0, max_idle_seconds=0.0, detection_lag=None, output_bytes=0,
+        tail=log.tail_text(_TAIL_CHARS),
+    )
+
+
+class _Run:
+    """State of one supervised run; ``run_runtime`` is the public entry point."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], spec: RuntimeSpec, log: CappedLog,
+                 redact_stream: Callable[[], Any] | None, on_output: Callable[[str], None] | None,
+                 clock: Callable[[], float]) -> None:
+        self.proc, self.spec, self.log, self.on_output, self.clock = proc, spec, log, on_output, clock
+        self.sel = selectors.DefaultSelector()
+        self.streams: list[_Stream] = []
+        self.output_bytes = 0
+        self.start = self.last_output = clock()
+        self.max_idle = 0.0
+        self._waiter_fds: tuple[int, int] | None = None
+        self._pidfd: int | None = None
+        for pipe in (proc.stdout, proc.stderr):
+            assert pipe is not None
+            stream = _Stream(pipe.fileno(), redact_stream() if redact_stream else None)
+            self.sel.register(stream.fd, selectors.EVENT_READ, stream)
+            self.streams.append(stream)
+        self._prompt = memoryview(spec.stdin_text.encode("utf-8"))
+        assert proc.stdin is not None
+        os.set_blocking(proc.stdin.fileno(), False)
+        if self._prompt:
+            self.sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
+        else:
+            proc.stdin.close()
+        self._watch_exit()
+
+    def _watch_exit(self) -> None:
+        try:
+            self._pidfd = os.pidfd_open(self.proc.pid)
+            self.sel.register(self._pidfd, selectors.EVENT_READ, "exit")
+        except (AttributeError, OSError):
+            # No pidfd (old kernel, not Linux): a waiter thread reports the exit on a self-pipe.
+            r, w = os.pipe()
+            self._waiter_fds = (r, w)
+            self.sel.register(r, selectors.EVENT_READ, "exit")
+
+            def wait() -> None:
+                self.proc.wait()
+                os.write(w, b"x")
+
+            threading.Thread(target=wait, name=f"selfheal-wait-{self.proc.pid}", daemon=True).start()
+
+    def pump(self, timeout: float) -> bool:
+        """Handle the events of one select; True when the leader has exited."""
+        exited = False
+        for key, _ in self.sel.select(max(timeout, 0.0)):
+            if key.data == "exit":
+                exited = self.proc.poll() is not None
+                if exited:
+                    self.sel.unregister(key.fd)
+            elif key.data == "stdin":
+                self._write_prompt()
+            else:
+                self._read(key.data)
+        return exited
+
+    def _write_prompt(self) -> None:
+        assert self.proc.stdin is not None
+        try:
+            sent = os.write(self.proc.stdin.fileno(), self._prompt[:_CHUNK])
+        except BlockingIOError:
+            return
+        except OSError:  # the child closed stdin or died: the rest of the prompt is moot
+            sent = len(self._prompt)
+        self._prompt = self._prompt[sent:]
+        if not self._prompt:
+            self.sel.unregister(self.proc.stdin.fileno())
+            self.proc.stdin.close()
+
+    def _read(self, stream: _Stream) -> None:
+        try:
+            data = os.read(stream.fd, _CHUNK)
+        except BlockingIOError:
+            return
+        if data:
+            now = self.clock()
+            self.max_idle = max(self.max_idle, now - self.last_output)
+            self.last_output = now
+            self.output_bytes += len(data)
+            self._emit(stream.text(data))
+        else:
+            self.sel.unregister(stream.fd)
+            self._emit(stream.text(b"", final=True))
+            self.streams.remove(stream)
+
+    def _emit(self, text: str) -> None:
+        if text:
+            self.log.write(text)
+            if self.on_output is not None:
+                self.on_output(text)
+
+    def terminate(self) -> None:
+        """TERM the group, keep reading its output during the grace, KILL what is left."""
+        pgid = self.proc.pid
+        if not group_alive(pgid) or not signal_group(pgid, signal.SIGTERM):
+            return
+        deadline = time.monotonic() + self.spec.kill_grace
+        while time.monotonic() < deadline:
+            self.pump(min(_KILL_POLL, deadline - time.monotonic()))
+            self.proc.poll()  # reap the leader so it does not count as alive
+            if not group_alive(pgid):
+                return
+        kill_process_group(pgid, grace=0.0, term_signal=signal.SIGKILL)
+
+    def drain(self) -> None:
+        """Read what is left in the pipes, bounded in time."""
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        while self.streams and time.monotonic() < deadline:
+            self.pump(deadline - time.monotonic())
+
+    def close(self) -> None:
+        for stream in self.streams:
+            self._emit(stream.text(b"", final=True))
+        self.streams.clear()
+        self.sel.close()
+        for fd in (self._pidfd, *(self._waiter_fds or ())):
+            if fd is not None:
+                os.close(fd)
+        _close_pipes(self.proc)
+
+
+def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):  # stdin: a prompt the child never read
+                pipe.close()
+
+
+def run_runtime(
+    spec: RuntimeSpec,
+    *,
+    log: CappedLog,
+    redact_stream: Callable[[], Any] | None = None,
+    cancel_check: Callable[[], bool] | None = None,
+    cancel_poll: float = 0.25,
+    on_start: Callable[[int], None] | None = None,
+    on_output: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> RuntimeResult:
+    """Run ``spec`` in its own process group until it exits, times out or is cancelled.
+
+    Output chunks are decoded, passed through a fresh ``redact_stream()`` per pipe (``feed``/``flush``),
+    written to ``log`` and given to ``on_output``; each chunk resets the idle deadline. On a
+    timeout or cancel the whole group is ended (TERM, ``kill_grace``, KILL); when the leader exits
+    by itself what is left of its group is ended too. Any exception (also ``BaseException`` such
+    as Celery's soft time limit) kills the group, closes ``log`` and is re-raised; otherwise the
+    caller keeps ``log`` open (to add a footer) and closes it. A command that cannot be started
+    gives exit code 127 and the reason in ``tail`` and the log.
+    """
+    if not spec.argv:
+        return _not_started(spec, log, "selfheal: cannot start runtime: empty command")
+    try:
+        proc = subprocess.Popen(
+            list(spec.argv), cwd=spec.cwd, env=dict(spec.env), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            preexec_fn=start_group_child_preexec, close_fds=True,
+        )
+    except OSError as err:
+        reason = err.strerror or str(err)
+        where = f" (cwd {spec.cwd})" if not Path(spec.cwd).is_dir() else ""
+        return _not_started(spec, log, f"selfheal: cannot start runtime {spec.argv[0]!r}{where}: {reason}")
+    run: _Run | None = None
+    try:
+        if on_start is not None:
+            on_start(proc.pid)
+        run = _Run(proc, spec, log, redact_stream, on_output, clock)
+        detector, lag, cancelled = _watch(run, cancel_check, cancel_poll)
+        end = clock()
+        # Also when the leader exited by itself: nothing of its group may outlive the attempt.
+        run.terminate()
+        run.drain()
+        rc = proc.wait()
+    except BaseException:
+        kill_process_group(proc.pid, grace=spec.kill_grace)
+        if run is not None:
+            run.close()
+        else:
+            _close_pipes(proc)
+        proc.wait()
+        log.close()
+        raise
+    run.close()
+    if detector is Detector.EXIT and rc < 0:
+        detector = Detector.SIGNAL
+    return RuntimeResult(
+        exit_code=rc if rc >= 0 else None, signal=-rc if rc < 0 else None, detector=detector,
+        cancelled=cancelled, pid=proc.pid, wall_seconds=end - run.start,
+        idle_seconds=end - run.last_output, max_idle_seconds=max(run.max_idle, end - run.last_output),
+        detection_lag=lag, output_bytes=run.output_bytes, tail=log.tail_text(_TAIL_CHARS),
+    )
+
+
+def _watch(run: _Run, cancel_check: Callable[[], bool] | None,
+           cancel_poll: float) -> tuple[Detector, float | None, bool]:
+    """The watchdog loop: returns (detector, detection lag, cancelled) when the attempt must end."""
+    spec, clock = run.spec, run.clock
+    wall_deadline = run.start + spec.wall_timeout
+    next_cancel = run.start + cancel_poll if cancel_check is not None else float("inf")
+    while True:
+        now = clock()
+        idle_deadline = run.last_output + spec.idle_timeout
+        first = min(wall_deadline, idle_deadline)
+        if now >= first:
+            # Both passed (e.g. a stalled select): report the one whose threshold came first.
+            kind = Detector.WALL_TIMEOUT if wall_deadline <= idle_deadline else Detector.IDLE_TIMEOUT
+            return kind, now - first, False
+        if cancel_check is not None and now >= next_cancel:
+            if cancel_check():
+                return Detector.EXIT, None, True
+            next_cancel = clock() + cancel_poll
+        if run.pump(min(first, next_cancel) - now):
+            return Detector.EXIT, None, False
