@@ -36,11 +36,14 @@ def compute_backoff(
         )
     if base == 0 or maximum == 0:
         delay = 0.0
-    elif factor > 1 and retries * math.log(factor) >= math.log(maximum / base):
+    elif factor > 1 and retries * math.log(factor) >= math.log(maximum) - math.log(base):
         # Decided in log space so a huge retry count never overflows float arithmetic.
         delay = float(maximum)
     else:
-        delay = min(float(maximum), base * factor**retries)
+        try:
+            delay = min(float(maximum), base * factor**retries)
+        except OverflowError:  # a denormal base times a huge power: stay in log space
+            delay = min(float(maximum), math.exp(math.log(base) + retries * math.log(factor)))
     if jitter and delay:
         r = (rand or random.random)()
         delay *= 1.0 + jitter * (2.0 * r - 1.0)
