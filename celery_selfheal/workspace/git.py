@@ -1,0 +1,328 @@
+"""Git workspaces: the only module of celery-selfheal that runs git (the CLI, never a shell).
+
+A workspace is a clone of the job's baseline repository, detached at the baseline commit. Every git
+command runs with a fixed set of ``-c`` overrides (no hooks, no fsmonitor, no autocrlf, no gpg, no
+auto-gc) and, for work on a workspace, without the user's global and system configuration, so that a
+patch or a tree hash never depends on who runs the worker. Reading the user's baseline repository
+(``resolve_ref``, the clone) keeps the user's configuration: credentials, ``safe.directory``.
+
+The workspace remembers its *base*, the commit of the last checkpoint (``refs/selfheal/base``). A
+step's change is the working state against that base, so a runtime that commits on its own (aider
+does by default) still yields its whole change; ``commit_change`` commits on top of the base and
+detaches HEAD there again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery_selfheal.errors import InputError, WorkspaceError
+
+BASE_REF = "refs/selfheal/base"
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "celery-selfheal",
+    "GIT_AUTHOR_EMAIL": "selfheal@localhost",
+    "GIT_COMMITTER_NAME": "celery-selfheal",
+    "GIT_COMMITTER_EMAIL": "selfheal@localhost",
+    # Fixed dates make a checkpoint commit reproducible: a replay rebuilds the very same commit ids.
+    "GIT_AUTHOR_DATE": "946684800 +0000",
+    "GIT_COMMITTER_DATE": "946684800 +0000",
+}
+_OVERRIDES = (
+    "core.hooksPath=/dev/null", "core.fsmonitor=false", "core.autocrlf=false", "commit.gpgSign=false",
+    "gc.auto=0", "maintenance.auto=false", "advice.detachedHead=false",
+)
+_CONFIG_ARGS = tuple(arg for kv in _OVERRIDES for arg in ("-c", kv))
+# Environment variables that point git somewhere else (or carry credentials/proxies, which we keep).
+_KEEP_GIT_ENV = ("GIT_SSH", "GIT_ASKPASS", "GIT_SSL", "GIT_HTTP", "GIT_PROXY", "GIT_TRACE", "GIT_CURL")
+_HEX_SHA = re.compile(r"^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$")
+_NETWORK_TIMEOUT = 600.0
+_DIFF_ARGS = ("-r", "--full-index", "--binary", "-M", "--no-color", "--no-ext-diff", "--no-textconv")
+
+
+def _env(isolated: bool, extra: Mapping[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k.startswith(_KEEP_GIT_ENV)}
+    env["GIT_TERMINAL_PROMPT"] = "0"  # never wait for a password on a worker
+    if isolated:
+        env["GIT_CONFIG_NOSYSTEM"] = "1"
+        env["GIT_CONFIG_GLOBAL"] = os.devnull
+    env.update(extra or {})
+    return env
+
+
+def _one_line(stderr: bytes) -> str:
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    text = " | ".join(lines) or "no message"
+    return text if len(text) <= 600 else text[:600] + "..."
+
+
+def git(
+    args: Sequence[str], *, cwd: Path | str | None = None, input: bytes | None = None,
+    env: Mapping[str, str] | None = None, isolated: bool = True, timeout: float | None = None,
+) -> bytes:
+    """Run ``git args`` and return stdout; WorkspaceError with git's message when it fails."""
+    try:
+        proc = subprocess.run(
+            ["git", *_CONFIG_ARGS, *args], cwd=cwd, input=input, capture_output=True,
+            stdin=subprocess.DEVNULL if input is None else None, env=_env(isolated, env), timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise WorkspaceError(f"git {args[0]} timed out after {timeout:.0f}s") from exc
+    except OSError as exc:
+        raise WorkspaceError(f"cannot run git: {exc}") from exc
+    if proc.returncode != 0:
+        raise WorkspaceError(f"git {args[0]} failed: {_one_line(proc.stderr)}")
+    return proc.stdout
+
+
+def _is_local(repo: str) -> bool:
+    return Path(repo).exists() or not (
+        "://" in repo or re.match(r"^[A-Za-z0-9._-]+@[^:/]+:", repo) or re.match(r"^[^/:]{2,}:", repo)
+    )
+
+
+def resolve_ref(repo: str, ref: str) -> str:
+    """The commit sha of ``ref`` in ``repo`` (a local path or a URL); InputError naming the job key.
+
+    A local repository is asked with ``rev-parse``; a URL with ``ls-remote`` (branches, tags, HEAD; a
+    full hex sha is accepted as is, since a server cannot be asked about unadvertised commits).
+    """
+    if not repo or repo.startswith("-"):
+        raise InputError(f"{repo!r} is not a git repository path or URL", where="job.repo")
+    if not ref or ref.startswith("-") or any(c.isspace() for c in ref):
+        raise InputError(f"{ref!r} is not a valid git ref", where="job.ref")
+    if _is_local(repo):
+        root = Path(repo).resolve()
+        try:
+            git_dir = Path(git(["rev-parse", "--absolute-git-dir"], cwd=root, isolated=False).decode().strip())
+        except (WorkspaceError, OSError):
+            git_dir = None
+        if git_dir is None or not ((root / ".git").exists() or git_dir == root):
+            raise InputError(f"{repo} is not a git repository", where="job.repo")
+        try:
+            out = git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=root, isolated=False)
+        except WorkspaceError:
+            raise InputError(f"{ref!r} does not name a commit in {repo}", where="job.ref") from None
+        return out.decode().strip()
+    try:
+        out = git(["ls-remote", repo, ref, f"{ref}^{{}}"], isolated=False, timeout=_NETWORK_TIMEOUT).decode()
+    except WorkspaceError as exc:
+        raise InputError(f"cannot read {repo}: {exc}", where="job.repo") from None
+    found = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
+    for name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
+        if name in found:
+            return found[name]
+    if _HEX_SHA.match(ref):
+        return ref.lower()
+    raise InputError(f"{ref!r} is not a branch, tag or full commit sha of {repo}", where="job.ref")
+
+
+@dataclass(frozen=True)
+class Change:
+    """A workspace's change against its base: exact binary patch bytes and the resulting tree."""
+
+    #: sha256 (hex) of ``patch``; the sha256 of b"" for no change
+    diff_hash: str
+    #: every path the change touches (both names of a rename), sorted
+    changed_files: tuple[str, ...]
+    #: ``git diff --binary --full-index -M`` output, appliable with plain ``git apply``
+    patch: bytes
+    #: tree sha of the working state
+    tree: str
+    #: tree sha the patch applies to (the base's tree)
+    base_tree: str = ""
+
+
+class GitWorkspace:
+    """A git work tree owned by celery-selfheal."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.git_dir = self.path / ".git"
+
+    @classmethod
+    def create(cls, path: Path, repo: str, sha: str, *, checkout: bool = True) -> GitWorkspace:
+        """Clone ``repo`` into ``path`` (absent or empty), detached at ``sha``.
+
+        A local repository is cloned with hard-linked objects (git falls back to copying across
+        file systems). ``checkout=False`` leaves the work tree and index empty (used by replay).
+        """
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise WorkspaceError(f"workspace path {path} exists and is not empty")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        local = _is_local(repo)
+        source = str(Path(repo).resolve()) if local else repo
+        conf = [arg for kv in (*_OVERRIDES, f"user.name={IDENTITY['GIT_AUTHOR_NAME']}",
+                               f"user.email={IDENTITY['GIT_AUTHOR_EMAIL']}") for arg in ("--config", kv)]
+        git(["clone", "--quiet", "--no-checkout", "--template=", *conf, "--", source, str(path)],
+            isolated=False, timeout=None if local else _NETWORK_TIMEOUT)
+        ws = cls(path)
+        if not ws._has_commit(sha):
+            try:  # a server may serve a commit that no branch or tag advertises
+                ws.git(["fetch", "--quiet", "--no-tags", "origin", sha], isolated=False, timeout=_NETWORK_TIMEOUT)
+            except WorkspaceError:
+                pass
+            if not ws._has_commit(sha):
+                raise WorkspaceError(f"commit {sha} not found in {repo}")
+        if checkout:
+            ws.git(["checkout", "--quiet", "--force", "--detach", sha])
+        else:
+            ws.git(["update-ref", "--no-deref", "HEAD", sha])
+        ws.git(["update-ref", BASE_REF, sha])
+        return ws
+
+    @classmethod
+    def open(cls, path: Path) -> GitWorkspace:
+        """An existing workspace at ``path``; WorkspaceError if it is not a git work tree."""
+        ws = cls(Path(path))
+        if not ws.git_dir.is_dir():
+            raise WorkspaceError(f"{path} is not a git workspace (no .git directory)")
+        ws.git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+        return ws
+
+    def git(self, args: Sequence[str], **kwargs: object) -> bytes:
+        """Run git in this workspace (isolated configuration unless ``isolated=False``)."""
+        return git(args, cwd=self.path, **kwargs)  # type: ignore[arg-type]
+
+    def _has_commit(self, sha: str) -> bool:
+        try:
+            self.git(["cat-file", "-e", f"{sha}^{{commit}}"])
+            return True
+        except WorkspaceError:
+            return False
+
+    def rev(self, spec: str) -> str:
+        """The object id ``spec`` resolves to (e.g. ``sha^{tree}``)."""
+        return self.git(["rev-parse", "--verify", "--quiet", spec]).decode().strip()
+
+    def head_tree(self) -> str:
+        """Tree sha of HEAD."""
+        return self.rev("HEAD^{tree}")
+
+    def _base(self) -> str:
+        try:
+            return self.rev(f"{BASE_REF}^{{commit}}")
+        except WorkspaceError:
+            return self.rev("HEAD^{commit}")
+
+    def _snapshot(self, base: str) -> tuple[str, Path]:
+        """Stage the whole work tree into a private copy of the index; return (tree, index path)."""
+        fd, name = tempfile.mkstemp(dir=self.git_dir, prefix="selfheal-index-")
+        os.close(fd)
+        index = Path(name)
+        env = {"GIT_INDEX_FILE": str(index)}
+        try:
+            real = self.git_dir / "index"
+            if real.exists():
+                # A copy keeps the stat cache (only changed files are hashed again). copy2 keeps the
+                # index's mtime too: git's racy-clean check compares file mtimes against it, and a
+                # fresh mtime would hide a same-size edit made in the second of the last checkout.
+                shutil.copy2(real, index)
+            else:
+                index.unlink()
+                self.git(["read-tree", base], env=env)
+            self.git(["add", "--all"], env=env)
+            return self.git(["write-tree"], env=env).decode().strip(), index
+        except BaseException:
+            index.unlink(missing_ok=True)
+            raise
+
+    def diff(self, old_tree: str, new_tree: str) -> tuple[bytes, tuple[str, ...]]:
+        """The binary patch from ``old_tree`` to ``new_tree`` and the paths it touches."""
+        patch = self.git(["diff-tree", "-p", *_DIFF_ARGS, old_tree, new_tree])
+        raw = self.git(["diff-tree", "--name-status", "-z", *_DIFF_ARGS, old_tree, new_tree]).split(b"\0")
+        # -z output: status, then one path (two for renames/copies), each NUL-terminated.
+        names = [item.decode("utf-8", "surrogateescape") for item in raw
+                 if item and not re.fullmatch(rb"[A-Z][0-9]*", item)]
+        return patch, tuple(sorted(set(names)))
+
+    def current_change(self) -> Change:
+        """The full change of the work tree against the base (untracked files included, ignored ones
+        not), computed on a private index copy: the real index is left untouched."""
+        base = self._base()
+        base_tree = self.rev(f"{base}^{{tree}}")
+        tree, index = self._snapshot(base)
+        index.unlink(missing_ok=True)
+        patch, files = self.diff(base_tree, tree) if tree != base_tree else (b"", ())
+        return Change(hashlib.sha256(patch).hexdigest(), files, patch, tree, base_tree)
+
+    def commit_tree(self, tree: str, parent: str, message: str) -> str:
+        """Create a commit of ``tree`` on ``parent`` with the fixed identity and dates; return its sha."""
+        out = self.git(["commit-tree", tree, "-p", parent], input=message.encode("utf-8"), env=IDENTITY)
+        return out.decode().strip()
+
+    def move_head(self, commit: str) -> None:
+        """Detach HEAD at ``commit`` and make it the base, in one ref transaction."""
+        self.git(["update-ref", "--no-deref", "--stdin"],
+                 input=f"update HEAD {commit}\nupdate {BASE_REF} {commit}\n".encode())
+
+    def commit_change(self, message: str) -> str:
+        """Commit the whole working state (even when unchanged) on the base; return its tree sha."""
+        base = self._base()
+        tree, index = self._snapshot(base)
+        try:
+            self.move_head(self.commit_tree(tree, base, message))
+            os.replace(index, self.git_dir / "index")  # the staged snapshot becomes the real index
+        finally:
+            index.unlink(missing_ok=True)
+        return tree
+
+    def is_clean_at(self, tree: str) -> bool:
+        """True if HEAD's tree is ``tree`` and neither index nor work tree differ from HEAD."""
+        try:
+            if self.head_tree() != tree:
+                return False
+            status = self.git(["status", "--porcelain", "-z", "--untracked-files=all", "--ignore-submodules=none"])
+        except WorkspaceError:
+            return False
+        return status == b""
+
+    def apply_patch(self, patch: bytes) -> None:
+        """Apply a binary git patch to index and work tree (an empty patch is a no-op)."""
+        if patch:
+            self.git(["apply", "--index", "--binary", "--whitespace=nowarn", "-"], input=patch)
+
+    def checkout(self, commit: str) -> None:
+        """Make index and work tree exactly ``commit`` and detach HEAD (and the base) there."""
+        self.git(["checkout", "--quiet", "--force", "--detach", commit])
+        self.move_head(commit)
+
+
+class PatchStack:
+    """Applies patches one after another to a private index and commits each, without touching the
+    work tree; ``finish`` checks the last commit out once. This is what makes replay fast."""
+
+    def __init__(self, ws: GitWorkspace, start: str) -> None:
+        self.ws = ws
+        self.head = ws.rev(f"{start}^{{commit}}")
+        fd, name = tempfile.mkstemp(dir=ws.git_dir, prefix="selfheal-replay-index-")
+        os.close(fd)
+        self.index = Path(name)
+        self.index.unlink()
+        self.env = {"GIT_INDEX_FILE": str(self.index)}
+        ws.git(["read-tree", self.head], env=self.env)
+
+    def push(self, patch: bytes, message: str) -> str:
+        """Apply ``patch`` (may be empty), commit on the current head, return the tree sha."""
+        if patch:
+            self.ws.git(["apply", "--cached", "--binary", "--whitespace=nowarn", "-"], input=patch, env=self.env)
+        tree = self.ws.git(["write-tree"], env=self.env).decode().strip()
+        self.head = self.ws.commit_tree(tree, self.head, message)
+        return tree
+
+    def finish(self) -> None:
+        """Check the last commit out into the work tree."""
+        self.ws.checkout(self.head)
+
+    def close(self) -> None:
+        """Remove the private index."""
+        self.index.unlink(missing_ok=True)
