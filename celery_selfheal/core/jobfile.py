@@ -137,36 +137,30 @@ def _show(value: Any, limit: int = 60) -> str:
 
 
 def _type_name(value: Any) -> str:
-    names = {dict: "table", list: "array", str: "string", bool: "boolean"}
+    names = {dict: "table", list: "array", str: "string", bool: "boolean", int: "integer", type(None): "null"}
     return names.get(type(value), type(value).__name__)
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of duplicate keys silently; TOML rejects them, and so do we.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
 def _loads(text: str, source: str, fmt: str) -> Any:
-    if fmt == "toml":
-        try:
+    if fmt not in ("toml", "json"):
+        raise InputError(f"unknown job file format {fmt!r}; expected 'toml' or 'json'", where=source)
+    try:
+        if fmt == "toml":
             return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"invalid TOML: {_one_line(str(exc))}", where=source) from None
-    if fmt == "json":
-
-        def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-            # json keeps the last of duplicate keys silently; TOML rejects them, so do we.
-            out: dict[str, Any] = {}
-            for key, value in pairs:
-                if key in out:
-                    raise ValueError(f"duplicate key {key!r}")
-                out[key] = value
-            return out
-
-        try:
-            return json.loads(text, object_pairs_hook=no_duplicates)
-        except ValueError as exc:
-            raise InputError(f"invalid JSON: {_one_line(str(exc))}", where=source) from None
-    raise InputError(f"unknown job file format {fmt!r}; expected 'toml' or 'json'", where=source)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        reason = " ".join(str(exc).split()) if isinstance(exc, ValueError) else "nested too deeply"
+        raise InputError(f"invalid {fmt.upper()}: {reason}", where=source) from None
 
 
 def _check_keys(table: Mapping[str, Any], known: tuple[str, ...], *, where: str) -> None:
