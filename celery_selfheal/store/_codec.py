@@ -1,0 +1,73 @@
+"""Record encoding and the few record rules both backends share (no I/O).
+
+Records are stored as strict JSON (no NaN, no pickle, no custom types): a value that is not JSON
+raises ``TypeError``/``ValueError`` before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from celery_selfheal.store.base import Record
+
+#: the state a control request has until a worker resolves it
+PENDING = "pending"
+#: the state ``resolve_control`` sets unless ``changes`` names another one (e.g. ``rejected``)
+DONE = "done"
+
+
+def dumps(obj: Any) -> str:
+    """Compact, strict JSON text of ``obj`` (ASCII-escaped, so even a lone surrogate from a
+    subprocess's output is stored and read back unchanged)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+def loads(raw: str | bytes) -> Record:
+    """Decode one stored record."""
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"stored record is not a JSON object: {raw!r:.80}")
+    return value
+
+
+def matches(record: Record, expect: Record | None) -> bool:
+    """True when every ``expect`` field has that value in ``record`` (a missing field is None).
+
+    ``expect`` goes through a JSON round trip first so that e.g. a tuple compares equal to the
+    list that was stored.
+    """
+    if not expect:
+        return True
+    wanted = json.loads(dumps(expect))
+    return all(record.get(key) == value for key, value in wanted.items())
+
+
+def merged(record: Record, changes: Record) -> str:
+    """The JSON text of ``record`` with ``changes`` merged in (shallow, top-level keys)."""
+    return dumps({**record, **changes})
+
+
+def new_request_id() -> str:
+    """A fresh, unguessable control-request id."""
+    return uuid.uuid4().hex
+
+
+def resolved(request: Record, changes: Record) -> str:
+    """JSON text of a control request after ``resolve_control``: state ``done`` unless the
+    caller's ``changes`` set another terminal state."""
+    record = {**request, "state": DONE, **changes}
+    if record["state"] == PENDING:  # resolving must never leave it pending (it would run again)
+        record["state"] = DONE
+    return dumps(record)
+
+
+def active_checkpoints(ordered: Iterable[Record]) -> list[Record]:
+    """From checkpoints ordered by (stepIndex, epoch), the newest non-superseded one per step."""
+    newest: dict[int, Record] = {}
+    for record in ordered:
+        if not record.get("superseded"):
+            newest[record["stepIndex"]] = record
+    return [newest[index] for index in sorted(newest)]

@@ -1,0 +1,96 @@
+"""Lua scripts of the Redis store: the operations that must read and write in one atomic step.
+
+Records are never decoded in Lua (cjson would turn ``[]`` into ``{}`` and round floats to 14
+digits); scripts only move JSON text and compare plain strings and numbers. Lease times come from
+the Redis server clock (``TIME``), so workers on different hosts agree on expiry without synced
+clocks. Requires Redis >= 5 (effect replication lets a script write after ``TIME``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+#: KEYS: job key, jobs zset, jobs counter. ARGV: job JSON, job id. Returns 1 if created.
+CREATE_JOB = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
+return 1
+"""
+
+# Leases. KEYS: owner hash (lease key -> owner), expiry zset (lease key -> expiresAt in ms).
+# A lease stays recorded until released by its owner or taken by another owner after it expired,
+# which is what lets expired_leases() name the owner of a lease whose time ran out.
+
+#: ARGV: lease key, owner, ttl ms. Free, expired or already ours: take it and return 1.
+ACQUIRE = _NOW_MS + """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and cur ~= ARGV[2] and tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0') > now then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+#: ARGV: lease key, owner, ttl ms. Still ours (nobody took it): extend and return 1.
+RENEW = _NOW_MS + """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+#: ARGV: lease key, owner. Ours: drop it and return 1.
+RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+#: ARGV: lease key. Returns {owner, expiresAt ms} of a live lease, or nil.
+GET = _NOW_MS + """
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+local expires = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not owner or not expires or tonumber(expires) <= now then return nil end
+return {owner, expires}
+"""
+
+#: ARGV: key prefix. Returns a flat list key, owner, expiresAt ms of leases that ran out.
+EXPIRED = _NOW_MS + """
+local out = {}
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES')
+for i = 1, #due, 2 do
+  local key = due[i]
+  if string.sub(key, 1, #ARGV[1]) == ARGV[1] then
+    local owner = redis.call('HGET', KEYS[1], key)
+    if owner then
+      out[#out + 1] = key; out[#out + 1] = owner; out[#out + 1] = due[i + 1]
+    end
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """The scripts registered on one client (redis-py sends EVALSHA, falling back to EVAL)."""
+
+    create_job: Any
+    acquire: Any
+    renew: Any
+    release: Any
+    get: Any
+    expired: Any
+
+    @classmethod
+    def register(cls, client: Any) -> Scripts:
+        """Register every script on ``client``."""
+        sources = (CREATE_JOB, ACQUIRE, RENEW, RELEASE, GET, EXPIRED)
+        return cls(*(client.register_script(src) for src in sources))

@@ -1,0 +1,276 @@
+"""Redis state store: cluster mode (any number of workers and hosts share one Redis).
+
+URL: ``redis://[:password@]host:port/db[?prefix=myapp:]`` (also ``rediss://`` and ``unix://``);
+every key starts with the prefix (default ``selfheal:``; the ``prefix`` keyword wins over the URL).
+Key layout, with ``P`` the prefix and ``J`` a job id (braces delimit the id, which cannot contain
+them, so ``job:{a:b}`` never collides with another job's keys; they also keep a job's keys in one
+Redis Cluster slot):
+
+==============================  ======  ================================================
+key                             type    content
+==============================  ======  ================================================
+``P jobs``                      zset    job ids scored by creation order (``list_jobs``)
+``P jobs:seq``                  string  counter giving that order
+``P job:{J}``                   string  job JSON
+``P job:{J}:attempts``          hash    ``"<stepIndex>:<attempt>"`` -> attempt JSON
+``P job:{J}:events``            list    event JSON; the 1-based position is the sequence number
+``P job:{J}:checkpoints``       hash    ``"<stepIndex>:<epoch>"`` -> checkpoint JSON
+``P job:{J}:checkpoints:old``   set     fields of superseded checkpoints
+``P job:{J}:control``           hash    request id -> control request JSON
+``P job:{J}:control:order``     list    request ids, oldest first
+``P job:{J}:audit``             list    audit JSON, oldest first
+``P lease:owner``               hash    lease key -> owner
+``P lease:expiry``              zset    lease key -> expiresAt (ms, Redis server clock)
+==============================  ======  ================================================
+
+Atomicity: ``RPUSH`` numbers events (its reply is the new length: no gaps, no duplicates),
+``HSETNX`` records a checkpoint once, ``WATCH``/``MULTI`` guards the compare-and-set updates (JSON is
+merged in Python, never re-encoded in Lua), Lua scripts create jobs and handle leases. Leases are
+not Redis TTL keys, because an expired key vanishes with its owner and ``expired_leases`` must still
+name it. The client is created lazily per process (redis-py pools must not cross ``fork()``) and
+retries commands through a Redis restart of up to ~15 s.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from celery_selfheal.store import _codec as codec
+from celery_selfheal.store._redis_scripts import Scripts
+from celery_selfheal.store.base import Record, StateStore
+
+#: clients inherited through fork(): kept referenced so the child never closes the parent's sockets
+_INHERITED: list[redis.Redis] = []
+
+DEFAULT_PREFIX = "selfheal:"
+
+
+def split_prefix(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``prefix`` query parameter, and that parameter (or None)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((value for key, value in query if key == "prefix"), None)
+    rest = urlencode([(key, value) for key, value in query if key != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+class RedisStore(StateStore):
+    """The state store in Redis (see the module docstring for URL, key layout and atomicity)."""
+
+    #: commands are retried on connection errors with backoff 0.05 s doubling up to 1 s: ~15 s in all
+    RETRIES = 20
+
+    def __init__(self, url: str, *, prefix: str | None = None) -> None:
+        self.url = url
+        self._client_url, url_prefix = split_prefix(url)
+        self.prefix = prefix if prefix is not None else (url_prefix or DEFAULT_PREFIX)
+        self._client: redis.Redis | None = None
+        self._pid = 0
+        self._scripts: Scripts | None = None
+        self._lease_keys = [f"{self.prefix}lease:owner", f"{self.prefix}lease:expiry"]
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
+
+    # -- connection handling ----------------------------------------------------------------
+    def _r(self) -> Any:
+        # typed Any: redis-py's annotations ignore decode_responses=True (they promise bytes | str)
+        if self._client is not None and self._pid == os.getpid():
+            return self._client
+        if self._client is not None:  # inherited through fork(): leave it to the parent
+            _INHERITED.append(self._client)
+        client = redis.Redis.from_url(
+            self._client_url, decode_responses=True,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), self.RETRIES),
+            socket_connect_timeout=5, socket_timeout=30, socket_keepalive=True,
+            health_check_interval=15)  # pings idle connections first, so a restart is noticed early
+        self._scripts = Scripts.register(client)
+        self._client, self._pid = client, os.getpid()
+        return client
+
+    def _lua(self) -> Scripts:
+        self._r()
+        assert self._scripts is not None
+        return self._scripts
+
+    def close(self) -> None:
+        """Drop this process's connection pool."""
+        if self._client is not None and self._pid == os.getpid():
+            self._client.close()
+        self._client = None
+
+    def _job(self, job_id: str, part: str = "") -> str:
+        return f"{self.prefix}job:{{{job_id}}}{part}"
+
+    def _update(self, key: str, field: str | None, change: Callable[[Record], str | None]) -> bool:
+        """Compare-and-set one JSON value (a string key, or a field of a hash) with WATCH/MULTI.
+
+        ``change`` gets the current record and returns the new JSON text, or None to leave it.
+        """
+        def txn(pipe: Any) -> bool:
+            raw = pipe.get(key) if field is None else pipe.hget(key, field)
+            new = None if raw is None else change(codec.loads(raw))
+            if new is None:
+                return False
+            pipe.multi()
+            if field is None:
+                pipe.set(key, new)
+            else:
+                pipe.hset(key, field, new)
+            return True
+
+        # redis-py reruns txn when a watched key changed before EXEC
+        return bool(self._r().transaction(txn, key, value_from_callable=True))
+
+    # -- jobs -------------------------------------------------------------------------------
+    def create_job(self, job: Record) -> None:
+        job_id = job["jobId"]
+        keys = [self._job(job_id), f"{self.prefix}jobs", f"{self.prefix}jobs:seq"]
+        if not self._lua().create_job(keys=keys, args=[codec.dumps(job), job_id]):
+            raise KeyError(job_id)
+
+    def get_job(self, job_id: str) -> Record | None:
+        raw = self._r().get(self._job(job_id))
+        return codec.loads(raw) if raw is not None else None
+
+    def update_job(self, job_id: str, changes: Record, *, expect: Record | None = None) -> bool:
+        codec.dumps(changes)  # refuse non-JSON input before touching anything
+        return self._update(self._job(job_id), None,
+                            lambda job: codec.merged(job, changes) if codec.matches(job, expect) else None)
+
+    def list_jobs(self, limit: int = 100) -> list[Record]:
+        if limit <= 0:
+            return []
+        ids = self._r().zrevrange(f"{self.prefix}jobs", 0, limit - 1)
+        raws = self._r().mget([self._job(job_id) for job_id in ids]) if ids else []
+        return [codec.loads(raw) for raw in raws if raw is not None]
+
+    # -- attempts ---------------------------------------------------------------------------
+    def put_attempt(self, job_id: str, step_index: int, attempt: int, record: Record) -> None:
+        data = codec.dumps({**record, "jobId": job_id, "stepIndex": step_index, "attempt": attempt})
+        self._r().hset(self._job(job_id, ":attempts"), f"{step_index}:{attempt}", data)
+
+    def get_attempt(self, job_id: str, step_index: int, attempt: int) -> Record | None:
+        raw = self._r().hget(self._job(job_id, ":attempts"), f"{step_index}:{attempt}")
+        return codec.loads(raw) if raw is not None else None
+
+    def transition_attempt(
+        self, job_id: str, step_index: int, attempt: int, from_status: str, changes: Record
+    ) -> bool:
+        codec.dumps(changes)
+        return self._update(
+            self._job(job_id, ":attempts"), f"{step_index}:{attempt}",
+            lambda rec: codec.merged(rec, changes) if rec.get("status") == from_status else None)
+
+    def list_attempts(self, job_id: str, step_index: int | None = None) -> list[Record]:
+        records = [codec.loads(raw) for raw in self._r().hgetall(self._job(job_id, ":attempts")).values()]
+        if step_index is not None:
+            records = [rec for rec in records if rec["stepIndex"] == step_index]
+        return sorted(records, key=lambda rec: (rec["stepIndex"], rec["attempt"]))
+
+    # -- events -----------------------------------------------------------------------------
+    def append_event(self, job_id: str, event: Record) -> int:
+        return int(self._r().rpush(self._job(job_id, ":events"), codec.dumps(event)))
+
+    def list_events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Record]]:
+        if limit is not None and limit <= 0:
+            return []
+        # LRANGE walks from the nearer end of the list: a follower near the tail reads cheaply
+        stop = -1 if limit is None else after + limit - 1
+        raws = self._r().lrange(self._job(job_id, ":events"), max(after, 0), stop)
+        first = max(after, 0) + 1
+        return [(first + i, codec.loads(raw)) for i, raw in enumerate(raws)]
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def record_checkpoint(self, job_id: str, step_index: int, epoch: int, meta: Record) -> bool:
+        data = codec.dumps({**meta, "jobId": job_id, "stepIndex": step_index, "epoch": epoch})
+        return bool(self._r().hsetnx(self._job(job_id, ":checkpoints"), f"{step_index}:{epoch}", data))
+
+    def list_checkpoints(self, job_id: str, *, include_superseded: bool = False) -> list[Record]:
+        pipe = self._r().pipeline(transaction=True)  # one consistent snapshot of both keys
+        pipe.hgetall(self._job(job_id, ":checkpoints"))
+        pipe.smembers(self._job(job_id, ":checkpoints:old"))
+        found, old = pipe.execute()
+        records = sorted(({**codec.loads(raw), "superseded": field in old} for field, raw in found.items()),
+                         key=lambda rec: (rec["stepIndex"], rec["epoch"]))
+        return records if include_superseded else codec.active_checkpoints(records)
+
+    def supersede_checkpoints(self, job_id: str, from_index: int) -> int:
+        found, old = self._job(job_id, ":checkpoints"), self._job(job_id, ":checkpoints:old")
+
+        def txn(pipe: Any) -> int:
+            fields = [f for f in pipe.hkeys(found) if int(f.split(":")[0]) >= from_index]
+            fresh = sorted(set(fields) - pipe.smembers(old))
+            pipe.multi()
+            if fresh:
+                pipe.sadd(old, *fresh)
+            return len(fresh)
+
+        return int(self._r().transaction(txn, found, old, value_from_callable=True))
+
+    # -- control requests -------------------------------------------------------------------
+    def add_control(self, job_id: str, request: Record) -> str:
+        request_id = codec.new_request_id()
+        record = {**request, "jobId": job_id, "requestId": request_id, "state": codec.PENDING}
+        pipe = self._r().pipeline(transaction=True)  # MULTI: both writes or neither
+        pipe.hset(self._job(job_id, ":control"), request_id, codec.dumps(record))
+        pipe.rpush(self._job(job_id, ":control:order"), request_id)
+        pipe.execute()
+        return request_id
+
+    def _control(self, job_id: str) -> list[Record]:
+        pipe = self._r().pipeline(transaction=True)
+        pipe.lrange(self._job(job_id, ":control:order"), 0, -1)
+        pipe.hgetall(self._job(job_id, ":control"))
+        order, found = pipe.execute()
+        return [codec.loads(found[rid]) for rid in order if rid in found]
+
+    def pending_control(self, job_id: str) -> list[Record]:
+        return [rec for rec in self._control(job_id) if rec.get("state") == codec.PENDING]
+
+    def resolve_control(self, job_id: str, request_id: str, changes: Record) -> bool:
+        codec.dumps(changes)
+        return self._update(
+            self._job(job_id, ":control"), request_id,
+            lambda rec: codec.resolved(rec, changes) if rec.get("state") == codec.PENDING else None)
+
+    def list_control(self, job_id: str) -> list[Record]:
+        return self._control(job_id)
+
+    # -- audit ------------------------------------------------------------------------------
+    def append_audit(self, job_id: str, record: Record) -> None:
+        self._r().rpush(self._job(job_id, ":audit"), codec.dumps(record))
+
+    def list_audit(self, job_id: str) -> list[Record]:
+        return [codec.loads(raw) for raw in self._r().lrange(self._job(job_id, ":audit"), 0, -1)]
+
+    # -- leases -----------------------------------------------------------------------------
+    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        return bool(self._lua().acquire(keys=self._lease_keys, args=[key, owner, _ms(ttl)]))
+
+    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        return bool(self._lua().renew(keys=self._lease_keys, args=[key, owner, _ms(ttl)]))
+
+    def release_lease(self, key: str, owner: str) -> bool:
+        return bool(self._lua().release(keys=self._lease_keys, args=[key, owner]))
+
+    def get_lease(self, key: str) -> Record | None:
+        found = self._lua().get(keys=self._lease_keys, args=[key])
+        return {"owner": found[0], "expiresAt": float(found[1]) / 1000} if found else None
+
+    def expired_leases(self, prefix: str) -> list[tuple[str, Record]]:
+        flat = self._lua().expired(keys=self._lease_keys, args=[prefix])
+        return [(flat[i], {"owner": flat[i + 1], "expiresAt": float(flat[i + 2]) / 1000})
+                for i in range(0, len(flat), 3)]
+
+
+def _ms(seconds: float) -> int:
+    """A TTL in whole milliseconds, at least 1."""
+    return max(1, round(seconds * 1000))

@@ -1,0 +1,291 @@
+"""SQLite state store: the embedded default (one machine, many processes, zero setup).
+
+URL: ``sqlite:///`` followed by a path, as in SQLAlchemy and Celery's ``db+sqlite://`` backend, so
+``f"sqlite:///{path}"`` works for both kinds: ``sqlite:///relative/state.db`` (relative to the
+current directory) and ``sqlite:////abs/state.db`` (four slashes: an absolute path). Parent
+directories and the schema are created on first use.
+
+Concurrency: WAL mode (readers never block the writer, so the CLI can follow while workers write),
+a 10 s busy timeout, one short ``BEGIN IMMEDIATE`` transaction per read-modify-write (taking the
+write lock up front, so two processes never both read the old value), and unique keys where an
+insert must happen once (checkpoints per job/step/epoch, event sequence numbers per job).
+Connections are per thread and per process: a store created before ``fork()`` opens a new
+connection in the child on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from celery_selfheal.errors import ConfigError
+from celery_selfheal.store import _codec as codec
+from celery_selfheal.store.base import Record, StateStore
+
+#: connections inherited through fork(): kept referenced so they are never closed (or garbage
+#: collected) in the child, which could disturb the parent's locks on the same database file.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def sqlite_path(url: str) -> Path:
+    """The database path named by a ``sqlite:///PATH`` URL (see the module docstring)."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///":
+        raise ConfigError(f"invalid SQLite store URL {url!r} (use sqlite:///PATH)",
+                          where="SELFHEAL_STORE_URL")
+    return Path(url[len("sqlite:///"):])
+
+
+class SQLiteStore(StateStore):
+    """The state store in one SQLite file (see the module docstring for URL and concurrency)."""
+
+    #: seconds a writer waits for the lock before giving up with "database is locked"
+    BUSY_TIMEOUT_MS = 10_000
+
+    PRAGMAS = (
+        f"pragma busy_timeout = {BUSY_TIMEOUT_MS}",
+        "pragma journal_mode = wal",
+        # NORMAL is crash-safe in WAL mode; a power cut may lose the last commits, never corrupt.
+        "pragma synchronous = normal",
+    )
+
+    SCHEMA = """
+        create table if not exists jobs (
+            seq integer primary key autoincrement,
+            job_id text not null unique,
+            data text not null);
+        create table if not exists attempts (
+            job_id text not null, step_index integer not null, attempt integer not null,
+            data text not null,
+            primary key (job_id, step_index, attempt)) without rowid;
+        create table if not exists events (
+            job_id text not null, seq integer not null, data text not null,
+            primary key (job_id, seq)) without rowid;
+        create table if not exists checkpoints (
+            job_id text not null, step_index integer not null, epoch integer not null,
+            superseded integer not null default 0, data text not null,
+            primary key (job_id, step_index, epoch)) without rowid;
+        create table if not exists control (
+            seq integer primary key autoincrement, job_id text not null,
+            request_id text not null unique, state text not null, data text not null);
+        create index if not exists control_by_job on control (job_id, state, seq);
+        create table if not exists audit (
+            seq integer primary key autoincrement, job_id text not null, data text not null);
+        create index if not exists audit_by_job on audit (job_id, seq);
+        create table if not exists leases (
+            name text primary key, owner text not null, expires_at real not null) without rowid;
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.url!r})"
+
+    # -- connection handling ----------------------------------------------------------------
+    def _db(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.pid == os.getpid():
+            return conn
+        if conn is not None:  # inherited through fork(): never use it, never close it
+            _INHERITED.append(conn)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
+        conn = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+        for pragma in self.PRAGMAS:
+            conn.execute(pragma)
+        conn.executescript(self.SCHEMA)
+        local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction holding the write lock from its first statement."""
+        db = self._db()
+        db.execute("begin immediate")
+        try:
+            yield db
+        except BaseException:
+            db.execute("rollback")
+            raise
+        db.execute("commit")
+
+    def close(self) -> None:
+        """Close this thread's connection (if this process opened it)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None
+
+    # -- jobs -------------------------------------------------------------------------------
+    def create_job(self, job: Record) -> None:
+        job_id = job["jobId"]
+        try:
+            self._db().execute("insert into jobs (job_id, data) values (?, ?)", (job_id, codec.dumps(job)))
+        except sqlite3.IntegrityError:
+            raise KeyError(job_id) from None
+
+    def get_job(self, job_id: str) -> Record | None:
+        row = self._db().execute("select data from jobs where job_id = ?", (job_id,)).fetchone()
+        return codec.loads(row[0]) if row else None
+
+    def update_job(self, job_id: str, changes: Record, *, expect: Record | None = None) -> bool:
+        with self._write() as db:
+            row = db.execute("select data from jobs where job_id = ?", (job_id,)).fetchone()
+            if row is None or not codec.matches(job := codec.loads(row[0]), expect):
+                return False
+            db.execute("update jobs set data = ? where job_id = ?", (codec.merged(job, changes), job_id))
+            return True
+
+    def list_jobs(self, limit: int = 100) -> list[Record]:
+        rows = self._db().execute("select data from jobs order by seq desc limit ?", (limit,))
+        return [codec.loads(data) for (data,) in rows]
+
+    # -- attempts ---------------------------------------------------------------------------
+    def put_attempt(self, job_id: str, step_index: int, attempt: int, record: Record) -> None:
+        data = codec.dumps({**record, "jobId": job_id, "stepIndex": step_index, "attempt": attempt})
+        self._db().execute("insert or replace into attempts values (?, ?, ?, ?)",
+                           (job_id, step_index, attempt, data))
+
+    def get_attempt(self, job_id: str, step_index: int, attempt: int) -> Record | None:
+        row = self._db().execute(
+            "select data from attempts where job_id = ? and step_index = ? and attempt = ?",
+            (job_id, step_index, attempt)).fetchone()
+        return codec.loads(row[0]) if row else None
+
+    def transition_attempt(
+        self, job_id: str, step_index: int, attempt: int, from_status: str, changes: Record
+    ) -> bool:
+        key = (job_id, step_index, attempt)
+        with self._write() as db:
+            row = db.execute("select data from attempts where job_id = ? and step_index = ? and attempt = ?",
+                             key).fetchone()
+            if row is None or (record := codec.loads(row[0])).get("status") != from_status:
+                return False
+            db.execute("update attempts set data = ? where job_id = ? and step_index = ? and attempt = ?",
+                       (codec.merged(record, changes), *key))
+            return True
+
+    def list_attempts(self, job_id: str, step_index: int | None = None) -> list[Record]:
+        if step_index is None:
+            rows = self._db().execute(
+                "select data from attempts where job_id = ? order by step_index, attempt", (job_id,))
+        else:
+            rows = self._db().execute(
+                "select data from attempts where job_id = ? and step_index = ? order by attempt",
+                (job_id, step_index))
+        return [codec.loads(data) for (data,) in rows]
+
+    # -- events -----------------------------------------------------------------------------
+    def append_event(self, job_id: str, event: Record) -> int:
+        data = codec.dumps(event)
+        with self._write() as db:
+            # the write lock is held, so max(seq) + 1 cannot be taken twice; the primary key
+            # (job_id, seq) would refuse a duplicate anyway.
+            (seq,) = db.execute("select coalesce(max(seq), 0) + 1 from events where job_id = ?",
+                                (job_id,)).fetchone()
+            db.execute("insert into events values (?, ?, ?)", (job_id, seq, data))
+        return int(seq)
+
+    def list_events(self, job_id: str, after: int = 0, limit: int | None = None) -> list[tuple[int, Record]]:
+        # a range scan of the (job_id, seq) primary key: cheap enough to poll every 100 ms
+        rows = self._db().execute(
+            "select seq, data from events where job_id = ? and seq > ? order by seq limit ?",
+            (job_id, after, -1 if limit is None else limit))
+        return [(seq, codec.loads(data)) for seq, data in rows]
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def record_checkpoint(self, job_id: str, step_index: int, epoch: int, meta: Record) -> bool:
+        data = codec.dumps({**meta, "jobId": job_id, "stepIndex": step_index, "epoch": epoch})
+        cur = self._db().execute("insert or ignore into checkpoints (job_id, step_index, epoch, data) "
+                                 "values (?, ?, ?, ?)", (job_id, step_index, epoch, data))
+        return cur.rowcount == 1
+
+    def list_checkpoints(self, job_id: str, *, include_superseded: bool = False) -> list[Record]:
+        rows = self._db().execute("select data, superseded from checkpoints where job_id = ? "
+                                  "order by step_index, epoch", (job_id,))
+        records = [{**codec.loads(data), "superseded": bool(flag)} for data, flag in rows]
+        return records if include_superseded else codec.active_checkpoints(records)
+
+    def supersede_checkpoints(self, job_id: str, from_index: int) -> int:
+        cur = self._db().execute("update checkpoints set superseded = 1 "
+                                 "where job_id = ? and step_index >= ? and superseded = 0",
+                                 (job_id, from_index))
+        return cur.rowcount
+
+    # -- control requests -------------------------------------------------------------------
+    def add_control(self, job_id: str, request: Record) -> str:
+        request_id = codec.new_request_id()
+        record = {**request, "jobId": job_id, "requestId": request_id, "state": codec.PENDING}
+        self._db().execute("insert into control (job_id, request_id, state, data) values (?, ?, ?, ?)",
+                           (job_id, request_id, codec.PENDING, codec.dumps(record)))
+        return request_id
+
+    def pending_control(self, job_id: str) -> list[Record]:
+        rows = self._db().execute("select data from control where job_id = ? and state = ? order by seq",
+                                  (job_id, codec.PENDING))
+        return [codec.loads(data) for (data,) in rows]
+
+    def resolve_control(self, job_id: str, request_id: str, changes: Record) -> bool:
+        with self._write() as db:
+            row = db.execute("select data from control where job_id = ? and request_id = ? and state = ?",
+                             (job_id, request_id, codec.PENDING)).fetchone()
+            if row is None:
+                return False
+            data = codec.resolved(codec.loads(row[0]), changes)
+            db.execute("update control set state = ?, data = ? where request_id = ?",
+                       (codec.loads(data)["state"], data, request_id))
+            return True
+
+    def list_control(self, job_id: str) -> list[Record]:
+        rows = self._db().execute("select data from control where job_id = ? order by seq", (job_id,))
+        return [codec.loads(data) for (data,) in rows]
+
+    # -- audit ------------------------------------------------------------------------------
+    def append_audit(self, job_id: str, record: Record) -> None:
+        self._db().execute("insert into audit (job_id, data) values (?, ?)", (job_id, codec.dumps(record)))
+
+    def list_audit(self, job_id: str) -> list[Record]:
+        rows = self._db().execute("select data from audit where job_id = ? order by seq", (job_id,))
+        return [codec.loads(data) for (data,) in rows]
+
+    # -- leases -----------------------------------------------------------------------------
+    # A lease row lives until its owner releases it or another owner takes it after it expired;
+    # "live" means expires_at is in the future (this host's clock: SQLite is one machine).
+    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        cur = self._db().execute(
+            "insert into leases values (?, ?, ?) on conflict (name) do update "
+            "set owner = excluded.owner, expires_at = excluded.expires_at "
+            "where leases.owner = excluded.owner or leases.expires_at <= ?",
+            (key, owner, now + ttl, now))
+        return cur.rowcount == 1
+
+    def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
+        cur = self._db().execute("update leases set expires_at = ? where name = ? and owner = ?",
+                                 (time.time() + ttl, key, owner))
+        return cur.rowcount == 1
+
+    def release_lease(self, key: str, owner: str) -> bool:
+        cur = self._db().execute("delete from leases where name = ? and owner = ?", (key, owner))
+        return cur.rowcount == 1
+
+    def get_lease(self, key: str) -> Record | None:
+        row = self._db().execute("select owner, expires_at from leases where name = ? and expires_at > ?",
+                                 (key, time.time())).fetchone()
+        return {"owner": row[0], "expiresAt": row[1]} if row else None
+
+    def expired_leases(self, prefix: str) -> list[tuple[str, Record]]:
+        rows = self._db().execute(
+            "select name, owner, expires_at from leases "
+            "where substr(name, 1, ?) = ? and expires_at <= ? order by expires_at",
+            (len(prefix), prefix, time.time()))
+        return [(name, {"owner": owner, "expiresAt": expires}) for name, owner, expires in rows]
