@@ -29,7 +29,7 @@ RULES: tuple[tuple[str, str], ...] = (
     # uuids (any version), before the hex-hash rule would eat their segments
     (r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", "<uuid>"),
     # loopback endpoints, before the time rule reads "1:54321" as a clock
-    (r"\b(?:localhost|127\.0\.0\.1|0\.0\.0\.0)(?::\d+)?\b|\[::1\](?::\d+)?", "localhost:<port>"),
+    (r"\b(?:localhost|127\.0\.0\.1|0\.0\.0\.0):\d+\b|\[::1\]:\d+", "localhost:<port>"),
     # ISO 8601 and log-style timestamps / dates
     (rf"\b\d{{4}}-\d{{2}}-\d{{2}}(?:[t ]{_TIME})?", "<ts>"),
     (r"\b\d{4}/\d{1,2}/\d{1,2}\b|\b\d{1,2}/\d{1,2}/\d{2,4}\b", "<date>"),
@@ -39,10 +39,11 @@ RULES: tuple[tuple[str, str], ...] = (
     # temp paths: the temp root and its first (random) component; pytest's per-test dirs whole
     (rf"{_TEMP_ROOT}/pytest-of-[^/\s]+/pytest-\d+/[^/\s'\":]+", "<tmp>"),
     (rf"{_TEMP_ROOT}/[^/\s'\":]+", "<tmp>"),
-    # memory addresses and hashes (7+ hex digits with at least one decimal digit, so plain
-    # words such as "defaced" survive)
+    # memory addresses and hashes: 7+ hex digits with at least one decimal digit, so plain words
+    # such as "defaced" survive. A hash shares the number placeholder because an all-digit short
+    # sha is indistinguishable from a number, and the two must not split one failure in two.
     (r"\b0x[0-9a-f]+\b", "<addr>"),
-    (r"\b(?=[a-f]*\d)[0-9a-f]{7,}\b", "<hash>"),
+    (r"\b(?=[a-f]*\d)[0-9a-f]{7,}\b", "<n>"),
     # pids
     (r"\bpid\s*[=:]?\s*\d+\b", "pid=<pid>"),
     (r"\[\d+\]", "[<pid>]"),

@@ -1,0 +1,28 @@
+"""The ready Celery app: ``celery -A celery_selfheal.app worker|inspect|control|selfheal …``.
+
+Configured from env (``SELFHEAL_*``) and ``config.toml``; with no broker configured it uses the
+embedded ``filesystem://`` broker under the state dir. Importing it has no side effects beyond
+reading configuration.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from celery_selfheal.settings import load_settings
+from celery_selfheal.wiring.install import SelfHeal
+
+settings = load_settings()
+
+app = Celery("celery_selfheal")
+app.conf.update(
+    broker_url=settings.broker_url,
+    broker_transport_options=settings.broker_transport_options(),
+    broker_connection_retry_on_startup=True,
+    task_ignore_result=True,
+    task_default_queue="selfheal",
+    worker_redirect_stdouts=False,
+)
+selfheal = SelfHeal(app, settings)
+
+__all__ = ["app", "selfheal"]

@@ -1,0 +1,114 @@
+"""Running one attempt of one step: prompt files, runtime env, the supervisor, the resulting change.
+
+This module does the I/O of an attempt and returns facts; deciding what they mean is the pure
+core's job (`core.classify`, `core.signature`, `core.strategy`), called by `step_runner`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery_selfheal.artifacts import atomic_write
+from celery_selfheal.context import Context
+from celery_selfheal.core.budgets import Budgets
+from celery_selfheal.core.envelope import render_envelope
+from celery_selfheal.core.jobfile import StepSpec
+from celery_selfheal.runtime.capped_log import CappedLog
+from celery_selfheal.runtime.supervisor import RuntimeResult, RuntimeSpec, run_runtime
+from celery_selfheal.workspace.git import Change, GitWorkspace
+
+
+@dataclass(frozen=True)
+class AttemptPlan:
+    """What to run: the step, which attempt, how it was started and with what context."""
+
+    job_id: str
+    step: StepSpec
+    argv: tuple[str, ...]
+    attempt: int
+    round: int
+    epoch: int
+    #: how this attempt was started: "initial" or a Strategy value
+    strategy: str
+    budgets: Budgets
+    #: the retry envelope (None on a step's first attempt)
+    retry_context: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class AttemptFacts:
+    """What happened: the supervisor's result and the workspace change it left."""
+
+    result: RuntimeResult
+    change: Change
+    prompt_file: Path
+    log_path: Path
+
+
+def prompt_text(plan: AttemptPlan) -> str:
+    """Instructions on a first attempt; the rendered retry envelope afterwards."""
+    if plan.retry_context is None:
+        return plan.step.instructions
+    return render_envelope(plan.retry_context)
+
+
+def runtime_env(base: Mapping[str, str], plan: AttemptPlan, prompt_file: Path,
+                retry_file: Path | None) -> dict[str, str]:
+    """The runtime protocol's env vars on top of the worker's environment."""
+    env = dict(base)
+    env.pop("SELFHEAL_RETRY_CONTEXT_FILE", None)
+    env.update({
+        "SELFHEAL_JOB_ID": plan.job_id,
+        "SELFHEAL_STEP_ID": plan.step.id,
+        "SELFHEAL_STEP_INDEX": str(plan.step.index),
+        "SELFHEAL_ATTEMPT": str(plan.attempt),
+        "SELFHEAL_PROMPT_FILE": str(prompt_file),
+    })
+    if retry_file is not None:
+        env["SELFHEAL_RETRY_CONTEXT_FILE"] = str(retry_file)
+    return env
+
+
+def run_attempt(
+    ctx: Context,
+    plan: AttemptPlan,
+    ws: GitWorkspace,
+    *,
+    cancel_check: Callable[[], bool] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_output: Callable[[str], None] | None = None,
+) -> AttemptFacts:
+    """Run the step's runtime once in ``ws`` under the plan's budgets and collect the facts."""
+    arts = ctx.artifacts(plan.job_id)
+    # Prompt files live outside the workspace so they never show up in the step's diff.
+    prompt_dir = ctx.settings.run_dir / "prompts" / plan.job_id
+    stem = f"step-{plan.step.index:04d}-attempt-{plan.attempt:04d}"
+    prompt = ctx.redactor.redact(prompt_text(plan))
+    prompt_file = prompt_dir / f"{stem}.prompt.txt"
+    atomic_write(prompt_file, prompt)
+    retry_file: Path | None = None
+    if plan.retry_context is not None:
+        retry_file = prompt_dir / f"{stem}.retry.json"
+        atomic_write(retry_file, json.dumps(ctx.redactor.redact_obj(dict(plan.retry_context)), indent=2))
+    spec = RuntimeSpec(
+        argv=plan.argv,
+        cwd=ws.path,
+        env=runtime_env(os.environ, plan, prompt_file, retry_file),
+        stdin_text=prompt,
+        wall_timeout=plan.budgets.step_timeout_seconds,
+        idle_timeout=plan.budgets.step_idle_timeout_seconds,
+        kill_grace=plan.budgets.kill_grace_seconds,
+    )
+    log_path = arts.log_path(plan.step.index, plan.attempt)
+    log = CappedLog(log_path)
+    try:
+        result = run_runtime(spec, log=log, redact_stream=ctx.redactor.stream, cancel_check=cancel_check,
+                             on_start=on_start, on_output=on_output)
+    finally:
+        log.close()
+    return AttemptFacts(result=result, change=ws.current_change(), prompt_file=prompt_file, log_path=log_path)

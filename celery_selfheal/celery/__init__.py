@@ -1,1 +1,0 @@
-"""Thin Celery wiring: tasks, control commands, signals, the one-call install."""

@@ -1,0 +1,91 @@
+"""The per-process bundle of collaborators: settings, store, redactor, event bus.
+
+Built lazily once per process (after a fork the store reopens its own connection), so that
+importing the package or the Celery app has no side effects.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from celery_selfheal.artifacts import JobArtifacts, check_safe_id
+from celery_selfheal.core.classify import Classifier
+from celery_selfheal.core.redact import RedactionConfig, Redactor
+from celery_selfheal.events import EventBus
+from celery_selfheal.settings import Settings, load_settings
+from celery_selfheal.sinks.base import EventSink
+from celery_selfheal.store.base import StateStore, open_store
+
+
+@dataclass
+class Context:
+    """Everything the engine needs, built from one `Settings`."""
+
+    settings: Settings
+    store: StateStore
+    redactor: Redactor
+    bus: EventBus
+    classifiers: Sequence[Classifier] = field(default_factory=tuple)
+
+    def artifacts(self, job_id: str) -> JobArtifacts:
+        """The artifact paths of one job."""
+        return JobArtifacts(self.settings.artifact_root, job_id)
+
+    def workspace_path(self, job_id: str) -> Path:
+        """Where this host keeps the job's workspace."""
+        return self.settings.workspace_root / check_safe_id(job_id, what="job id")
+
+
+def redaction_config(settings: Settings) -> RedactionConfig:
+    """`RedactionConfig` from the ``[redaction]`` table of config.toml."""
+    table = settings.redaction
+    return RedactionConfig(
+        extra_patterns=tuple(table.get("extra_patterns", ())),
+        extra_env_names=tuple(table.get("extra_env_names", ())),
+        allowlist=tuple(table.get("allowlist", ())),
+        extra_keys=tuple(table.get("extra_keys", ())),
+    )
+
+
+def default_sinks(settings: Settings) -> list[EventSink]:
+    """Sinks configured by env/config: StatsD when ``STATSD_HOST`` or ``[statsd] enabled``."""
+    sinks: list[EventSink] = []
+    table = settings.statsd
+    if os.environ.get("STATSD_HOST") or table.get("enabled") or table.get("host"):
+        from celery_selfheal.sinks.statsd_sink import StatsdSink
+
+        overrides = {k: table[k] for k in ("host", "port", "prefix", "tag_style") if k in table}
+        sinks.append(StatsdSink.from_env(os.environ, **overrides))
+    return sinks
+
+
+def build_context(settings: Settings, *, sinks: Sequence[EventSink] | None = None) -> Context:
+    """A new context for ``settings`` (store opened lazily by the backend)."""
+    store = open_store(settings.store_url)
+    redactor = Redactor(os.environ, redaction_config(settings))
+    bus = EventBus(store, redactor, default_sinks(settings) if sinks is None else sinks)
+    return Context(settings=settings, store=store, redactor=redactor, bus=bus)
+
+
+_lock = threading.Lock()
+_current: Context | None = None
+
+
+def get_context() -> Context:
+    """The process-wide context from env/config (built on first use)."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = build_context(load_settings())
+        return _current
+
+
+def set_context(ctx: Context | None) -> None:
+    """Install (or clear) the process-wide context: the CLI and tests use it to apply flags."""
+    global _current
+    with _lock:
+        _current = ctx

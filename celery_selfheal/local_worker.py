@@ -1,0 +1,96 @@
+"""The embedded default's local worker: is one running on this state dir, and start one if not.
+
+A worker of the ready app holds an exclusive ``flock`` on ``<run dir>/workers/<name>.lock`` for its
+lifetime (taken in ``worker_init``); the CLI tries each lock without blocking to see whether anyone is
+alive. No ping over the broker, no pid files that go stale.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from celery_selfheal.settings import Settings
+
+_held: list[IO[bytes]] = []
+
+
+def lock_dir(settings: Settings) -> Path:
+    return settings.run_dir / "workers"
+
+
+def hold_presence(settings: Settings, name: str) -> None:
+    """Called in the worker MainProcess: take and keep this worker's presence lock."""
+    folder = lock_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "._-@" else "_" for c in name)[:120]
+    fh = open(folder / f"{safe}.lock", "wb")  # noqa: SIM115 - kept open for the worker's lifetime
+    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fh.write(str(os.getpid()).encode())
+    fh.flush()
+    _held.append(fh)
+
+
+def worker_running(settings: Settings) -> bool:
+    """True if some worker holds a presence lock under this state dir."""
+    folder = lock_dir(settings)
+    if not folder.exists():
+        return False
+    for path in folder.glob("*.lock"):
+        with open(path, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+class LocalWorker:
+    """A prefork worker of the ready app started by the CLI for the embedded default."""
+
+    def __init__(self, settings: Settings, *, concurrency: int = 2, loglevel: str = "WARNING") -> None:
+        self.settings = settings
+        self.concurrency = concurrency
+        self.loglevel = loglevel
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = settings.run_dir / "worker.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the worker and wait until it holds its presence lock."""
+        self.settings.ensure_dirs()
+        env = {**os.environ, **self.settings.as_env()}
+        argv = [sys.executable, "-m", "celery", "-A", "celery_selfheal.app", "worker", "--pool", "prefork",
+                "--concurrency", str(self.concurrency), "--loglevel", self.loglevel,
+                "--hostname", f"selfheal-local-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while not worker_running(self.settings):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"local worker exited with {self.proc.returncode}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"local worker did not start within {timeout:.0f}s; see {self.log_path}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Warm shutdown (TERM), then KILL the whole group if it does not go."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()

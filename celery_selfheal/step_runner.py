@@ -1,0 +1,297 @@
+"""The body of one step-task execution: fence, prepare the workspace, run one attempt, decide.
+
+Celery-free on purpose: it returns a `StepOutcome` and the thin Celery task translates it into
+"continue the chain", ``Task.retry(...)`` or "stop the chain". The same `finish_attempt` is used when
+the worker MainProcess has to finish an attempt whose pool child was killed by the hard limit.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery_selfheal.attempt import AttemptFacts, AttemptPlan, run_attempt
+from celery_selfheal.context import Context
+from celery_selfheal.core.budgets import Budgets
+from celery_selfheal.core.classify import FailureFacts, classify
+from celery_selfheal.core.envelope import build_envelope, summarize_failure
+from celery_selfheal.core.jobfile import StepSpec
+from celery_selfheal.core.model import (
+    AttemptOutcome,
+    Decision,
+    DecisionKind,
+    Detector,
+    FailureClass,
+    Strategy,
+)
+from celery_selfheal.core.signature import failure_signature
+from celery_selfheal.core.strategy import decide
+from celery_selfheal.errors import ReplayError, WorkspaceError
+from celery_selfheal.events import utc_now_iso
+from celery_selfheal.jobs import spec_of, step_budgets
+from celery_selfheal.recording import (
+    next_attempt_number,
+    step_history,
+    update_job,
+    update_step,
+    write_attempt_artifact,
+)
+from celery_selfheal.running import OutputToucher, RunningAttempts
+from celery_selfheal.workspace.checkpoints import write_checkpoint
+from celery_selfheal.workspace.git import GitWorkspace
+from celery_selfheal.workspace_prep import prepare_workspace
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+INITIAL = "initial"
+
+
+class OutcomeKind(str, enum.Enum):
+    """What the Celery layer does after a step-task execution."""
+
+    NEXT = "next"      # step succeeded: let the chain continue
+    DONE = "done"      # job succeeded
+    RETRY = "retry"    # run the step again (Task.retry)
+    STOP = "stop"      # stop the chain: stale, cancelled, parked, failed
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """The result of one execution, for the Celery layer."""
+
+    kind: OutcomeKind
+    step_index: int
+    reason: str = ""
+    countdown: float = 0.0
+    strategy: str | None = None
+    retry_context: Mapping[str, Any] | None = None
+    budgets: Budgets | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def same_worker(self) -> bool:
+        """Soft resets stay on the worker that has the workspace."""
+        return self.strategy == Strategy.SOFT_RESET.value
+
+
+def time_limits(budgets: Budgets) -> tuple[float, float]:
+    """Celery (soft, hard) limits backing up the in-process watchdogs, with room for the kill grace,
+    workspace preparation and the checkpoint."""
+    soft = budgets.step_timeout_seconds + budgets.kill_grace_seconds + 15.0
+    return soft, soft + 15.0
+
+
+def preempt_check(ctx: Context, job_id: str, epoch: int) -> Callable[[], bool]:
+    """True once the attempt must stop: job cancelled, superseded by a new epoch, or preempted."""
+
+    def check() -> bool:
+        job = ctx.store.get_job(job_id)
+        return (job is None or job.get("epoch") != epoch or job.get("status") == "cancelled"
+                or bool(job.get("preempt")))
+
+    return check
+
+
+def execute_step(
+    ctx: Context,
+    *,
+    job_id: str,
+    step_index: int,
+    epoch: int,
+    strategy: str = INITIAL,
+    retry_context: Mapping[str, Any] | None = None,
+    task_id: str,
+    hostname: str = "",
+) -> StepOutcome:
+    """Run one attempt of ``step_index`` if the job still wants it, and decide what comes next."""
+    job = ctx.store.get_job(job_id)
+    if job is None:
+        return StepOutcome(OutcomeKind.STOP, step_index, reason=f"unknown job {job_id}")
+    if job.get("epoch") != epoch:
+        return StepOutcome(OutcomeKind.STOP, step_index, reason=f"stale epoch {epoch} (job at {job.get('epoch')})")
+    if job["status"] in TERMINAL_STATUSES:
+        return StepOutcome(OutcomeKind.STOP, step_index, reason=f"job is {job['status']}")
+    if job.get("paused") or job.get("takeover") and strategy not in (INITIAL, Strategy.OPERATOR_REQUEST.value):
+        return park(ctx, job, step_index, strategy, retry_context)
+    spec = spec_of(job)
+    step = spec.steps[step_index]
+    budgets = step_budgets(job, step_index)
+    if job["status"] in ("queued", "paused") and update_job(
+            ctx, job_id, expect={"status": job["status"], "epoch": epoch}, status="running"):
+        if job["status"] == "queued":
+            ctx.bus.emit("task.job.started", job_id, epoch=epoch, baselineSha=job.get("baselineSha"),
+                         steps=len(spec.steps))
+    try:
+        ws = prepare_workspace(ctx, job, step_index, strategy)
+    except (ReplayError, WorkspaceError) as exc:
+        return fail_job(ctx, job_id, epoch, step, FailureClass.DETERMINISTIC_REPO, str(exc), retryable=False)
+    attempt = next_attempt_number(ctx, job_id, step_index)
+    step_state = job["steps"][step_index]
+    plan = AttemptPlan(job_id=job_id, step=step, argv=spec.step_runtime(step_index), attempt=attempt,
+                       round=step_state.get("round", 0), epoch=epoch, strategy=strategy, budgets=budgets,
+                       retry_context=retry_context)
+    ctx.store.put_attempt(job_id, step_index, attempt, {
+        "jobId": job_id, "stepId": step.id, "stepIndex": step_index, "attempt": attempt,
+        "round": plan.round, "epoch": epoch, "status": "running", "attemptStrategy": strategy,
+        "taskId": task_id, "hostname": hostname, "startedAt": utc_now_iso(),
+    })
+    update_step(ctx, job_id, step_index, status="running", attempts=attempt)
+    update_job(ctx, job_id, currentStep=step_index)
+    ctx.bus.emit("task.step.attempt.started", job_id, epoch=epoch, stepId=step.id, stepIndex=step_index,
+                 attempt=attempt, strategy=None if strategy == INITIAL else strategy, attemptStrategy=strategy,
+                 round=plan.round)
+    registry = RunningAttempts(ctx.settings.run_dir)
+
+    def on_start(pid: int) -> None:
+        registry.register(task_id, {"jobId": job_id, "stepId": step.id, "stepIndex": step_index,
+                                    "attempt": attempt, "epoch": epoch, "pgid": pid, "hostname": hostname})
+        ctx.store.transition_attempt(job_id, step_index, attempt, "running", {"pid": pid})
+
+    try:
+        facts = run_attempt(ctx, plan, ws, cancel_check=preempt_check(ctx, job_id, epoch), on_start=on_start,
+                            on_output=OutputToucher(registry, task_id))
+    finally:
+        registry.unregister(task_id)
+    return finish_attempt(ctx, plan, facts, ws)
+
+
+def park(ctx: Context, job: Mapping[str, Any], step_index: int, strategy: str,
+         retry_context: Mapping[str, Any] | None) -> StepOutcome:
+    """Pause without holding a worker slot: remember what to run and stop the chain."""
+    update_job(ctx, job["jobId"], status="paused",
+               parked={"stepIndex": step_index, "strategy": strategy, "retryContext": retry_context})
+    return StepOutcome(OutcomeKind.STOP, step_index, reason="paused")
+
+
+def fail_job(ctx: Context, job_id: str, epoch: int, step: StepSpec, cls: FailureClass, reason: str,
+             *, retryable: bool, attempt: int | None = None) -> StepOutcome:
+    """End the job as failed with a terminal reason (idempotent through the status CAS)."""
+    update_step(ctx, job_id, step.index, status="failed")
+    if update_job(ctx, job_id, expect={"epoch": epoch, "status": "running"}, status="failed",
+                  terminalReason=cls.value, failureClass=cls.value, retryable=retryable, failedStep=step.index,
+                  message=ctx.redactor.redact(reason)):
+        ctx.bus.emit("task.job.failed", job_id, epoch=epoch, stepId=step.id, stepIndex=step.index,
+                     attempt=attempt, failureClass=cls.value, retryable=retryable, reason=reason)
+    return StepOutcome(OutcomeKind.STOP, step.index, reason=reason)
+
+
+def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: GitWorkspace) -> StepOutcome:
+    """Record the attempt, ask the controller what next, checkpoint on success, emit events."""
+    r, change, step = facts.result, facts.change, plan.step
+    job_id, idx, epoch = plan.job_id, step.index, plan.epoch
+    record: dict[str, Any] = {
+        "exitCode": r.exit_code, "signal": r.signal, "wallClockSeconds": round(r.wall_seconds, 3),
+        "idleSeconds": round(r.idle_seconds, 3), "diffHash": change.diff_hash,
+        "changedFiles": list(change.changed_files), "finishedAt": utc_now_iso(),
+        "detectionLagSeconds": None if r.detection_lag is None else round(r.detection_lag, 4),
+    }
+    common = {"epoch": epoch, "stepId": step.id, "stepIndex": idx, "attempt": plan.attempt,
+              "attemptStrategy": plan.strategy, "diffHash": change.diff_hash,
+              "wallClockSeconds": record["wallClockSeconds"], "idleSeconds": record["idleSeconds"]}
+    if r.cancelled:
+        ctx.store.transition_attempt(job_id, idx, plan.attempt, "running", {**record, "status": "cancelled"})
+        write_attempt_artifact(ctx, job_id, {**_attempt(ctx, plan), "status": "cancelled"}, plan.retry_context)
+        return StepOutcome(OutcomeKind.STOP, idx, reason="preempted (cancel, new epoch or operator action)")
+    ok = r.detector == Detector.EXIT and r.exit_code == 0
+    cls: FailureClass | None = None
+    signature: str | None = None
+    summary = summarize_failure(r.tail)
+    if not ok:
+        cls = classify(FailureFacts(exit_code=r.exit_code, signal=r.signal, detector=r.detector,
+                                    output_tail=r.tail), ctx.classifiers)
+        signature = failure_signature(f"{r.detector.value} exit={r.exit_code} signal={r.signal}\n{summary}")
+    current = AttemptOutcome(attempt=plan.attempt, ok=ok, failure_class=cls, signature=signature,
+                             diff_hash=change.diff_hash, detector=r.detector, round=plan.round)
+    job = ctx.store.get_job(job_id) or {}
+    history = step_history(ctx, job_id, idx, epoch) + [current]
+    decision = decide(history, plan.budgets, resets_used=job.get("resetsUsed", 0),
+                      queue_retries_used=job.get("queueRetriesUsed", 0))
+    if ok:
+        return _succeeded(ctx, plan, ws, record, common, history, summary)
+    return _failed(ctx, plan, decision, record, common, summary, signature or "", cls)
+
+
+def _attempt(ctx: Context, plan: AttemptPlan) -> dict[str, Any]:
+    return ctx.store.get_attempt(plan.job_id, plan.step.index, plan.attempt) or {}
+
+
+def _succeeded(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, record: dict[str, Any],
+               common: dict[str, Any], history: list[Any], summary: str) -> StepOutcome:
+    job_id, step, epoch = plan.job_id, plan.step, plan.epoch
+    meta = write_checkpoint(ws, ctx.artifacts(job_id), step_id=step.id, step_index=step.index,
+                            attempt=plan.attempt, summary=ctx.redactor.redact(summary), epoch=epoch)
+    ctx.store.record_checkpoint(job_id, step.index, epoch, meta)
+    ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
+                                 {**record, "status": "succeeded", "decision": {"kind": "done"}})
+    ctx.bus.emit("task.step.attempt.finished", job_id, **common, exitCode=0,
+                 patchSha256=meta.get("patchSha256"), changedFiles=meta.get("changedFiles"))
+    if any(not h.ok for h in history[:-1]):
+        ctx.bus.emit("task.self_heal.recovered", job_id, **common,
+                     strategy=None if plan.strategy == INITIAL else plan.strategy)
+    update_step(ctx, job_id, step.index, status="succeeded")
+    write_attempt_artifact(ctx, job_id, _attempt(ctx, plan), plan.retry_context)
+    job = ctx.store.get_job(job_id) or {}
+    if step.index + 1 >= len(job.get("steps", [])):
+        if update_job(ctx, job_id, expect={"epoch": epoch, "status": "running"}, status="succeeded",
+                      terminalReason="succeeded", finishedAt=utc_now_iso()):
+            ctx.bus.emit("task.job.succeeded", job_id, epoch=epoch, stepIndex=step.index, stepId=step.id)
+        return StepOutcome(OutcomeKind.DONE, step.index, reason="job succeeded")
+    update_job(ctx, job_id, currentStep=step.index + 1)
+    return StepOutcome(OutcomeKind.NEXT, step.index, reason="step succeeded")
+
+
+def _failed(ctx: Context, plan: AttemptPlan, decision: Decision, record: dict[str, Any],
+            common: dict[str, Any], summary: str, signature: str, cls: FailureClass | None) -> StepOutcome:
+    job_id, step, epoch = plan.job_id, plan.step, plan.epoch
+    cls = decision.failure_class or cls or FailureClass.TRANSIENT_RUNTIME
+    detector = decision.detector or Detector.EXIT
+    next_strategy = decision.strategy.value if decision.strategy else None
+    recorded = ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running", {
+        **record, "status": "failed", "failureClass": cls.value, "failureSignature": signature,
+        "detector": detector.value, "strategy": next_strategy,
+        "decision": {"kind": decision.kind.value, "reason": decision.reason, "countdown": decision.countdown},
+    })
+    if not recorded:  # already finished by another path (hard-limit handler, lost-worker recovery)
+        return StepOutcome(OutcomeKind.STOP, step.index, reason="attempt already recorded")
+    fields = {**common, "failureClass": cls.value, "failureSignature": signature, "detector": detector.value,
+              "exitCode": record["exitCode"], "reason": decision.reason}
+    ctx.bus.emit("task.step.attempt.failed", job_id, **fields, strategy=next_strategy)
+    outcome: StepOutcome
+    if decision.kind is DecisionKind.GIVE_UP:
+        if decision.retryable:
+            ctx.bus.emit("task.self_heal.exhausted", job_id, **fields)
+        outcome = fail_job(ctx, job_id, epoch, step, cls, decision.reason, retryable=decision.retryable,
+                           attempt=plan.attempt)
+    else:
+        outcome = _schedule_retry(ctx, plan, decision, cls, detector, summary, signature, record, fields)
+    write_attempt_artifact(ctx, job_id, _attempt(ctx, plan), plan.retry_context)
+    return outcome
+
+
+def _schedule_retry(ctx: Context, plan: AttemptPlan, decision: Decision, cls: FailureClass,
+                    detector: Detector, summary: str, signature: str, record: Mapping[str, Any],
+                    fields: Mapping[str, Any]) -> StepOutcome:
+    job_id, step = plan.job_id, plan.step
+    assert decision.strategy is not None
+    strategy = decision.strategy
+    if decision.kind in (DecisionKind.HARD_RESET, DecisionKind.QUEUE_RETRY):
+        counter = "resetsUsed" if decision.kind is DecisionKind.HARD_RESET else "queueRetriesUsed"
+        job = ctx.store.get_job(job_id) or {}
+        update_job(ctx, job_id, **{counter: job.get(counter, 0) + 1})
+        update_step(ctx, job_id, step.index, round=plan.round + 1, status="retrying")
+        ctx.bus.emit("task.self_heal.escalated", job_id, **{**fields, "strategy": strategy.value})
+    else:
+        update_step(ctx, job_id, step.index, status="retrying")
+    envelope = build_envelope(
+        objective=spec_of(ctx.store.get_job(job_id) or {}).objective, step=step, attempt=plan.attempt + 1,
+        strategy=strategy, failure_class=cls, detector=detector, failure_summary=summary,
+        failure_signature=signature, changed_files=record.get("changedFiles", []),
+        diff_hash=record.get("diffHash", ""), redact=ctx.redactor.redact)
+    ctx.bus.emit("task.self_heal.triggered", job_id, **{**fields, "strategy": strategy.value,
+                                                        "countdown": decision.countdown})
+    return StepOutcome(OutcomeKind.RETRY, step.index, reason=decision.reason, countdown=decision.countdown,
+                       strategy=strategy.value, retry_context=envelope, budgets=plan.budgets)

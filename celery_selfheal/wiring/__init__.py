@@ -1,0 +1,1 @@
+"""Thin Celery wiring: the step task, queue routing, signals, remote-control commands, install."""

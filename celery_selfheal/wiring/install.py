@@ -1,0 +1,81 @@
+"""`SelfHeal(app)`: the one-call install of tasks, signals, control commands and config into an app."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery
+
+from celery_selfheal.context import Context, build_context
+from celery_selfheal.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+#: settings we insist on: JSON everywhere (never pickle)
+SAFE_CONF: dict[str, Any] = {
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "event_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+    "task_track_started": True,
+    # One message at a time per child: a long step must not sit on prefetched work.
+    "worker_prefetch_multiplier": 1,
+}
+
+
+class SelfHeal:
+    """Install celery-selfheal into ``app``.
+
+    Registers the ``selfheal.run_step`` task, the worker signal handlers, the ``selfheal_*`` remote
+    control/inspect commands and forces JSON serialization. ``settings`` defaults to the env/config
+    resolution shared with the CLI.
+    """
+
+    def __init__(self, app: Celery, settings: Settings | None = None, *, configure_broker: bool = False) -> None:
+        self.app = app
+        self.settings = settings or load_settings()
+        self._ctx: Context | None = None
+        self._lock = threading.Lock()
+        app.conf.update(SAFE_CONF)
+        if configure_broker:
+            app.conf.update(broker_url=self.settings.broker_url,
+                            broker_transport_options=self.settings.broker_transport_options())
+        from celery_selfheal.wiring.signals import connect_signals
+        from celery_selfheal.wiring.tasks import register_tasks
+
+        self.run_step = register_tasks(app, self.context)
+        connect_signals(app, self.context, self.reset, self._attach_worker_sinks)
+        try:
+            from celery_selfheal.wiring import control
+
+            control.register_control_commands(app, self.context)
+        except ImportError:  # pragma: no cover - control commands arrive with the controls module
+            pass
+        app.selfheal = self  # type: ignore[attr-defined]
+
+    def context(self) -> Context:
+        """This process's context (built lazily, rebuilt after fork)."""
+        with self._lock:
+            if self._ctx is None:
+                self._ctx = build_context(self.settings)
+            return self._ctx
+
+    def reset(self) -> None:
+        """Drop the context (after fork, or when tests swap settings)."""
+        with self._lock:
+            self._ctx = None
+
+    def use_context(self, ctx: Context) -> None:
+        """Use an explicit context (the CLI applies its flags this way)."""
+        with self._lock:
+            self._ctx = ctx
+
+    def _attach_worker_sinks(self, ctx: Context, hostname: str) -> None:
+        try:
+            from celery_selfheal.sinks.celery_events import CeleryEventSink
+        except ImportError:  # pragma: no cover
+            return
+        ctx.bus.add_sink(CeleryEventSink(self.app, hostname=hostname or None))

@@ -1,0 +1,45 @@
+"""The step task: one Celery execution = one attempt of one step (logic lives in step_runner)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+
+from celery_selfheal.context import Context
+from celery_selfheal.step_runner import INITIAL, OutcomeKind, execute_step, time_limits
+from celery_selfheal.wiring.routing import RUN_STEP, default_queue, worker_queue
+
+
+class StepRetry(Exception):
+    """Carried by ``Task.retry`` so that Flower shows why a step is retried (detector, class,
+    strategy, attempt k of n)."""
+
+
+def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:
+    """Register ``selfheal.run_step`` on ``app`` and return it."""
+
+    @app.task(bind=True, name=RUN_STEP, max_retries=None, acks_late=True, reject_on_worker_lost=True,
+              ignore_result=True, serializer="json")
+    def run_step(self: Task, job_id: str, step_index: int, epoch: int, strategy: str = INITIAL,
+                 retry_context: dict[str, Any] | None = None) -> dict[str, Any]:
+        outcome = execute_step(get_context(), job_id=job_id, step_index=step_index, epoch=epoch,
+                               strategy=strategy, retry_context=retry_context, task_id=self.request.id,
+                               hostname=self.request.hostname or "")
+        if outcome.kind is OutcomeKind.RETRY:
+            assert outcome.budgets is not None
+            soft, hard = time_limits(outcome.budgets)
+            hostname = self.request.hostname
+            queue = worker_queue(hostname) if outcome.same_worker and hostname else default_queue(app)
+            # args=() explicitly: retry(kwargs=...) would otherwise reuse request.args.
+            raise self.retry(args=(), kwargs={"job_id": job_id, "step_index": step_index, "epoch": epoch,
+                                              "strategy": outcome.strategy,
+                                              "retry_context": outcome.retry_context},
+                             countdown=outcome.countdown, queue=queue, soft_time_limit=soft, time_limit=hard,
+                             exc=StepRetry(outcome.reason))
+        if outcome.kind is OutcomeKind.STOP:
+            self.request.chain = None  # stale, cancelled, parked or failed: the rest of the chain must not run
+        return {"jobId": job_id, "stepIndex": step_index, "outcome": outcome.kind.value, "reason": outcome.reason}
+
+    return run_step

@@ -1,0 +1,45 @@
+"""Choosing the workspace an attempt runs in: reuse it only when it provably matches the checkpoints.
+
+A first attempt (or a queue retry) needs a clean work tree at the last checkpoint's tree; a soft
+reset keeps the previous attempt's changes but still needs HEAD at that tree; a hard reset always
+rebuilds. Anything else (missing, another worker's, crashed, hand-edited) is rebuilt by verified
+replay, never silently used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery_selfheal.context import Context
+from celery_selfheal.core.model import Strategy
+from celery_selfheal.errors import ReplayError
+from celery_selfheal.workspace.checkpoints import replay, workspace_matches
+from celery_selfheal.workspace.git import GitWorkspace
+
+
+def checkpoints_before(ctx: Context, job_id: str, step_index: int) -> list[dict[str, Any]]:
+    """The active checkpoints of steps ``0..step_index-1``; all of them must be there."""
+    cps = [c for c in ctx.store.list_checkpoints(job_id) if c["stepIndex"] < step_index]
+    have = {c["stepIndex"] for c in cps}
+    for i in range(step_index):
+        if i not in have:
+            raise ReplayError(f"step {i}: checkpoint missing from the store, cannot rebuild the workspace",
+                              step_index=i)
+    return sorted(cps, key=lambda c: c["stepIndex"])
+
+
+def prepare_workspace(ctx: Context, job: Mapping[str, Any], step_index: int, strategy: str) -> GitWorkspace:
+    """A workspace at the tree after step ``step_index - 1``, rebuilt if needed."""
+    job_id = job["jobId"]
+    path = ctx.workspace_path(job_id)
+    cps = checkpoints_before(ctx, job_id, step_index)
+    if strategy != Strategy.HARD_RESET.value and (path / ".git").exists():
+        if strategy == Strategy.SOFT_RESET.value:
+            ws = GitWorkspace.open(path)
+            if not cps or ws.head_tree() == cps[-1]["treeAfter"]:
+                return ws
+        elif workspace_matches(path, cps, job["baselineSha"]):
+            return GitWorkspace.open(path)
+    return replay(path, repo=job["repo"], baseline_sha=job["baselineSha"], checkpoints=cps,
+                  arts=ctx.artifacts(job_id))

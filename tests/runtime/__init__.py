@@ -1,0 +1,1 @@
+"""Tests of the runtime supervisor: real subprocesses, process groups and signals."""

@@ -1,0 +1,107 @@
+"""Process-group helpers against real processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from celery_selfheal.runtime.process_group import (
+    group_alive,
+    kill_process_group,
+    start_group_child_preexec,
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process semantics")
+
+IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+
+
+def gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rfind(")") + 2] in "ZX"
+
+
+def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE)
+
+
+def test_kill_gone_group_is_safe() -> None:
+    proc = spawn(["true"])
+    proc.wait()
+    assert not group_alive(proc.pid)
+    assert kill_process_group(proc.pid, grace=1.0) is False
+
+
+def test_unreaped_zombie_leader_does_not_count_as_alive() -> None:
+    proc = spawn(["true"])
+    deadline = time.monotonic() + 5
+    while not gone(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert Path(f"/proc/{proc.pid}").exists(), "still a zombie: we have not reaped it"
+    assert not group_alive(proc.pid)
+    proc.wait()
+
+
+def test_term_respecting_group_ends_well_within_grace() -> None:
+    proc = spawn(["sh", "-c", "sleep 60 & sleep 60"])
+    time.sleep(0.1)
+    assert group_alive(proc.pid)
+    started = time.monotonic()
+    assert kill_process_group(proc.pid, grace=5.0) is True
+    assert time.monotonic() - started < 1.0
+    assert not group_alive(proc.pid)
+    assert proc.wait(timeout=1) == -signal.SIGTERM
+
+
+def test_term_ignoring_member_is_killed_after_grace() -> None:
+    proc = spawn([sys.executable, "-c", IGNORE_TERM])
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    started = time.monotonic()
+    assert kill_process_group(proc.pid, grace=0.3) is True
+    took = time.monotonic() - started
+    assert 0.3 <= took < 1.5
+    assert proc.wait(timeout=1) == -signal.SIGKILL
+
+
+def test_pdeathsig_kills_child_when_its_parent_is_sigkilled() -> None:
+    # The parent stands for a Celery pool child killed by the hard time limit.
+    parent_code = (
+        "import subprocess, sys, time\n"
+        "from celery_selfheal.runtime.process_group import start_group_child_preexec\n"
+        "p = subprocess.Popen(['sleep', '60'], start_new_session=True, preexec_fn=start_group_child_preexec)\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert not gone(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 3
+    while not gone(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gone(child)
+
+
+def test_preexec_sets_pdeathsig_and_child_leads_its_own_group() -> None:
+    probe = (
+        "import ctypes, os\n"
+        "sig = ctypes.c_int(-1)\n"
+        "ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG\n"
+        "print(sig.value, os.getpgid(0) == os.getpid())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], start_new_session=True, preexec_fn=start_group_child_preexec,
+        capture_output=True, check=True, text=True,
+    )
+    assert out.stdout.split() == [str(int(signal.SIGKILL)), "True"]

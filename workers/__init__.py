@@ -1,0 +1,1 @@
+"""Worker entry modules and demo runtimes (not part of the installed package)."""
