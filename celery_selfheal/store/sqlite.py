@@ -138,7 +138,7 @@ class SQLiteStore(StateStore):
         return codec.loads(row[0]) if row else None
 
     def update_job(self, job_id: str, changes: Record, *, expect: Record | None = None) -> bool:
-        with contextlib.nullcontext(self._db()) as db:
+        with self._write() as db:
             row = db.execute("select data from jobs where job_id = ?", (job_id,)).fetchone()
             if row is None or not codec.matches(job := codec.loads(row[0]), expect):
                 return False
