@@ -47,6 +47,8 @@ from celery_selfheal.workspace_prep import prepare_workspace
 log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+#: ``enqueue(job, step_index, countdown=0.0, **first_kwargs) -> first task id``
+Enqueue = Callable[..., str]
 INITIAL = "initial"
 
 
@@ -106,8 +108,17 @@ def execute_step(
     retry_context: Mapping[str, Any] | None = None,
     task_id: str,
     hostname: str = "",
+    enqueue: Enqueue | None = None,
+    operator: bool = False,
 ) -> StepOutcome:
-    """Run one attempt of ``step_index`` if the job still wants it, and decide what comes next."""
+    """Run one attempt of ``step_index`` if the job still wants it, and decide what comes next.
+
+    ``enqueue(job, step_index, countdown=..., **first_kwargs)`` sends a chain from a step; operator
+    requests that are pending on the job are applied with it before anything runs."""
+    if enqueue is not None and ctx.store.pending_control(job_id):
+        from celery_selfheal.control import apply_pending_controls
+
+        apply_pending_controls(ctx, job_id, enqueue=enqueue)
     job = ctx.store.get_job(job_id)
     if job is None:
         return StepOutcome(OutcomeKind.STOP, step_index, reason=f"unknown job {job_id}")
@@ -115,7 +126,7 @@ def execute_step(
         return StepOutcome(OutcomeKind.STOP, step_index, reason=f"stale epoch {epoch} (job at {job.get('epoch')})")
     if job["status"] in TERMINAL_STATUSES:
         return StepOutcome(OutcomeKind.STOP, step_index, reason=f"job is {job['status']}")
-    if job.get("paused") or job.get("takeover") and strategy not in (INITIAL, Strategy.OPERATOR_REQUEST.value):
+    if job.get("paused") or (job.get("takeover") and strategy != INITIAL and not operator):
         return park(ctx, job, step_index, strategy, retry_context)
     spec = spec_of(job)
     step = spec.steps[step_index]
@@ -156,15 +167,22 @@ def execute_step(
                             on_output=OutputToucher(registry, task_id))
     finally:
         registry.unregister(task_id)
-    return finish_attempt(ctx, plan, facts, ws)
+    outcome = finish_attempt(ctx, plan, facts, ws)
+    if facts.result.cancelled and enqueue is not None:
+        # preempted by an operator request: apply it now, from the slot we are about to free
+        from celery_selfheal.control import apply_pending_controls
+
+        apply_pending_controls(ctx, job_id, enqueue=enqueue)
+    return outcome
 
 
 def park(ctx: Context, job: Mapping[str, Any], step_index: int, strategy: str,
-         retry_context: Mapping[str, Any] | None) -> StepOutcome:
+         retry_context: Mapping[str, Any] | None, *, reason: str = "paused") -> StepOutcome:
     """Pause without holding a worker slot: remember what to run and stop the chain."""
-    update_job(ctx, job["jobId"], status="paused",
-               parked={"stepIndex": step_index, "strategy": strategy, "retryContext": retry_context})
-    return StepOutcome(OutcomeKind.STOP, step_index, reason="paused")
+    update_job(ctx, job["jobId"], status="paused", pausedReason=reason,
+               parked={"stepIndex": step_index, "strategy": strategy,
+                       "retryContext": dict(retry_context) if retry_context else None})
+    return StepOutcome(OutcomeKind.STOP, step_index, reason=reason)
 
 
 def fail_job(ctx: Context, job_id: str, epoch: int, step: StepSpec, cls: FailureClass, reason: str,
@@ -268,6 +286,11 @@ def _failed(ctx: Context, plan: AttemptPlan, decision: Decision, record: dict[st
                            attempt=plan.attempt)
     else:
         outcome = _schedule_retry(ctx, plan, decision, cls, detector, summary, signature, record, fields)
+        job = ctx.store.get_job(job_id) or {}
+        if job.get("takeover"):
+            # an operator has taken over: no automatic recovery, wait for their action
+            outcome = park(ctx, job, step.index, outcome.strategy or Strategy.SOFT_RESET.value,
+                           outcome.retry_context, reason="takeover: waiting for an operator action")
     write_attempt_artifact(ctx, job_id, _attempt(ctx, plan), plan.retry_context)
     return outcome
 

@@ -1,7 +1,8 @@
 """Choosing the workspace an attempt runs in: reuse it only when it provably matches the checkpoints.
 
 A first attempt (or a queue retry) needs a clean work tree at the last checkpoint's tree; a soft
-reset keeps the previous attempt's changes but still needs HEAD at that tree; a hard reset always
+reset (or an operator's retry_step) keeps the previous attempt's changes but still needs HEAD at that
+tree; a hard reset always
 rebuilds. Anything else (missing, another worker's, crashed, hand-edited) is rebuilt by verified
 replay, never silently used.
 """
@@ -35,7 +36,7 @@ def prepare_workspace(ctx: Context, job: Mapping[str, Any], step_index: int, str
     path = ctx.workspace_path(job_id)
     cps = checkpoints_before(ctx, job_id, step_index)
     if strategy != Strategy.HARD_RESET.value and (path / ".git").exists():
-        if strategy == Strategy.SOFT_RESET.value:
+        if strategy in (Strategy.SOFT_RESET.value, Strategy.OPERATOR_REQUEST.value):
             ws = GitWorkspace.open(path)
             if not cps or ws.head_tree() == cps[-1]["treeAfter"]:
                 return ws

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,7 @@ from celery import Celery, Task
 
 from celery_selfheal.context import Context
 from celery_selfheal.step_runner import INITIAL, OutcomeKind, execute_step, time_limits
-from celery_selfheal.wiring.routing import RUN_STEP, default_queue, worker_queue
+from celery_selfheal.wiring.routing import RUN_STEP, default_queue, enqueue_from, worker_queue
 
 
 class StepRetry(Exception):
@@ -23,10 +24,11 @@ def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:
     @app.task(bind=True, name=RUN_STEP, max_retries=None, acks_late=True, reject_on_worker_lost=True,
               ignore_result=True, serializer="json")
     def run_step(self: Task, job_id: str, step_index: int, epoch: int, strategy: str = INITIAL,
-                 retry_context: dict[str, Any] | None = None) -> dict[str, Any]:
+                 retry_context: dict[str, Any] | None = None, operator: bool = False) -> dict[str, Any]:
         outcome = execute_step(get_context(), job_id=job_id, step_index=step_index, epoch=epoch,
                                strategy=strategy, retry_context=retry_context, task_id=self.request.id,
-                               hostname=self.request.hostname or "")
+                               hostname=self.request.hostname or "",
+                               enqueue=functools.partial(enqueue_from, app), operator=operator)
         if outcome.kind is OutcomeKind.RETRY:
             assert outcome.budgets is not None
             soft, hard = time_limits(outcome.budgets)

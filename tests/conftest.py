@@ -1,0 +1,55 @@
+"""Shared fixtures: real git repositories, real Redis (tests.redis_server), real prefork workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.redis_server"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in ``cwd`` with a fixed identity; returns stdout."""
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_git() -> None:
+    import shutil
+
+    if shutil.which("git") is None:
+        if _in_ci():
+            pytest.fail("git is not installed; CI must run the git tests", pytrace=False)
+        pytest.skip("git is not installed")
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Callable[..., Path]:
+    """``make_repo(files={...})``: a real git repo with one commit on ``main``."""
+
+    def make(name: str = "baseline", files: dict[str, str] | None = None) -> Path:
+        repo = tmp_path / name
+        repo.mkdir()
+        git(repo, "init", "-q", "-b", "main")
+        for rel, text in (files or {"README.md": "# baseline\n", "src/app.py": "print('hi')\n"}).items():
+            path = repo / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", "baseline")
+        return repo
+
+    return make

@@ -1,0 +1,179 @@
+"""End to end on a real prefork worker, real git repos and real runtimes (issue 2 "Must show")."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import git
+from tests.integration.conftest import Harness, names
+
+pytestmark = pytest.mark.slow
+
+
+def test_idle_timeout_soft_reset_then_success(harness: Harness, make_repo) -> None:
+    repo = make_repo()
+    job_id = harness.submit(harness.job_file(
+        repo, [{"id": "implement", "instructions": "silent@1\nwrite out.txt: done"}],
+        step_idle_timeout_seconds=1.0, soft_reset_backoff_seconds=0.1))
+    job = harness.wait(job_id)
+    assert job["status"] == "succeeded"
+    attempts = harness.attempts(job_id)
+    assert [a["status"] for a in attempts] == ["failed", "succeeded"]
+    first, second = attempts
+    assert first["detector"] == "idle_timeout"
+    assert first["failureClass"] == "transient_runtime"
+    assert first["strategy"] == "soft_reset"
+    assert second["attemptStrategy"] == "soft_reset"
+    # detected within tens of ms of the threshold (generous bound for a loaded CI box)
+    assert first["detectionLagSeconds"] is not None and first["detectionLagSeconds"] < 0.25
+    evs = harness.events(job_id)
+    failed = next(e for e in evs if e["event"] == "task.step.attempt.failed")
+    for key in ("jobId", "stepId", "stepIndex", "attempt", "failureClass", "failureSignature", "diffHash",
+                "strategy", "detector"):
+        assert key in failed, key
+    assert "task.self_heal.triggered" in names(evs)
+    assert "task.self_heal.recovered" in names(evs)
+    assert names(evs)[-1] == "task.job.succeeded"
+    arts = harness.ctx.artifacts(job_id)
+    assert arts.patch_path(0).exists() and arts.step_state_path(0).exists()
+    assert arts.attempt_state_path(0, 1).exists() and arts.attempt_state_path(0, 2).exists()
+    assert "thinking" in arts.log_path(0, 1).read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
+
+
+def test_wall_timeout_chatty_runtime_is_killed_then_success(harness: Harness, make_repo) -> None:
+    repo = make_repo()
+    job_id = harness.submit(harness.job_file(
+        repo, [{"id": "hang", "instructions": "chatty-hang@1\nwrite ok.txt: ok", "step_timeout_seconds": 1.5}],
+        kill_grace_seconds=0.5, soft_reset_backoff_seconds=0.1))
+    job = harness.wait(job_id)
+    assert job["status"] == "succeeded"
+    first = harness.attempts(job_id)[0]
+    assert first["detector"] == "wall_timeout"  # output kept flowing, so not the idle watchdog
+    assert 1.5 <= first["wallClockSeconds"] < 2.0
+    assert not _alive(first["pid"])
+
+
+def test_wall_timeout_grandchild_ignoring_term_is_gone(harness: Harness, make_repo) -> None:
+    pidfile = harness.tmp / f"gc-{time.time_ns()}.pid"
+    repo = make_repo()
+    job_id = harness.submit(harness.job_file(
+        repo, [{"id": "hang", "instructions": f"grandchild-hang@1 {pidfile}\nwrite ok.txt: ok",
+                "step_timeout_seconds": 1.0}], kill_grace_seconds=0.3, soft_reset_backoff_seconds=0.1))
+    job = harness.wait(job_id)
+    assert job["status"] == "succeeded", job
+    first = harness.attempts(job_id)[0]
+    assert first["detector"] == "wall_timeout"
+    gc_pid = int(pidfile.read_text())
+    assert not _alive(gc_pid), "grandchild survived the wall timeout"
+    assert not _alive(first["pid"])
+
+
+def test_deterministic_policy_failure_ends_job_at_once(harness: Harness, make_repo) -> None:
+    repo = make_repo()
+    job_id = harness.submit(harness.job_file(
+        repo, [{"id": "deploy", "instructions": "fail 77 permission denied"},
+               {"id": "never", "instructions": "write x: y"}]))
+    job = harness.wait(job_id)
+    assert job["status"] == "failed"
+    assert job["terminalReason"] == "deterministic_policy"
+    assert job["retryable"] is False
+    attempts = harness.attempts(job_id)
+    assert len(attempts) == 1 and attempts[0]["failureClass"] == "deterministic_policy"
+    assert not any(a["stepIndex"] == 1 for a in attempts)
+    assert names(harness.events(job_id))[-1] == "task.job.failed"
+
+
+def test_budgets_never_exceeded_and_queue_retry_after_exhaustion(harness: Harness, make_repo) -> None:
+    repo = make_repo()
+    job_id = harness.submit(harness.job_file(
+        repo, [{"id": "flaky", "instructions": "vary-fail 75"}],
+        step_max_attempts=2, job_self_heal_max_resets=1, job_queue_max_retries=1,
+        soft_reset_backoff_seconds=0.05, queue_retry_backoff_seconds=0.2))
+    job = harness.wait(job_id, timeout=90)
+    assert job["status"] == "failed"
+    assert job["retryable"] is True
+    attempts = harness.attempts(job_id)
+    # 2 attempts per round x (initial round + 1 hard reset + 1 queue retry)
+    assert len(attempts) == 6
+    rounds: dict[int, int] = {}
+    for a in attempts:
+        rounds[a["round"]] = rounds.get(a["round"], 0) + 1
+    assert max(rounds.values()) <= 2
+    strategies = [a["attemptStrategy"] for a in attempts]
+    assert strategies == ["initial", "soft_reset", "hard_reset", "soft_reset", "queue_retry", "soft_reset"]
+    evs = harness.events(job_id)
+    escalations = [e["strategy"] for e in evs if e["event"] == "task.self_heal.escalated"]
+    assert escalations == ["hard_reset", "queue_retry"]
+    assert "task.self_heal.exhausted" in names(evs)
+    assert job["resetsUsed"] == 1 and job["queueRetriesUsed"] == 1
+
+
+def test_no_progress_escalates_to_hard_reset(harness: Harness, make_repo) -> None:
+    repo = make_repo()
+    job_id = harness.submit(harness.job_file(
+        repo, [{"id": "one", "instructions": "write a.txt: one"},
+               {"id": "two", "instructions": "fail-unless-hard-reset\nwrite b.txt: two"}],
+        soft_reset_backoff_seconds=0.05))
+    job = harness.wait(job_id)
+    assert job["status"] == "succeeded"
+    two = [a for a in harness.attempts(job_id) if a["stepIndex"] == 1]
+    assert [a["attemptStrategy"] for a in two] == ["initial", "soft_reset", "hard_reset"]
+    assert two[1]["detector"] == "no_progress" and two[1]["failureClass"] == "stuck_no_progress"
+    assert two[0]["failureSignature"] == two[1]["failureSignature"]
+    ws = harness.ctx.workspace_path(job_id)
+    assert (ws / "a.txt").read_text() == "one\n" and (ws / "b.txt").read_text() == "two\n"
+
+
+def test_checkpoints_replay_with_plain_git_apply(harness: Harness, make_repo, tmp_path: Path) -> None:
+    repo = make_repo()
+    job_id = harness.submit(harness.job_file(
+        repo, [{"id": "add", "instructions": "write docs/new.md: hello"},
+               {"id": "edit", "instructions": "write src/app.py: print('changed')"},
+               {"id": "empty", "instructions": "print nothing to do"}]))
+    assert harness.wait(job_id)["status"] == "succeeded"
+    arts = harness.ctx.artifacts(job_id)
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    for i in range(3):
+        patch = arts.patch_path(i)
+        if patch.stat().st_size:
+            subprocess.run(["git", "apply", str(patch)], cwd=clone, check=True)
+    assert (clone / "docs/new.md").read_text() == "hello\n"
+    assert (clone / "src/app.py").read_text() == "print('changed')\n"
+    git(clone, "add", "-A")
+    tree = git(clone, "write-tree")
+    import json
+
+    meta = json.loads(arts.step_state_path(2).read_text())
+    assert tree == meta["treeAfter"]
+    for key in ("stepId", "stepIndex", "attempt", "diffHash", "patchSha256", "changedFiles", "summary",
+                "finishedAt"):
+        assert key in meta
+
+
+def test_runtime_protocol_env_and_prompt(harness: Harness, make_repo) -> None:
+    repo = make_repo()
+    job_id = harness.submit(harness.job_file(repo, [{"id": "envcheck", "instructions": "env"}]))
+    assert harness.wait(job_id)["status"] == "succeeded"
+    log = harness.ctx.artifacts(job_id).log_path(0, 1).read_text()
+    assert f"SELFHEAL_JOB_ID={job_id}" in log
+    assert "SELFHEAL_STEP_ID=envcheck" in log
+    assert "SELFHEAL_STEP_INDEX=0" in log
+    assert "SELFHEAL_ATTEMPT=1" in log
+    assert "SELFHEAL_PROMPT_FILE=" in log
+    assert "SELFHEAL_RETRY_CONTEXT_FILE" not in log

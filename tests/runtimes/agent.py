@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Scripted test runtime. Directives (one per line) in the prompt; ``@N`` limits a directive to
+attempt N (e.g. ``silent@1``). The retry strategy comes from SELFHEAL_RETRY_CONTEXT_FILE.
+
+  write PATH: TEXT        write a file (relative to the workspace)
+  silent[@N]              print one line then hang silently
+  chatty-hang[@N]         keep printing forever (only the wall timeout stops it)
+  grandchild-hang[@N] PIDFILE
+                          start a grandchild that ignores SIGTERM, record its pid in PIDFILE, hang
+  fail CODE[@N] MESSAGE   print MESSAGE and exit CODE
+  fail-unless-hard-reset  same failure, no change, unless started by a hard reset
+  vary-fail CODE          fail with CODE and a different message and change each time
+  print TEXT              print TEXT
+  env                     print the SELFHEAL_* env vars
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> int:
+    prompt = sys.stdin.read()
+    attempt = int(os.environ["SELFHEAL_ATTEMPT"])
+    strategy = "initial"
+    if os.environ.get("SELFHEAL_RETRY_CONTEXT_FILE"):
+        strategy = json.loads(Path(os.environ["SELFHEAL_RETRY_CONTEXT_FILE"]).read_text())["strategy"]
+    print(f"agent attempt={attempt} strategy={strategy}", flush=True)
+    writes = []
+    for raw in prompt.splitlines():
+        line = raw.strip()
+        word, _, rest = line.partition(" ")
+        word, _, only = word.partition("@")
+        if only and int(only) != attempt:
+            continue
+        if word == "write":
+            writes.append(rest)
+        elif word == "print":
+            print(rest, flush=True)
+        elif word == "env":
+            for k in sorted(os.environ):
+                if k.startswith("SELFHEAL_"):
+                    print(f"{k}={os.environ[k]}", flush=True)
+        elif word == "silent":
+            print("thinking", flush=True)
+            time.sleep(3600)
+        elif word == "chatty-hang":
+            while True:
+                print("still working", flush=True)
+                time.sleep(0.05)
+        elif word == "grandchild-hang":
+            child = subprocess.Popen([sys.executable, "-c",
+                                      "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                      "time.sleep(3600)"])
+            Path(rest.strip()).write_text(str(child.pid))
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            time.sleep(3600)
+        elif word == "fail":
+            code, _, message = rest.partition(" ")
+            print(message or "failed", flush=True)
+            return int(code)
+        elif word == "fail-unless-hard-reset" and strategy != "hard_reset":
+            print(f"FAILED test_x - AssertionError at 0x{id(prompt):x} pid {os.getpid()}", flush=True)
+            return 1
+        elif word == "vary-fail":
+            Path(f"attempt-{attempt}.txt").write_text(str(time.time()))
+            print(f"connection reset by peer #{attempt}", flush=True)
+            return int(rest)
+    for spec in writes:
+        path, _, text = spec.partition(":")
+        target = Path(path.strip())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text.strip() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
