@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,15 @@ _RULES: dict[str, tuple[type, float, bool]] = {
 assert set(_RULES) == set(BUDGET_KEYS)
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def format_key(key: object) -> str:
+    """A key as it appears in an error's ``where``: plain keys as-is, anything else quoted, so a
+    key holding a newline or spaces cannot break the one-line message."""
+    return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else repr(key)
+
+
 def _check_value(key: str, value: Any, *, where: str) -> int | float:
     """Validate one value for ``key`` and return it in its canonical type."""
     kind, low, inclusive = _RULES[key]
@@ -125,7 +135,7 @@ def validate_overrides(
         raise ConfigError(f"must be a table of budget keys, got {type(values).__name__}", where=where)
     out: dict[str, int | float] = {}
     for key, value in values.items():
-        at = f"{where}{sep}{key}"
+        at = f"{where}{sep}{format_key(key)}"
         if key not in _RULES:
             raise ConfigError(f"unknown key; expected one of: {', '.join(sorted(allowed))}", where=at)
         if key not in allowed:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from celery_selfheal.core.budgets import BUDGET_KEYS, STEP_KEYS, validate_overrides
+from celery_selfheal.core.budgets import BUDGET_KEYS, STEP_KEYS, format_key, validate_overrides
 from celery_selfheal.errors import InputError
 
 if sys.version_info >= (3, 11):
@@ -166,7 +166,9 @@ def _loads(text: str, source: str, fmt: str) -> Any:
 def _check_keys(table: Mapping[str, Any], known: tuple[str, ...], *, where: str) -> None:
     for key in table:
         if key not in known:
-            raise InputError(f"unknown key; expected one of: {', '.join(known)}", where=f"{where}{key}")
+            raise InputError(
+                f"unknown key; expected one of: {', '.join(known)}", where=where + format_key(key)
+            )
 
 
 def _text(table: Mapping[str, Any], key: str, *, where: str, required: bool = True) -> str | None:
@@ -219,9 +221,9 @@ def _step(raw: Any, index: int, source: str) -> StepSpec:
         if key in _STEP_FIELDS or key in STEP_KEYS:
             continue
         if key in BUDGET_KEYS:
-            raise InputError("is a job-level budget; set it in [job.selfheal]", where=f"{where}{key}")
+            raise InputError("is a job-level budget; set it in [job.selfheal]", where=where + key)
         allowed = ", ".join((*_STEP_FIELDS, *sorted(STEP_KEYS)))
-        raise InputError(f"unknown key; expected one of: {allowed}", where=f"{where}{key}")
+        raise InputError(f"unknown key; expected one of: {allowed}", where=where + format_key(key))
     instructions = _text(raw, "instructions", where=where)
     assert instructions is not None
     overrides = {k: v for k, v in raw.items() if k in STEP_KEYS}

@@ -6,7 +6,8 @@ placeholders, then lowercases and collapses whitespace. Two attempts failing "th
 share a :func:`failure_signature`, which is what the no-progress detector compares.
 
 Rules run in table order: more specific shapes first (a uuid before the hex hashes inside it, a
-timestamp before its numbers, a temp path before the ``:line:col`` that follows it).
+timestamp before its numbers, a temp path before the ``:line:col`` that follows it, a pid or line
+number before the hash rule could read a 7-digit one as a hash).
 """
 
 from __future__ import annotations
@@ -39,17 +40,18 @@ RULES: tuple[tuple[str, str], ...] = (
     # temp paths: the temp root and its first (random) component; pytest's per-test dirs whole
     (rf"{_TEMP_ROOT}/pytest-of-[^/\s]+/pytest-\d+/[^/\s'\":]+", "<tmp>"),
     (rf"{_TEMP_ROOT}/[^/\s'\":]+", "<tmp>"),
-    # memory addresses and hashes: 7+ hex digits with at least one decimal digit, so plain words
-    # such as "defaced" survive. A hash shares the number placeholder because an all-digit short
-    # sha is indistinguishable from a number, and the two must not split one failure in two.
-    (r"\b0x[0-9a-f]+\b", "<addr>"),
-    (r"\b(?=[a-f]*\d)[0-9a-f]{7,}\b", "<n>"),
     # pids
     (r"\bpid\s*[=:]?\s*\d+\b", "pid=<pid>"),
     (r"\[\d+\]", "[<pid>]"),
     # source locations: file.py:12:5, "line 12"
     (r"(?<=[\w)\]>]):\d+(?::\d+)?\b", ":<loc>"),
     (r"\bline\s+\d+\b", "line <loc>"),
+    # memory addresses and hashes: 7+ hex digits with at least one decimal digit, so plain words
+    # such as "defaced" survive. A hash shares the number placeholder because an all-digit short
+    # sha is indistinguishable from a number, and the two must not split one failure in two.
+    (r"\b0x[0-9a-f]+\b", "<addr>"),
+    # (not when part of a decimal such as 1234567.5: that is the number rule's)
+    (r"(?<!\d\.)\b(?=[a-f]*\d)[0-9a-f]{7,}\b(?!\.\d)", "<n>"),
     # durations: 1.5s, 200ms, 3m, 2 hours
     (
         rf"{_NOT_WORD}\d+(?:\.\d+)?\s?(?:ns|us|µs|ms|s|secs?|seconds?|m|mins?|minutes?"

@@ -10,7 +10,11 @@ from celery_selfheal.core.classify import FailureFacts, classify, default_classi
 from celery_selfheal.core.model import Detector, FailureClass
 
 T, S = FailureClass.TRANSIENT_RUNTIME, FailureClass.STUCK_NO_PROGRESS
-C, P, R = FailureClass.DETERMINISTIC_CONTRACT, FailureClass.DETERMINISTIC_POLICY, FailureClass.DETERMINISTIC_REPO
+C, P, R = (
+    FailureClass.DETERMINISTIC_CONTRACT,
+    FailureClass.DETERMINISTIC_POLICY,
+    FailureClass.DETERMINISTIC_REPO,
+)
 
 
 def facts(exit_code=1, *, sig=None, detector=Detector.EXIT, tail=""):
