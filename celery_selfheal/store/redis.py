@@ -3,8 +3,8 @@
 URL: ``redis://[:password@]host:port/db[?prefix=myapp:]`` (also ``rediss://`` and ``unix://``);
 every key starts with the prefix (default ``selfheal:``; the ``prefix`` keyword wins over the URL).
 Key layout, with ``P`` the prefix and ``J`` a job id (braces delimit the id, which cannot contain
-them, so ``job:{a:b}`` never collides with another job's keys; they also keep a job's keys in one
-Redis Cluster slot):
+them, so ``job:{a:b}`` never collides with another job's keys). Standalone Redis (>= 5) or a
+Sentinel-managed primary; Redis Cluster is not supported (some scripts touch global keys):
 
 ==============================  ======  ================================================
 key                             type    content
@@ -28,7 +28,8 @@ Atomicity: ``RPUSH`` numbers events (its reply is the new length: no gaps, no du
 merged in Python, never re-encoded in Lua), Lua scripts create jobs and handle leases. Leases are
 not Redis TTL keys, because an expired key vanishes with its owner and ``expired_leases`` must still
 name it. The client is created lazily per process (redis-py pools must not cross ``fork()``) and
-retries commands through a Redis restart of up to ~15 s.
+retries commands through a Redis restart of up to ~15 s (a command whose reply was lost as the old
+server died may then run twice: at worst an event is appended twice; CAS updates stay correct).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -100,11 +101,25 @@ class SQLiteStore(StateStore):
         # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
         conn = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT_MS / 1000,
                                isolation_level=None, check_same_thread=False)
-        for pragma in self.PRAGMAS:
-            conn.execute(pragma)
-        conn.executescript(self.SCHEMA)
+        self._set_up(conn)
         local.conn, local.pid = conn, os.getpid()
         return conn
+
+    def _set_up(self, conn: sqlite3.Connection) -> None:
+        """Pragmas and schema. Switching a brand-new file to WAL needs an exclusive lock, and SQLite
+        answers "locked" at once (no busy wait) while another process is setting up the same file:
+        retry that for up to the busy timeout."""
+        deadline = time.monotonic() + self.BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                for pragma in self.PRAGMAS:
+                    conn.execute(pragma)
+                conn.executescript(self.SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))  # jitter: racing processes spread out
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

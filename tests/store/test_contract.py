@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,7 @@ def _append_50(store: StateStore, n: int) -> list[int]:
 
 def test_concurrent_events_get_gapless_sequence(store: StateStore) -> None:
     # the store is not used before the fork: for SQLite the children also race to create the file
+    # and switch it to WAL (this caught SQLite answering "locked" at once during that switch)
     seqs = run_processes(store, _append_50)
     assert sorted(s for per_proc in seqs for s in per_proc) == list(range(1, 201))
     assert all(per_proc == sorted(per_proc) for per_proc in seqs)
@@ -243,6 +245,13 @@ def test_concurrent_events_get_gapless_sequence(store: StateStore) -> None:
     assert [s for s, _ in events] == list(range(1, 201))
     for n in range(4):
         assert [e["i"] for _, e in events if e["proc"] == n] == list(range(50))
+
+
+def test_threads_share_a_store(store: StateStore) -> None:
+    # worker threads (watchdogs, output readers) append events next to the task's own thread
+    with ThreadPoolExecutor(4) as pool:
+        seqs = list(pool.map(lambda n: _append_50(store, n), range(4)))
+    assert sorted(s for per_thread in seqs for s in per_thread) == list(range(1, 201))
 
 
 def _race_checkpoints(store: StateStore, n: int) -> list[bool]:
