@@ -46,7 +46,8 @@ class Budgets:
     def __post_init__(self) -> None:
         values = budgets_to_dict(self)
         for key, value in values.items():
-            _check_value(key, value, where=f"Budgets.{key}")
+            # Store canonical types (Budgets(step_timeout_seconds=5) holds 5.0), bypassing frozen.
+            object.__setattr__(self, key, _check_value(key, value, where=f"Budgets.{key}"))
         _check_together(values, where=lambda key: f"Budgets.{key}")
 
 

@@ -158,3 +158,10 @@ def test_bad_values_always_name_the_key(key, value):
     with pytest.raises(ConfigError) as err:
         validate_overrides({key: value}, where="layer")
     assert str(err.value).startswith(f"layer.{key}: must be ")
+
+
+def test_direct_construction_is_validated_and_canonical():
+    b = Budgets(step_timeout_seconds=5, kill_grace_seconds=0)
+    assert type(b.step_timeout_seconds) is float and type(b.kill_grace_seconds) is float
+    with pytest.raises(ConfigError, match=r"^Budgets\.step_max_attempts: must be an integer, got 2\.0$"):
+        Budgets(step_max_attempts=2.0)  # type: ignore[arg-type]

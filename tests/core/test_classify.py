@@ -100,7 +100,7 @@ def test_extra_classifiers_run_first_in_order():
     assert calls == ["no_opinion", "flaky"]
     assert classify(facts(1, tail="connection reset"), [no_opinion, flaky_harness]) is T
     with pytest.raises(ValueError):
-        classify(f, [lambda f: "not-a-class"])
+        classify(f, [lambda f: "not-a-class"])  # type: ignore[list-item]
 
 
 @given(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -25,7 +26,7 @@ def redact(text: str) -> str:
 
 
 def envelope(**kw):
-    args = {
+    args: dict[str, Any] = {
         "objective": "Ship it",
         "step": STEP,
         "attempt": 2,
