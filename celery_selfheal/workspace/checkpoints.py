@@ -129,7 +129,8 @@ def verify_checkpoint(arts: JobArtifacts, meta: Mapping[str, Any]) -> bytes:
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise ReplayError(f"{_label(meta)}: patch {_rel(arts, path)} sha256 mismatch "
-                          f"(checkpoint says {expected}, file has {actual})", step_index=index, path=str(path))
+                          f"(checkpoint says {expected}, file has {actual})",
+                          step_index=index, path=str(path))
     return data
 
 
@@ -142,7 +143,7 @@ def _build(tmp: Path, repo: str, baseline_sha: str, metas: Sequence[Mapping[str,
     stack = PatchStack(ws, baseline_sha)
     try:
         tree = ws.rev(f"{baseline_sha}^{{tree}}")
-        for meta, patch in zip(metas, patches):
+        for meta, patch in zip(metas, patches, strict=True):
             index = meta["stepIndex"]
             path = arts.patch_path(index)
             where = {"step_index": index, "path": str(path)}
@@ -170,8 +171,9 @@ def _swap(new: Path, path: Path, keep_old: bool) -> None:
     if path.exists() or path.is_symlink():
         if keep_old:
             n = 1
-            while (old := path.with_name(f"{path.name}.old-{n}")).exists():
+            while path.with_name(f"{path.name}.old-{n}").exists():
                 n += 1
+            old = path.with_name(f"{path.name}.old-{n}")
             os.rename(path, old)
         elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -181,7 +183,7 @@ def _swap(new: Path, path: Path, keep_old: bool) -> None:
         os.rename(new, path)
     except BaseException:
         if old is not None:
-            os.rename(old, path)
+            os.rename(old, path)  # put the old workspace back: path stays as it was
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -14,6 +14,7 @@ detaches HEAD there again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -45,6 +46,7 @@ _CONFIG_ARGS = tuple(arg for kv in _OVERRIDES for arg in ("-c", kv))
 _KEEP_GIT_ENV = ("GIT_SSH", "GIT_ASKPASS", "GIT_SSL", "GIT_HTTP", "GIT_PROXY", "GIT_TRACE", "GIT_CURL")
 _HEX_SHA = re.compile(r"^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$")
 _NETWORK_TIMEOUT = 600.0
+_APPLY_ARGS = ("--binary", "--whitespace=nowarn", "-")
 _DIFF_ARGS = ("-r", "--full-index", "--binary", "-M", "--no-color", "--no-ext-diff", "--no-textconv")
 
 
@@ -101,9 +103,12 @@ def resolve_ref(repo: str, ref: str) -> str:
         raise InputError(f"{ref!r} is not a valid git ref", where="job.ref")
     if _is_local(repo):
         root = Path(repo).resolve()
+        if not root.is_dir():
+            raise InputError(f"{repo} does not exist or is not a directory", where="job.repo")
         try:
-            git_dir = Path(git(["rev-parse", "--absolute-git-dir"], cwd=root, isolated=False).decode().strip())
-        except (WorkspaceError, OSError):
+            out = git(["rev-parse", "--absolute-git-dir"], cwd=root, isolated=False)
+            git_dir: Path | None = Path(out.decode().strip())
+        except WorkspaceError:
             git_dir = None
         if git_dir is None or not ((root / ".git").exists() or git_dir == root):
             raise InputError(f"{repo} is not a git repository", where="job.repo")
@@ -113,10 +118,13 @@ def resolve_ref(repo: str, ref: str) -> str:
             raise InputError(f"{ref!r} does not name a commit in {repo}", where="job.ref") from None
         return out.decode().strip()
     try:
-        out = git(["ls-remote", repo, ref, f"{ref}^{{}}"], isolated=False, timeout=_NETWORK_TIMEOUT).decode()
+        listing = git(["ls-remote", repo, ref, f"{ref}^{{}}"], isolated=False, timeout=_NETWORK_TIMEOUT)
     except WorkspaceError as exc:
         raise InputError(f"cannot read {repo}: {exc}", where="job.repo") from None
-    found = dict(reversed(line.split("\t", 1)) for line in out.splitlines() if "\t" in line)
+    found: dict[str, str] = {}
+    for line in listing.decode("utf-8", "replace").splitlines():
+        sha, _, name = line.partition("\t")
+        found[name] = sha
     for name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
         if name in found:
             return found[name]
@@ -156,9 +164,25 @@ class GitWorkspace:
         file systems). ``checkout=False`` leaves the work tree and index empty (used by replay).
         """
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        existed = path.exists()
+        if existed and (not path.is_dir() or any(path.iterdir())):
             raise WorkspaceError(f"workspace path {path} exists and is not empty")
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return cls._clone(path, repo, sha, checkout)
+        except BaseException:  # leave `path` as it was: absent or empty
+            if existed:
+                for child in path.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+
+    @classmethod
+    def _clone(cls, path: Path, repo: str, sha: str, checkout: bool) -> GitWorkspace:
         local = _is_local(repo)
         source = str(Path(repo).resolve()) if local else repo
         conf = [arg for kv in (*_OVERRIDES, f"user.name={IDENTITY['GIT_AUTHOR_NAME']}",
@@ -167,10 +191,8 @@ class GitWorkspace:
             isolated=False, timeout=None if local else _NETWORK_TIMEOUT)
         ws = cls(path)
         if not ws._has_commit(sha):
-            try:  # a server may serve a commit that no branch or tag advertises
-                ws.git(["fetch", "--quiet", "--no-tags", "origin", sha], isolated=False, timeout=_NETWORK_TIMEOUT)
-            except WorkspaceError:
-                pass
+            with contextlib.suppress(WorkspaceError):  # a server may serve an unadvertised commit
+                ws.git(["fetch", "-q", "--no-tags", "origin", sha], isolated=False, timeout=_NETWORK_TIMEOUT)
             if not ws._has_commit(sha):
                 raise WorkspaceError(f"commit {sha} not found in {repo}")
         if checkout:
@@ -189,9 +211,10 @@ class GitWorkspace:
         ws.git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
         return ws
 
-    def git(self, args: Sequence[str], **kwargs: object) -> bytes:
+    def git(self, args: Sequence[str], *, input: bytes | None = None, env: Mapping[str, str] | None = None,
+            isolated: bool = True, timeout: float | None = None) -> bytes:
         """Run git in this workspace (isolated configuration unless ``isolated=False``)."""
-        return git(args, cwd=self.path, **kwargs)  # type: ignore[arg-type]
+        return git(args, cwd=self.path, input=input, env=env, isolated=isolated, timeout=timeout)
 
     def _has_commit(self, sha: str) -> bool:
         try:
@@ -213,6 +236,10 @@ class GitWorkspace:
             return self.rev(f"{BASE_REF}^{{commit}}")
         except WorkspaceError:
             return self.rev("HEAD^{commit}")
+
+    def base_tree(self) -> str:
+        """Tree sha of the base (the last checkpoint commit; HEAD unless the runtime committed)."""
+        return self.rev(f"{self._base()}^{{tree}}")
 
     def _snapshot(self, base: str) -> tuple[str, Path]:
         """Stage the whole work tree into a private copy of the index; return (tree, index path)."""
@@ -239,11 +266,14 @@ class GitWorkspace:
     def diff(self, old_tree: str, new_tree: str) -> tuple[bytes, tuple[str, ...]]:
         """The binary patch from ``old_tree`` to ``new_tree`` and the paths it touches."""
         patch = self.git(["diff-tree", "-p", *_DIFF_ARGS, old_tree, new_tree])
-        raw = self.git(["diff-tree", "--name-status", "-z", *_DIFF_ARGS, old_tree, new_tree]).split(b"\0")
-        # -z output: status, then one path (two for renames/copies), each NUL-terminated.
-        names = [item.decode("utf-8", "surrogateescape") for item in raw
-                 if item and not re.fullmatch(rb"[A-Z][0-9]*", item)]
-        return patch, tuple(sorted(set(names)))
+        tokens = self.git(["diff-tree", "--name-status", "-z", *_DIFF_ARGS, old_tree, new_tree]).split(b"\0")
+        names: set[str] = set()
+        i = 0
+        while i < len(tokens) and tokens[i]:  # -z: status, path (a second one for renames/copies)
+            count = 2 if tokens[i][:1] in (b"R", b"C") else 1
+            names.update(t.decode("utf-8", "surrogateescape") for t in tokens[i + 1:i + 1 + count])
+            i += 1 + count
+        return patch, tuple(sorted(names))
 
     def current_change(self) -> Change:
         """The full change of the work tree against the base (untracked files included, ignored ones
@@ -281,7 +311,7 @@ class GitWorkspace:
         try:
             if self.head_tree() != tree:
                 return False
-            status = self.git(["status", "--porcelain", "-z", "--untracked-files=all", "--ignore-submodules=none"])
+            status = self.git(["status", "--porcelain", "-z", "--untracked-files=all"])
         except WorkspaceError:
             return False
         return status == b""
@@ -289,7 +319,7 @@ class GitWorkspace:
     def apply_patch(self, patch: bytes) -> None:
         """Apply a binary git patch to index and work tree (an empty patch is a no-op)."""
         if patch:
-            self.git(["apply", "--index", "--binary", "--whitespace=nowarn", "-"], input=patch)
+            self.git(["apply", "--index", *_APPLY_ARGS], input=patch)
 
     def checkout(self, commit: str) -> None:
         """Make index and work tree exactly ``commit`` and detach HEAD (and the base) there."""
@@ -298,30 +328,45 @@ class GitWorkspace:
 
 
 class PatchStack:
-    """Applies patches one after another to a private index and commits each, without touching the
-    work tree; ``finish`` checks the last commit out once. This is what makes replay fast."""
+    """Applies patches one after another to a private index, without touching the work tree, and
+    records the tree after each; ``finish`` writes all commits in one ``git fast-import`` and checks
+    the last one out once. Commit ids equal those of ``commit_tree`` with the same messages."""
 
     def __init__(self, ws: GitWorkspace, start: str) -> None:
         self.ws = ws
-        self.head = ws.rev(f"{start}^{{commit}}")
+        self.start = ws.rev(f"{start}^{{commit}}")
+        self.commits: list[tuple[str, str]] = []
         fd, name = tempfile.mkstemp(dir=ws.git_dir, prefix="selfheal-replay-index-")
         os.close(fd)
         self.index = Path(name)
         self.index.unlink()
         self.env = {"GIT_INDEX_FILE": str(self.index)}
-        ws.git(["read-tree", self.head], env=self.env)
+        ws.git(["read-tree", self.start], env=self.env)
 
     def push(self, patch: bytes, message: str) -> str:
-        """Apply ``patch`` (may be empty), commit on the current head, return the tree sha."""
+        """Apply ``patch`` (may be empty), queue a commit of the result, return its tree sha."""
         if patch:
-            self.ws.git(["apply", "--cached", "--binary", "--whitespace=nowarn", "-"], input=patch, env=self.env)
+            self.ws.git(["apply", "--cached", *_APPLY_ARGS], input=patch, env=self.env)
         tree = self.ws.git(["write-tree"], env=self.env).decode().strip()
-        self.head = self.ws.commit_tree(tree, self.head, message)
+        self.commits.append((tree, message))
         return tree
 
     def finish(self) -> None:
-        """Check the last commit out into the work tree."""
-        self.ws.checkout(self.head)
+        """Create the queued commits (one process for all) and check the last one out."""
+        if not self.commits:
+            self.ws.checkout(self.start)
+            return
+        who = f"{IDENTITY['GIT_AUTHOR_NAME']} <{IDENTITY['GIT_AUTHOR_EMAIL']}> {IDENTITY['GIT_AUTHOR_DATE']}"
+        stream = bytearray()
+        for mark, (tree, message) in enumerate(self.commits, start=1):
+            data = message.encode("utf-8")
+            parent = self.start if mark == 1 else f":{mark - 1}"
+            stream += (f"commit {BASE_REF}\nmark :{mark}\nauthor {who}\ncommitter {who}\n"
+                       f"data {len(data)}\n").encode() + data
+            stream += f"\nfrom {parent}\nM 040000 {tree} \"\"\n\n".encode()
+        stream += b"done\n"
+        self.ws.git(["fast-import", "--quiet", "--force", "--done"], input=bytes(stream))
+        self.ws.checkout(self.ws.rev(f"{BASE_REF}^{{commit}}"))
 
     def close(self) -> None:
         """Remove the private index."""

@@ -132,7 +132,7 @@ def _assert_untouched(job: dict[str, Any], before: dict[str, bytes], head: str) 
 
 
 @pytest.mark.parametrize("damage", ["tamper", "missing", "tree", "apply"])
-def test_replay_failures_name_step_and_file_and_leave_path_untouched(job: dict[str, Any], damage: str) -> None:
+def test_replay_failure_names_step_and_file_and_leaves_path(job: dict[str, Any], damage: str) -> None:
     ws, arts = job["ws"], job["arts"]
     metas = [dict(m) for m in job["metas"]]
     (ws.path / "hand edit.txt").write_text("operator was here\n")  # must survive a failed replay
@@ -193,3 +193,23 @@ def test_workspace_matches(job: dict[str, Any], tmp_path: Path) -> None:
     fresh = GitWorkspace.create(tmp_path / "fresh", str(job["repo"]), sha)
     assert workspace_matches(fresh.path, [], sha)
     assert not workspace_matches(fresh.path, [], "0" * 40)
+
+
+def test_runtime_commits_and_deleting_everything_replay(tmp_path: Path) -> None:
+    repo = tmp_path / "baseline"
+    sha = make_repo(repo)
+    arts = JobArtifacts(tmp_path / "artifacts", "job-2")
+    ws = GitWorkspace.create(tmp_path / "ws", str(repo), sha)
+    (ws.path / "agent.txt").write_text("committed by the runtime\n")
+    run_git(ws.path, "add", "-A")
+    run_git(ws.path, "commit", "-qm", "agent")
+    (ws.path / "later.txt").write_text("left uncommitted\n")
+    metas = [write_checkpoint(ws, arts, step_id="agent", step_index=0, attempt=2, summary="")]
+    assert {"agent.txt", "later.txt"} <= set(metas[0]["changedFiles"])
+    run_git(ws.path, "rm", "-rq", ".")  # step 1 deletes every tracked file
+    metas.append(write_checkpoint(ws, arts, step_id="wipe", step_index=1, attempt=1, summary=""))
+    assert metas[1]["treeAfter"] == "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+    rebuilt = replay(tmp_path / "rebuilt", repo=str(repo), baseline_sha=sha, checkpoints=metas, arts=arts)
+    assert rebuilt.head_tree() == metas[1]["treeAfter"]
+    assert run_git(rebuilt.path, "rev-parse", "HEAD") == run_git(ws.path, "rev-parse", "HEAD")
+    assert workspace_matches(rebuilt.path, metas, sha) and workspace_matches(ws.path, metas, sha)

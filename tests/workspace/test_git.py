@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,8 @@ def test_resolve_ref_errors_name_the_key(tmp_path: Path, repo: tuple[Path, str])
     with pytest.raises(InputError) as err:
         resolve_ref(str(path), "no-such-branch")
     assert err.value.where == "job.ref" and "no-such-branch" in str(err.value)
+    with pytest.raises(InputError, match="does not exist"):
+        resolve_ref(str(tmp_path / "missing"), "main")
     plain = tmp_path / "plain"
     plain.mkdir()
     with pytest.raises(InputError) as err:
@@ -90,6 +93,12 @@ def test_create_refuses_non_empty_path_and_unknown_commit(tmp_path: Path, repo: 
         GitWorkspace.create(busy, str(path), sha)
     with pytest.raises(WorkspaceError, match="not found"):
         GitWorkspace.create(tmp_path / "other", str(path), "0" * 40)
+    assert not (tmp_path / "other").exists()  # a failed create leaves nothing behind
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WorkspaceError, match="not found"):
+        GitWorkspace.create(empty, str(path), "0" * 40)
+    assert empty.is_dir() and not any(empty.iterdir())
     with pytest.raises(WorkspaceError, match="not a git workspace"):
         GitWorkspace.open(tmp_path / "missing")
 
@@ -204,3 +213,24 @@ def test_same_size_edit_right_after_checkout_is_seen(ws: GitWorkspace) -> None:
     readme.write_bytes(data.replace(b"line 2", b"LINE 2"))
     assert ws.current_change().changed_files == ("README.md",)
     assert not ws.is_clean_at(ws.head_tree())
+
+
+def test_changed_files_named_like_status_letters(ws: GitWorkspace) -> None:
+    for name in ("M", "R100", "A"):
+        (ws.path / name).write_text(name)
+    os.rename(ws.path / "src" / "util.py", ws.path / "D")
+    assert ws.current_change().changed_files == ("A", "D", "M", "R100", "src/util.py")
+
+
+def test_delete_everything_and_back(tmp_path: Path, ws: GitWorkspace, repo: tuple[Path, str]) -> None:
+    for child in ws.path.iterdir():
+        if child.name != ".git":
+            run_git(ws.path, "rm", "-rq", "--cached", child.name)
+    for child in ws.path.iterdir():
+        if child.name != ".git":
+            (shutil.rmtree if child.is_dir() else os.unlink)(child)
+    change = ws.current_change()
+    assert change.tree == "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # the empty tree
+    other = GitWorkspace.create(tmp_path / "other", str(repo[0]), repo[1])
+    other.apply_patch(change.patch)
+    assert other.current_change().tree == change.tree
