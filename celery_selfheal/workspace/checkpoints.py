@@ -23,11 +23,13 @@ original workspace is left exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -189,6 +191,20 @@ def _swap(new: Path, path: Path, keep_old: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _build_prefix(path: Path) -> str:
+    # '+' cannot occur in a job id (artifacts.SAFE_ID), so these names never collide with a workspace.
+    return f".{path.name}.replay+"
+
+
+def _remove_stale_builds(path: Path, max_age: float = 3600.0) -> None:
+    """Remove half-built replays left by a killed process (e.g. a Celery hard time limit)."""
+    now = time.time()
+    for stale in path.parent.glob(f"{_build_prefix(path)}*"):
+        with contextlib.suppress(OSError):
+            if now - stale.stat().st_mtime > max_age:
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 def replay(
     path: Path, *, repo: str, baseline_sha: str, checkpoints: Sequence[Mapping[str, Any]],
     arts: JobArtifacts, keep_old: bool = True,
@@ -206,7 +222,8 @@ def replay(
     metas = list(checkpoints)
     patches = [verify_checkpoint(arts, meta) for meta in metas]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.replay-"))
+    _remove_stale_builds(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_build_prefix(path)))
     try:
         _build(tmp, repo, baseline_sha, metas, patches, arts)
         _swap(tmp, path, keep_old)

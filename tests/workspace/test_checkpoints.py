@@ -100,7 +100,7 @@ def test_replay_round_trip(job: dict[str, Any]) -> None:
     assert os.access(target / "README.md", os.X_OK) and not os.access(target / "tools/run.sh", os.X_OK)
     assert (target / "link").is_symlink()
     assert workspace_matches(target, metas, job["sha"])
-    assert not [p for p in target.parent.iterdir() if ".replay-" in p.name or ".old-" in p.name]
+    assert not [p for p in target.parent.iterdir() if ".replay+" in p.name or ".old-" in p.name]
 
 
 def test_replay_replaces_existing_workspace(job: dict[str, Any]) -> None:
@@ -109,7 +109,7 @@ def test_replay_replaces_existing_workspace(job: dict[str, Any]) -> None:
     assert not workspace_matches(ws.path, metas, job["sha"])
     replay(ws.path, repo=str(job["repo"]), baseline_sha=job["sha"], checkpoints=metas[:2], arts=job["arts"])
     assert workspace_matches(ws.path, metas[:2], job["sha"])
-    assert not [p for p in ws.path.parent.iterdir() if ".old-" in p.name or ".replay-" in p.name]
+    assert not [p for p in ws.path.parent.iterdir() if ".old-" in p.name or ".replay+" in p.name]
     replay(ws.path, repo=str(job["repo"]), baseline_sha=job["sha"], checkpoints=[], arts=job["arts"],
            keep_old=False)
     assert workspace_matches(ws.path, [], job["sha"])
@@ -128,7 +128,7 @@ def test_plain_git_apply_reproduces_the_tree(job: dict[str, Any]) -> None:
 def _assert_untouched(job: dict[str, Any], before: dict[str, bytes], head: str) -> None:
     ws = job["ws"]
     assert _listing(ws.path) == before and run_git(ws.path, "rev-parse", "HEAD") == head
-    assert not [p for p in ws.path.parent.iterdir() if ".replay-" in p.name or ".old-" in p.name]
+    assert not [p for p in ws.path.parent.iterdir() if ".replay+" in p.name or ".old-" in p.name]
 
 
 @pytest.mark.parametrize("damage", ["tamper", "missing", "tree", "apply"])
@@ -213,3 +213,38 @@ def test_runtime_commits_and_deleting_everything_replay(tmp_path: Path) -> None:
     assert rebuilt.head_tree() == metas[1]["treeAfter"]
     assert run_git(rebuilt.path, "rev-parse", "HEAD") == run_git(ws.path, "rev-parse", "HEAD")
     assert workspace_matches(rebuilt.path, metas, sha) and workspace_matches(ws.path, metas, sha)
+
+
+def test_interrupted_replay_leaves_path_untouched(
+    job: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cancel (or the soft time limit) arriving mid-replay: nothing half-built stays behind.
+    from celery_selfheal.workspace import git as gitmod
+
+    ws = job["ws"]
+    before, head = _listing(ws.path), run_git(ws.path, "rev-parse", "HEAD")
+    calls = []
+
+    def interrupted(self: Any, patch: bytes, message: str) -> str:
+        calls.append(message)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gitmod.PatchStack, "push", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        replay(ws.path, repo=str(job["repo"]), baseline_sha=job["sha"], checkpoints=job["metas"],
+               arts=job["arts"])
+    assert calls
+    _assert_untouched(job, before, head)
+
+
+def test_stale_half_built_replays_are_removed(job: dict[str, Any]) -> None:
+    ws = job["ws"]
+    stale, fresh = ws.path.parent / ".ws.replay+stale", ws.path.parent / ".ws.replay+fresh"
+    other_job = ws.path.parent / "ws.replay"  # a job id that looks similar is never touched
+    for d in (stale, fresh, other_job):
+        d.mkdir()
+    os.utime(stale, (1, 1))
+    os.utime(other_job, (1, 1))
+    replay(ws.path, repo=str(job["repo"]), baseline_sha=job["sha"], checkpoints=job["metas"],
+           arts=job["arts"])
+    assert not stale.exists() and fresh.exists() and other_job.exists()
