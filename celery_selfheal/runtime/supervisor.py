@@ -288,7 +288,7 @@ def run_runtime(
         detector, lag, cancelled = _watch(run, cancel_check, cancel_poll)
         end = clock()
         # Also when the leader exited by itself: nothing of its group may outlive the attempt.
-        pass
+        run.terminate()
         run.drain()
         rc = proc.wait()
     except BaseException:
