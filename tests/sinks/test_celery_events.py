@@ -218,10 +218,14 @@ def test_monitors_count_our_events_without_touching_task_state(app: Celery, capt
         sink.handle({**FAILED, "event": name})
     capture.wait_for(len(CONTRACT_NAMES))
     state = State()  # what `celery events` (curses) and Flower build on
+    now = time.time()
+    started = {"type": "task-started", "uuid": "step-task", "hostname": "celery@selfheal-test"}
+    state.event({**started, "timestamp": now, "local_received": now, "clock": 0, "utcoffset": 0, "pid": 1})
     for event in capture.ours():
         state.event(dict(event))
-    assert state.event_count == len(CONTRACT_NAMES)
-    assert state.task_count == 0 and not state.tasks  # no task state invented or rewritten
+    assert state.event_count == 1 + len(CONTRACT_NAMES)
+    assert list(state.tasks) == ["step-task"]  # no task invented...
+    assert state.tasks["step-task"].state == "STARTED"  # ...and none rewritten
     flower_events = pytest.importorskip("flower.events")
     flower_state = flower_events.EventsState(max_tasks_in_memory=100)
     for event in capture.ours():
