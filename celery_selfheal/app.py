@@ -16,8 +16,7 @@ settings = load_settings()
 
 app = Celery("celery_selfheal")
 app.conf.update(
-    broker_url=settings.broker_url,
-    broker_transport_options=settings.broker_transport_options(),
+    **settings.celery_conf(),
     broker_connection_retry_on_startup=True,
     task_ignore_result=True,
     task_default_queue="selfheal",

@@ -90,6 +90,16 @@ class Settings:
             "polling_interval": 0.05,
         }
 
+    def celery_conf(self) -> dict[str, Any]:
+        """The broker part of a Celery app's configuration for these settings."""
+        conf: dict[str, Any] = {"broker_url": self.broker_url,
+                                "broker_transport_options": self.broker_transport_options()}
+        if self.embedded:
+            from celery_selfheal.broker_fs import TRANSPORT
+
+            conf["broker_transport"] = TRANSPORT
+        return conf
+
     def ensure_dirs(self) -> None:
         """Create the folders the embedded broker and the local files need (idempotent)."""
         for path in (self.state_dir, self.run_dir, self.artifact_root, self.workspace_root):

@@ -78,8 +78,7 @@ def get_selfheal(state_dir: str | None = None, broker_url: str | None = None, st
     if flags or sh.settings != settings:
         sh.settings = settings
         if sh.app.main == "celery_selfheal":
-            sh.app.conf.update(broker_url=settings.broker_url,
-                               broker_transport_options=settings.broker_transport_options())
+            sh.app.conf.update(settings.celery_conf())
         sh.use_context(build_context(settings))
     return sh
 

@@ -41,8 +41,7 @@ class SelfHeal:
         self._lock = threading.Lock()
         app.conf.update(SAFE_CONF)
         if configure_broker:
-            app.conf.update(broker_url=self.settings.broker_url,
-                            broker_transport_options=self.settings.broker_transport_options())
+            app.conf.update(self.settings.celery_conf())
         from celery_selfheal.wiring.signals import connect_signals
         from celery_selfheal.wiring.tasks import register_tasks
 

@@ -102,9 +102,7 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 
 def client_selfheal(settings: Settings) -> SelfHeal:
     app = Celery(f"selfheal-test-client-{uuid.uuid4().hex[:6]}")
-    app.conf.update(broker_url=settings.broker_url,
-                    broker_transport_options=settings.broker_transport_options(),
-                    task_default_queue="selfheal", task_ignore_result=True)
+    app.conf.update(settings.celery_conf(), task_default_queue="selfheal", task_ignore_result=True)
     return SelfHeal(app, settings)
 
 
