@@ -76,13 +76,16 @@ def follow_events(ctx: Context, job_id: str, *, after: int = 0, until_terminal: 
     require_job(ctx, job_id)
     deadline = None if timeout is None else time.monotonic() + timeout
     seq = after
+    ended = False
     while True:
         batch = ctx.store.list_events(job_id, after=seq)
         for seq, event in batch:
             yield seq, event
-        if until_terminal and any(e["event"] in TERMINAL_JOB_EVENTS for _, e in batch):
+        ended = ended or any(e["event"] in TERMINAL_JOB_EVENTS for _, e in batch)
+        if until_terminal and ended:
             job = ctx.store.get_job(job_id) or {}
-            if job.get("status") in TERMINAL:
+            # a pending operator request (retry_step, resume_from_step...) may revive it: keep following
+            if job.get("status") in TERMINAL and not ctx.store.pending_control(job_id):
                 return
         if deadline is not None and time.monotonic() > deadline:
             return

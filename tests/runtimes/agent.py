@@ -11,6 +11,7 @@ attempt N (e.g. ``silent@1``). The retry strategy comes from SELFHEAL_RETRY_CONT
   fail-unless-hard-reset  same failure, no change, unless started by a hard reset
   vary-fail CODE          fail with CODE and a different message and change each time
   print TEXT              print TEXT
+  sleep[@N] SECONDS       print one line, then sleep (an attempt that takes a while)
   env                     print the SELFHEAL_* env vars
 """
 
@@ -47,6 +48,9 @@ def main() -> int:
             for k in sorted(os.environ):
                 if k.startswith("SELFHEAL_"):
                     print(f"{k}={os.environ[k]}", flush=True)
+        elif word == "sleep":
+            print(f"sleeping {rest}", flush=True)
+            time.sleep(float(rest))
         elif word == "silent":
             print("thinking", flush=True)
             time.sleep(3600)
