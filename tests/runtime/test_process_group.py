@@ -18,7 +18,10 @@ from celery_selfheal.runtime.process_group import (
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process semantics")
 
-IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+IGNORE_TERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+    "time.sleep(60)"
+)
 
 
 def gone(pid: int) -> bool:
@@ -77,7 +80,8 @@ def test_pdeathsig_kills_child_when_its_parent_is_sigkilled() -> None:
     parent_code = (
         "import subprocess, sys, time\n"
         "from celery_selfheal.runtime.process_group import start_group_child_preexec\n"
-        "p = subprocess.Popen(['sleep', '60'], start_new_session=True, preexec_fn=start_group_child_preexec)\n"
+        "p = subprocess.Popen(['sleep', '60'], start_new_session=True,\n"
+        "                     preexec_fn=start_group_child_preexec)\n"
         "print(p.pid, flush=True)\n"
         "time.sleep(60)\n"
     )

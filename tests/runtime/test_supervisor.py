@@ -97,7 +97,8 @@ def test_chatty_child_is_not_idle_killed_but_wall_killed(log: CappedLog) -> None
     assert result.tail.count("tick") >= 5
 
 
-@pytest.mark.parametrize("grandchild", ["sleep 60", f"{PY} -c '{IGNORE_TERM}'"], ids=["plain", "ignores-term"])
+@pytest.mark.parametrize("grandchild", ["sleep 60", f"{PY} -c '{IGNORE_TERM}'"],
+                         ids=["plain", "ignores-term"])
 def test_timeout_kills_the_whole_tree(log: CappedLog, grandchild: str) -> None:
     script = f"{grandchild} & echo pid=$!; sleep 60 & echo pid=$!; wait"
     started = time.monotonic()
@@ -258,7 +259,9 @@ def test_keyboard_interrupt_from_a_callback_kills_the_group(log: CappedLog) -> N
     assert pids and all(gone(pid) for pid in pids)
 
 
-def test_without_pidfd_the_waiter_thread_notices_the_exit(log: CappedLog, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_pidfd_the_waiter_thread_notices_the_exit(
+    log: CappedLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_pidfd(pid: int, flags: int = 0) -> int:
         raise OSError(38, "Function not implemented")
 
