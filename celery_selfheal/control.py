@@ -322,8 +322,8 @@ def _fields(record: Mapping[str, Any]) -> dict[str, Any]:
 def _audit(ctx: Context, job_id: str, record: Mapping[str, Any], outcome: str, **more: Any) -> None:
     entry = {"at": utc_now_iso(), **_fields(record), "requestedAt": record.get("requestedAt"),
              "outcome": outcome, **more}
-    if record.get("dedupeKey"):
-        entry["dedupeKey"] = record["dedupeKey"]
+    if record.get("broadcastId"):
+        entry["broadcastId"] = record["broadcastId"]
     ctx.store.append_audit(job_id, ctx.redactor.redact_obj(entry))
 
 

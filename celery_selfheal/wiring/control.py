@@ -101,7 +101,7 @@ def _recover(state: Any, job_id: str, action: str, step: str | None = None, reas
     try:
         req = request_control(ctx, job_id, action, step=step, reason=reason, actor=actor or "celery-control",
                               via=f"celery control@{me}", enqueue_apply=functools.partial(send_apply, app),
-                              extra={"dedupeKey": key})
+                              extra={"broadcastId": key})
     except SelfHealError as exc:
         return {"ok": False, "error": str(exc), "handledBy": me}
     return {"ok": True, "requestId": req["requestId"], "jobId": job_id, "action": action,
@@ -115,7 +115,7 @@ def _duplicate(ctx: Context, job_id: str, key: str) -> dict[str, Any]:
     deadline = time.monotonic() + DUPLICATE_WAIT
     while ctx.store.get_job(job_id) is not None:
         for rec in reversed(ctx.store.list_audit(job_id)):
-            if rec.get("dedupeKey") == key and rec.get("outcome") in ("requested", "rejected"):
+            if rec.get("broadcastId") == key and rec.get("outcome") in ("requested", "rejected"):
                 if rec["outcome"] == "rejected":
                     return {**reply, "ok": False, "error": rec.get("why")}
                 return {**reply, "ok": True, "requestId": rec.get("requestId")}
