@@ -24,13 +24,17 @@ from collections.abc import Iterator
 from celery_selfheal.core.redact import REDACTED, Redactor
 
 CHUNK = 64 * 1024
-WORDS = (
+def _split(text: str) -> list[str]:
+    return text.split()
+
+
+WORDS = _split(
     "the of and to in is for that with on as this it be are from at by or an was will update retry logic "
     "client module tests error failed passed line file return self request response status code json value "
     "data user id config path import class None True False install package version build run step attempt "
     "worker celery redis timeout connection handler parser schema migration fixture assert expected actual "
     "I'll now let's check whether because function variable docs README branch commit merge rebase"
-).split()
+)
 ENV = {
     "GITHUB_TOKEN": "ghp_" + "Zq8" * 12,
     "OPENAI_API_KEY": "sk-proj-" + "Tk9xLm2" * 6,
@@ -64,13 +68,14 @@ def _line_pool(rnd: random.Random) -> list[str]:
             )
             lines.append(f"    return self._{rnd.choice(WORDS)}(request, timeout={rnd.randint(1, 60)})")
         elif kind < 0.47:
-            lines.append(rnd.choice(["KeyError", "ValueError", "TimeoutError", "AssertionError"]) + f": '{rnd.choice(WORDS)}'")
+            error = rnd.choice(["KeyError", "ValueError", "TimeoutError", "AssertionError"])
+            lines.append(f"{error}: '{rnd.choice(WORDS)}'")
         elif kind < 0.65:
             lines.append(
-                f'{{"ts": "2024-05-01T12:{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}.{rnd.randint(0, 999):03d}Z", '
+                f'{{"ts": "2024-05-01T12:{rnd.randint(0, 59):02d}:{rnd.randint(0, 59):02d}Z", '
                 f'"level": "{rnd.choice(["info", "debug", "warning"])}", "msg": "{_sentence(rnd)}", '
-                f'"prompt_tokens": {rnd.randint(10, 9000)}, "max_tokens": 4096, "model": "gpt-4o", "cache_key": "c{rnd.getrandbits(32):x}", '
-                f'"request_id": "{rnd.getrandbits(128):032x}"}}'
+                f'"prompt_tokens": {rnd.randint(10, 9000)}, "max_tokens": 4096, "model": "gpt-4o", '
+                f'"cache_key": "c{rnd.getrandbits(32):x}", "request_id": "{rnd.getrandbits(128):032x}"}}'
             )
         elif kind < 0.72:
             name = f"{rnd.choice(WORDS).upper()}_{rnd.choice(WORDS).upper()}"
@@ -78,9 +83,10 @@ def _line_pool(rnd: random.Random) -> list[str]:
         elif kind < 0.82:
             lines.append(f"diff --git a/src/{rnd.choice(WORDS)}.py b/src/{rnd.choice(WORDS)}.py")
             lines.append(f"index {rnd.getrandbits(28):07x}..{rnd.getrandbits(28):07x} 100644")
-            lines.append(f"@@ -{rnd.randint(1, 400)},7 +{rnd.randint(1, 400)},9 @@ def {rnd.choice(WORDS)}(self):")
-            lines.append(f"-        {rnd.choice(WORDS)} = {rnd.choice(WORDS)}({rnd.choice(WORDS)})")
-            lines.append(f"+        {rnd.choice(WORDS)} = self.{rnd.choice(WORDS)}.get({rnd.choice(WORDS)!r}, None)")
+            a, b, c = rnd.choices(WORDS, k=3)
+            lines.append(f"@@ -{rnd.randint(1, 400)},7 +{rnd.randint(1, 400)},9 @@ def {a}(self):")
+            lines.append(f"-        {a} = {b}({c})")
+            lines.append(f"+        {a} = self.{b}.get({c!r}, None)")
         elif kind < 0.92:
             lines.append(
                 f"tests/test_{rnd.choice(WORDS)}.py::test_{rnd.choice(WORDS)}_{rnd.choice(WORDS)} "
@@ -179,8 +185,12 @@ def stream_gb(gb: float) -> None:
     emitted += len(s.flush())
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"stream {total / 1e9:.2f} GB in {elapsed:.1f} s ({total / 1e6 / elapsed:.1f} MB/s incl. generation), "
-          f"emitted {emitted / 1e9:.2f} GB; peak RSS {peak / 1024:.1f} MiB (before streaming {base / 1024:.1f} MiB)")
+    print(
+        f"stream {total / 1e9:.2f} GB in {elapsed:.1f} s "
+        f"({total / 1e6 / elapsed:.1f} MB/s incl. generation), "
+        f"emitted {emitted / 1e9:.2f} GB; peak RSS {peak / 1024:.1f} MiB "
+        f"(before streaming {base / 1024:.1f} MiB)"
+    )
 
 
 def main() -> None:
@@ -196,7 +206,8 @@ def main() -> None:
     if args.mb:
         bench_throughput(args.mb, args.runs)
     if args.stream_gb:  # a fresh process, so the 100 MB text above does not count in the peak
-        subprocess.run([sys.executable, __file__, "--only-stream", "--stream-gb", str(args.stream_gb)], check=True)
+        cmd = [sys.executable, __file__, "--only-stream", "--stream-gb", str(args.stream_gb)]
+        subprocess.run(cmd, check=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Each secret becomes :data:`REDACTED`; the text around it is kept. Redaction is i
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from celery_selfheal.core import redact_rules as rules
 from celery_selfheal.core.redact_rules import REDACTED
 from celery_selfheal.core.redact_rules import is_secret_name as is_secret_env_name
+from celery_selfheal.core.redact_scan import Found, SpanFinder, apply
 
 __all__ = [
     "REDACTED",
@@ -41,7 +41,6 @@ __all__ = [
 DEFAULT_WINDOW = 8 * 1024
 #: Lookbehind context kept from already emitted text (names before ``=``, token boundaries).
 _CONTEXT = 256
-Span = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -73,9 +72,8 @@ class Redactor:
             secret = name in secret_names or is_secret_env_name(name)
             if secret and rules.usable_secret_value(value) and value.strip() not in self._allow:
                 literals |= rules.literal_forms(value)
-        self._literals = rules.LiteralMatcher(literals - self._allow)
-        self._extra = tuple(re.compile(p) for p in config.extra_patterns)
-        self._window = max(DEFAULT_WINDOW, rules.MAX_RULE_SPAN, self._literals.max_len + 64)
+        self._finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow)
+        self._window = max(DEFAULT_WINDOW, rules.MAX_RULE_SPAN, self._finder.max_literal + 64)
 
     @property
     def window(self) -> int:
@@ -84,14 +82,14 @@ class Redactor:
 
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by :data:`REDACTED`."""
-        spans, _ = self.find_spans(text)
-        return _apply(text, spans, 0, len(text)) if spans else text
+        spans = self.find_spans(text).spans
+        return apply(text, spans, 0, len(text)) if spans else text
 
     def redact_bytes(self, data: bytes) -> bytes:
         """Like :meth:`redact` for UTF-8 bytes; undecodable bytes pass through unchanged."""
         text = data.decode("utf-8", "surrogateescape")
-        spans, _ = self.find_spans(text)
-        return _apply(text, spans, 0, len(text)).encode("utf-8", "surrogateescape") if spans else data
+        spans = self.find_spans(text).spans
+        return apply(text, spans, 0, len(text)).encode("utf-8", "surrogateescape") if spans else data
 
     def redact_obj(self, obj: Any) -> Any:
         """A redacted copy of a JSON-like payload: values under secret-like keys become
@@ -125,110 +123,9 @@ class Redactor:
         """A new stateful redactor for one output stream."""
         return StreamRedactor(self)
 
-    def find_spans(self, text: str) -> tuple[list[Span], int]:
-        """Sorted, merged ``(start, end)`` spans to replace, and the start of an unterminated PEM
-        block (its span runs to the end of ``text``) or -1."""
-        found: list[Span] = []
-        add = found.append
-        low = rules.ascii_lower(text)
-        pem_headers: list[int] = []
-        for text_regex, actions in rules.TEXT_PASSES:
-            for tm in text_regex.finditer(text):
-                action = actions[tm.lastindex or 0]
-                if action == rules.PEM:
-                    pem_headers.append(tm.end())
-                elif not rules.follows_alnum(low, tm.start() - action):
-                    add((tm.start() - action, tm.end()))
-        self._lower_passes(text, low, add)
-        for um in rules.URL_PASSWORD.finditer(text):
-            add(um.span(1))
-        self._literals.scan(text, found)
-        for regex in self._extra:
-            found.extend(em.span() for em in regex.finditer(text) if em.end() > em.start())
-        open_pem = _pem_blocks(text, pem_headers, add) if pem_headers else -1
-        if self._allow:
-            found = [s for s in found if text[s[0] : s[1]] not in self._allow]
-        keep = [s for s in found if not text.startswith(REDACTED, s[0])]
-        return _merge(keep), open_pem
-
-    def _lower_passes(self, text: str, low: bytes, add: Any) -> None:
-        """Run the case-insensitive passes (on the lowercased bytes ``low``)."""
-        reversed_low = b""  # made on first use
-        is_secret = rules.is_secret_name_cached
-        for regex, actions in rules.LOWER_PASSES:
-            for m in regex.finditer(low):
-                marker = m.lastindex or 0
-                action = actions[marker]
-                if action >= 0:
-                    if not rules.follows_alnum(low, m.start() - action):
-                        add((m.start() - action, m.end()))
-                elif action == rules.NAME:
-                    reversed_low = reversed_low or low[::-1]
-                    name = text[rules.name_start(reversed_low, m.start()) : m.end(marker - 1)]
-                    if is_secret(name):
-                        self._name_value(name, low, m.end(), add)
-                elif rules.bearer_like(m.group(marker - 1)):
-                    add(m.span(marker - 1))
-
-    def _name_value(self, name: str, low: bytes, value: int, add: Any) -> None:
-        """Redact the value of the secret-like ``name`` that starts at ``value``."""
-        v = rules.VALUE.match(low, value)
-        if v is None:
-            return
-        group = v.lastindex or 0
-        vstart, vend = v.span(group)
-        if low[vstart:vend] in rules.NOT_VALUES:
-            return
-        if group == 4 and "cookie" in name.lower():  # a Cookie header: all of its pairs
-            vend = vstart + len(rules.TO_EOL.match(low, vstart).group())  # type: ignore[union-attr]
-        add((vstart, vend))
-
-
-def _pem_blocks(text: str, header_ends: list[int], add: Any) -> int:
-    """Add PEM private-key blocks (BEGIN through END); return the start of an unterminated one."""
-    done = 0
-    for header_end in header_ends:
-        begin = text.rfind("-----BEGIN", max(0, header_end - rules.PEM_MARKER_MAX), header_end)
-        header = rules.PEM_BEGIN.match(text, begin) if begin >= done else None
-        if header is None or header.end() != header_end:
-            continue
-        end = rules.PEM_END.search(text, header_end)
-        if end is None:
-            add((begin, len(text)))
-            return begin
-        add((begin, end.end()))
-        done = end.end()
-    return -1
-
-
-def _merge(spans: list[Span]) -> list[Span]:
-    """Sort and merge overlapping spans (touching spans stay separate)."""
-    if not spans:
-        return spans
-    spans.sort()
-    merged = [spans[0]]
-    for start, end in spans[1:]:
-        last_start, last_end = merged[-1]
-        if start < last_end:
-            if end > last_end:
-                merged[-1] = (last_start, end)
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def _apply(text: str, spans: list[Span], lo: int, hi: int) -> str:
-    """``text[lo:hi]`` with each span (clipped to the range) replaced by :data:`REDACTED`."""
-    out, pos = [], lo
-    for start, end in spans:
-        if end <= lo or start >= hi:
-            continue
-        start, end = max(start, lo), min(end, hi)
-        out.append(text[pos:start])
-        out.append(REDACTED)
-        pos = end
-    out.append(text[pos:hi])
-    return "".join(out)
+    def find_spans(self, text: str) -> Found:
+        """The spans to replace in ``text`` (sorted, merged) and where PEM blocks start."""
+        return self._finder.find(text)
 
 
 class StreamRedactor:
@@ -242,11 +139,11 @@ class StreamRedactor:
     does with an unterminated block in a whole text.
     """
 
-    def __init__(self, redactor: Redactor) -> None:
+    def __init__(self, redactor: Redactor, *, batch: int | None = None) -> None:
         self._r = redactor
         # Scan at least this much new text per pass, so the window is rescanned rarely.
-        self._batch = max(redactor.window, 64 * 1024)
-        self._hard_limit = 4 * (redactor.window + self._batch)
+        self._batch = max(1, batch) if batch is not None else max(redactor.window, 64 * 1024)
+        self._hard_limit = max(4 * (redactor.window + self._batch), 1 << 20)
         self._reset()
 
     def _reset(self) -> None:
@@ -254,6 +151,13 @@ class StreamRedactor:
         self._pending: list[str] = []
         self._pending_len = 0
         self._pem_tail: str | None = None  # not None while inside a PEM block
+
+    @property
+    def pending_chars(self) -> int:
+        """Characters held right now: at most window + batch + the last chunk; up to
+        ``max(4 * (window + batch), 1 MiB)`` for an endless chain of overlapping secrets, or a
+        whole PEM block if it came in one chunk; a few dozen inside an unterminated PEM block."""
+        return len(self._ctx) + self._pending_len + len(self._pem_tail or "")
 
     def feed(self, chunk: str) -> str:
         """Take the next chunk; return the redacted text that is safe to emit now."""
@@ -283,25 +187,31 @@ class StreamRedactor:
     def _process(self, final: bool) -> str:
         buf = "".join(self._pending)
         scan, off = self._ctx + buf, len(self._ctx)
-        spans, open_pem = self._r.find_spans(scan)
+        found = self._r.find_spans(scan)
+        spans, open_pem = found.spans, found.open_pem
         cut = len(scan) if final else len(scan) - self._r.window
-        enter_pem = False
+        enter_pem = forced = False
         for start, end in spans:  # never cut through a span: hold it back whole
             if start < cut < end:
                 # An unterminated PEM block from here on: emit up to it and drop its content.
                 enter_pem = off <= open_pem and start <= open_pem and end == len(scan)
-                # Only an endless chain of overlapping spans may be cut (memory bound).
-                if enter_pem or len(buf) < self._hard_limit:
+                pem = any(start <= p < end for p in found.pem_starts)  # in memory already
+                # Only an endless chain of overlapping spans is cut (memory bound), and once
+                # cut, it is cut at once the next time (it then starts before ``off``).
+                if enter_pem or pem or (start >= off and len(buf) < self._hard_limit):
                     cut = max(start, off)
+                else:
+                    forced = True
                 break
-        out = _apply(scan, spans, off, cut)
+        out = apply(scan, spans, off, cut)
         if enter_pem:
             begin = rules.PEM_BEGIN.search(scan, open_pem)
             hdr_end = begin.end() if begin else open_pem
             self._pem_tail = scan[max(hdr_end, len(scan) - rules.PEM_MARKER_MAX) :]
             self._pending, self._pending_len = [], 0
             return out
-        self._ctx = scan[max(0, cut - _CONTEXT) : cut]
+        # After a forced cut, keep a whole window of context: a secret cut in two is found there.
+        self._ctx = scan[max(0, cut - (self._r.window if forced else _CONTEXT)) : cut]
         rest = scan[cut:]
         self._pending, self._pending_len = ([rest] if rest else []), len(rest)
         return out

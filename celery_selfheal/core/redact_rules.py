@@ -93,6 +93,19 @@ def is_secret_name_cached(name: str) -> bool:
     return known
 
 
+_SUFFIX_CACHE: dict[str, bool] = {}
+
+
+def has_secret_suffix(name: str) -> bool:
+    """True if some proper suffix of ``name`` is a secret name (``xpass`` -> ``pass``)."""
+    known = _SUFFIX_CACHE.get(name)
+    if known is None:
+        if len(_SUFFIX_CACHE) >= 8192:
+            _SUFFIX_CACHE.clear()
+        known = _SUFFIX_CACHE[name] = any(is_secret_name_cached(name[i:]) for i in range(1, len(name)))
+    return known
+
+
 # ---------------------------------------------------------------------------------------------
 # Rule passes. Each pass is one regex starting with a literal anchor; each alternative ends with
 # an empty marker group, and the pass's action table maps the marker's group number to what was
@@ -162,8 +175,9 @@ PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 #: Longest possible PEM_BEGIN / PEM_END match.
 PEM_MARKER_MAX = 80
 
-#: ``scheme://user:password@host``: group 1 is the password (greedy to the last ``@``).
-URL_PASSWORD = re.compile(r"://[^\s/?#@:]{0,256}:([^\s/?#]{1,256})@")
+#: ``scheme://user:password@host``: group 1 is the password (greedy to the last ``@``). ``[]``
+#: are not allowed in userinfo (RFC 3986), and excluding them keeps ``[REDACTED]`` out of a match.
+URL_PASSWORD = re.compile(r"://[^\s/?#@:\[\]]{0,256}:([^\s/?#\[\]]{1,256})@")
 
 #: The value after an assignment: "double" (also \"escaped\"), 'single', `back`, or bare up to a
 #: delimiter, skipping an auth scheme word (``Authorization: Basic xyz`` redacts ``xyz``). A bare

@@ -1,0 +1,194 @@
+"""The span finder of the redactor: runs every rule over a text and returns what to replace.
+
+Rules run independently (one regex pass each, see :mod:`redact_rules`); their spans are merged.
+Two rules look at the text *next to* a match: a token must not follow a letter or digit, and a
+``name=value`` name is judged by the whole identifier before the ``=``. When another secret ends
+right there (``<env secret>ghp_...``, ``<env secret>pass=...``), the match is judged again with
+that secret cut off, as if it were already ``[REDACTED]``. That keeps redaction idempotent and
+catches secrets glued to other secrets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from celery_selfheal.core import redact_rules as rules
+from celery_selfheal.core.redact_rules import REDACTED
+
+Span = tuple[int, int]
+
+
+class Found(NamedTuple):
+    """What :meth:`SpanFinder.find` found in a text."""
+
+    #: Sorted, merged ``(start, end)`` spans to replace.
+    spans: list[Span]
+    #: Start of an unterminated PEM block (its span runs to the end of the text), or -1.
+    open_pem: int
+    #: Starts of all PEM blocks.
+    pem_starts: list[int]
+
+
+_IDENT_RUN = re.compile(rb"[a-z0-9_.-]{0,64}")
+
+
+class SpanFinder:
+    """Finds the spans to redact in a text, for a fixed set of literals, patterns and allowlist."""
+
+    def __init__(self, literals: Iterable[str], extra: Iterable[str], allow: frozenset[str]) -> None:
+        self._literals = rules.LiteralMatcher(literals)
+        self._extra = tuple(re.compile(p) for p in extra)
+        self._allow = allow
+        self.max_literal = self._literals.max_len
+
+    def find(self, text: str) -> Found:
+        """The spans to replace in ``text``."""
+        scan = _Scan(text)
+        scan.text_passes()
+        scan.lower_passes()
+        for um in rules.URL_PASSWORD.finditer(text):
+            scan.found.append(um.span(1))
+        self._literals.scan(text, scan.found)
+        for regex in self._extra:
+            scan.found.extend(em.span() for em in regex.finditer(text) if em.end() > em.start())
+        open_pem = scan.pem_blocks()
+        scan.glued()
+        found = scan.found
+        if self._allow:
+            found = [s for s in found if text[s[0] : s[1]] not in self._allow]
+        spans = merge([s for s in found if not text.startswith(REDACTED, s[0])])
+        return Found(spans, open_pem, scan.pem_starts)
+
+
+class _Scan:
+    """The state of one :meth:`SpanFinder.find` call."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.low = rules.ascii_lower(text)
+        self.found: list[Span] = []
+        self.pem_headers: list[int] = []
+        self.pem_starts: list[int] = []
+        #: Tokens refused because a letter/digit precedes them: start -> end.
+        self.glued_tokens: dict[int, int] = {}
+        #: Names that are not secret but end with a secret word: name end -> [(start, value)].
+        self.glued_names: dict[int, list[tuple[int, int]]] = {}
+
+    def text_passes(self) -> None:
+        add, low = self.found.append, self.low
+        for regex, actions in rules.TEXT_PASSES:
+            for m in regex.finditer(self.text):
+                action = actions[m.lastindex or 0]
+                if action == rules.PEM:
+                    self.pem_headers.append(m.end())
+                elif rules.follows_alnum(low, m.start() - action):
+                    self.glued_tokens[m.start() - action] = m.end()
+                else:
+                    add((m.start() - action, m.end()))
+
+    def lower_passes(self) -> None:
+        text, low, add = self.text, self.low, self.found.append
+        reversed_low = b""  # made on first use
+        for regex, actions in rules.LOWER_PASSES:
+            for m in regex.finditer(low):
+                marker = m.lastindex or 0
+                action = actions[marker]
+                if action >= 0:
+                    if rules.follows_alnum(low, m.start() - action):
+                        self.glued_tokens[m.start() - action] = m.end()
+                    else:
+                        add((m.start() - action, m.end()))
+                elif action == rules.NAME:
+                    reversed_low = reversed_low or low[::-1]
+                    start, end = rules.name_start(reversed_low, m.start()), m.end(marker - 1)
+                    name = text[start:end]
+                    # "scheme://token:pw@host" is userinfo: the URL rule keeps the host.
+                    userinfo = start >= 3 and low.startswith(b"://", start - 3)
+                    if not userinfo and rules.is_secret_name_cached(name):
+                        self.value(name, m.end())
+                    elif rules.has_secret_suffix(name):
+                        self.glued_names.setdefault(end, []).append((start, m.end()))
+                elif rules.bearer_like(m.group(marker - 1)):
+                    add(m.span(marker - 1))
+
+    def value(self, name: str, pos: int) -> None:
+        """Redact the value of the secret-like ``name`` that starts at ``pos``."""
+        low = self.low
+        v = rules.VALUE.match(low, pos)
+        if v is None:
+            return
+        group = v.lastindex or 0
+        start, end = v.span(group)
+        if low[start:end] in rules.NOT_VALUES:
+            return
+        if group == 4 and "cookie" in name.lower():  # a Cookie header: all of its pairs
+            end = start + len(rules.TO_EOL.match(low, start).group())  # type: ignore[union-attr]
+        self.found.append((start, end))
+
+    def pem_blocks(self) -> int:
+        """Add PEM private-key blocks (BEGIN through END); return the start of an unterminated one."""
+        text, done = self.text, 0
+        for header_end in self.pem_headers:
+            begin = text.rfind("-----BEGIN", max(0, header_end - rules.PEM_MARKER_MAX), header_end)
+            header = rules.PEM_BEGIN.match(text, begin) if begin >= done else None
+            if header is None or header.end() != header_end:
+                continue
+            self.pem_starts.append(begin)
+            end = rules.PEM_END.search(text, header_end)
+            if end is None:
+                self.found.append((begin, len(text)))
+                return begin
+            self.found.append((begin, end.end()))
+            done = end.end()
+        return -1
+
+    def glued(self) -> None:
+        """Judge again the tokens and names that a found secret ends inside or right before."""
+        if not (self.glued_tokens or self.glued_names):
+            return
+        ends = [end for _, end in self.found]
+        while ends:
+            size = len(self.found)
+            for end in ends:
+                token_end = self.glued_tokens.pop(end, None)
+                if token_end is not None:
+                    self.found.append((end, token_end))
+                if self.glued_names:
+                    name_end = end + len(_IDENT_RUN.match(self.low, end).group())  # type: ignore[union-attr]
+                    for start, pos in self.glued_names.get(name_end, ()):
+                        name = self.text[end:name_end]
+                        if start < end < name_end and rules.is_secret_name_cached(name):
+                            self.value(name, pos)
+            ends = [end for _, end in self.found[size:]]
+
+
+def merge(spans: list[Span]) -> list[Span]:
+    """Sort and merge overlapping spans (touching spans stay separate)."""
+    if not spans:
+        return spans
+    spans.sort()
+    merged = [spans[0]]
+    for start, end in spans[1:]:
+        last_start, last_end = merged[-1]
+        if start < last_end:
+            if end > last_end:
+                merged[-1] = (last_start, end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def apply(text: str, spans: list[Span], lo: int, hi: int) -> str:
+    """``text[lo:hi]`` with each span (clipped to the range) replaced by :data:`REDACTED`."""
+    out, pos = [], lo
+    for start, end in spans:
+        if end <= lo or start >= hi:
+            continue
+        start, end = max(start, lo), min(end, hi)
+        out.append(text[pos:start])
+        out.append(REDACTED)
+        pos = end
+    out.append(text[pos:hi])
+    return "".join(out)
