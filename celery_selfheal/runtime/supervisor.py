@@ -107,7 +107,7 @@ class _Stream:
         return out
 
 
-def _not_started(spec: RuntimeSpec, log: CappedLog, message: str) -> RuntimeResult:
+def _not_started(log: CappedLog, message: str) -> RuntimeResult:
     # Like a shell: 127 for a command that cannot be run; a one-line reason, no traceback.
     log.write(message + "\n")
     return RuntimeResult(
@@ -229,9 +229,14 @@ class _Run:
         while self.streams and time.monotonic() < deadline:
             self.pump(deadline - time.monotonic())
 
-    def close(self) -> None:
+    def close(self, *, notify: bool = True) -> None:
+        """Flush decoders/redactors into the log (and ``on_output`` unless unwinding), close fds."""
         for stream in self.streams:
-            self._emit(stream.text(b"", final=True))
+            text = stream.text(b"", final=True)
+            if notify:
+                self._emit(text)
+            elif text:
+                self.log.write(text)
         self.streams.clear()
         self.sel.close()
         for fd in (self._pidfd, *(self._waiter_fds or ())):
@@ -269,7 +274,7 @@ def run_runtime(
     gives exit code 127 and the reason in ``tail`` and the log.
     """
     if not spec.argv:
-        return _not_started(spec, log, "selfheal: cannot start runtime: empty command")
+        return _not_started(log, "selfheal: cannot start runtime: empty command")
     try:
         proc = subprocess.Popen(
             list(spec.argv), cwd=spec.cwd, env=dict(spec.env), stdin=subprocess.PIPE,
@@ -279,7 +284,7 @@ def run_runtime(
     except OSError as err:
         reason = err.strerror or str(err)
         where = f" (cwd {spec.cwd})" if not Path(spec.cwd).is_dir() else ""
-        return _not_started(spec, log, f"selfheal: cannot start runtime {spec.argv[0]!r}{where}: {reason}")
+        return _not_started(log, f"selfheal: cannot start runtime {spec.argv[0]!r}{where}: {reason}")
     run: _Run | None = None
     try:
         if on_start is not None:
@@ -292,13 +297,15 @@ def run_runtime(
         run.drain()
         rc = proc.wait()
     except BaseException:
-        kill_process_group(proc.pid, grace=spec.kill_grace)
-        if run is not None:
-            run.close()
-        else:
-            _close_pipes(proc)
-        proc.wait()
-        log.close()
+        try:
+            kill_process_group(proc.pid, grace=spec.kill_grace)
+            if run is not None:
+                run.close(notify=False)  # the callback may be what raised
+            else:
+                _close_pipes(proc)
+            proc.wait()
+        finally:
+            log.close()
         raise
     run.close()
     if detector is Detector.EXIT and rc < 0:
