@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from celery_selfheal.cli.main import selfheal
 
 
-def _job(repo: Path, **job: object) -> dict:
-    base: dict = {"job": {"objective": "o", "repo": str(repo), "ref": "main", "runtime": ["true"]},
+def _job(base_repo: Path, **job: object) -> dict:
+    base: dict = {"job": {"objective": "o", "repo": str(base_repo), "ref": "main", "runtime": ["true"]},
                   "steps": [{"id": "a", "instructions": "do"}]}
     base["job"].update(job)
     return base

@@ -31,7 +31,7 @@ def main() -> int:
     retry_file = os.environ.get("SELFHEAL_RETRY_CONTEXT_FILE")
     if retry_file:
         strategy = json.loads(Path(retry_file).read_text()).get("strategy", "?")
-    say(f"step {os.environ.get('SELFHEAL_STEP_ID')} attempt {attempt} ({strategy}); prompt {len(prompt)} chars")
+    say(f"working on step {os.environ.get('SELFHEAL_STEP_ID')} (attempt {attempt})")
     directives = [line.strip() for line in prompt.splitlines() if line.strip()]
     for line in directives:
         if line == "silent-once" and attempt == 1:

@@ -32,7 +32,7 @@ def main() -> int:
     strategy = "initial"
     if os.environ.get("SELFHEAL_RETRY_CONTEXT_FILE"):
         strategy = json.loads(Path(os.environ["SELFHEAL_RETRY_CONTEXT_FILE"]).read_text())["strategy"]
-    print(f"agent attempt={attempt} strategy={strategy}", flush=True)
+    print(f"agent attempt={attempt}", flush=True)
     writes = []
     for raw in prompt.splitlines():
         line = raw.strip()
