@@ -20,7 +20,7 @@ _MONTH = (
     r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
     r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\b\.?"
 )
-_TIME = r"\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s?[ap]m\b)?(?:\s?(?:z\b|utc\b|[+-]\d{2}:?\d{2}\b))?"
+_TIME = r"\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:\s?[ap]m\b)?(?:z\b)?(?:\s?(?:utc\b|[+-]\d{2}:?\d{2}\b))?"
 _TEMP_ROOT = r"(?<![\w./-])(?:/private)?(?:/var/folders/[^/\s]+/[^/\s]+/T|/var/tmp|/tmp)"
 _NOT_WORD = r"(?<![A-Za-z0-9_.])"
 _END_WORD = r"(?![A-Za-z0-9_])"

@@ -139,3 +139,9 @@ def test_any_text_normalizes_to_one_collapsed_lowercase_line(text):
     out = normalize_failure_text(text)
     assert out == " ".join(out.split())
     assert out == out.lower()
+
+
+def test_zulu_suffix_then_a_word_z_is_stable():
+    # found by hypothesis: a lone word "Z" after a timestamp must not be eaten on one side only
+    a, b = "2000-01-01T00:00:00 Z", "2000-01-01 00:00:00.000Z Z"
+    assert normalize_failure_text(a) == normalize_failure_text(b)
