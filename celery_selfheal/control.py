@@ -190,7 +190,7 @@ def _resume(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqueue
             if update_job(ctx, job_id, expect={**expect, "parked": parked}, status="running", paused=False,
                           takeover=False, parked=None, pausedReason=None):
                 acked = _ack(ctx, job_id, request, effect="parked step re-enqueued",
-                             resumedStep=parked["stepIndex"], strategy=parked.get("strategy"))
+                             resumedStep=parked["stepIndex"])
                 enqueue(job, parked["stepIndex"], strategy=parked.get("strategy") or "initial",
                         retry_context=parked.get("retryContext"), operator=True)
                 return acked

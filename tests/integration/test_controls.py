@@ -5,16 +5,20 @@ resume_from_step reviving jobs, rejections that change nothing, and the audit/ac
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from celery_selfheal.api import job_status
-from celery_selfheal.control import request_control
+from celery_selfheal.context import build_context
+from celery_selfheal.control import apply_pending_controls, request_control
 from celery_selfheal.errors import ControlError
+from celery_selfheal.settings import load_settings
 from celery_selfheal.wiring.control import recover
 from tests.integration.conftest import Harness, names
 
@@ -185,6 +189,20 @@ def test_retry_step_revives_a_failed_job(harness: Harness, make_repo) -> None:
     assert_acked(harness, a, req, "schema fixed")
 
 
+def test_retry_step_preempts_a_running_attempt(harness: Harness, make_repo) -> None:
+    a = harness.submit(harness.job_file(make_repo(), [
+        {"id": "slow", "instructions": "sleep@1 30\nwrite done.txt: done"}]))
+    first = wait_for(lambda: running_attempt(harness, a, 0), "attempt 1")
+    req = ctl(harness, a, "retry_step", step="slow")
+    final = wait_revived(harness, a, 0)
+    assert final["status"] == "succeeded" and final["epoch"] == 1
+    old, new = harness.attempts(a)
+    assert old["status"] == "cancelled" and old["epoch"] == 0 and not alive(first["pid"])
+    assert new["status"] == "succeeded" and new["attemptStrategy"] == "operator_request"
+    assert new["startedAt"] >= old["finishedAt"]  # the new runtime never shared the workspace
+    assert_acked(harness, a, req)
+
+
 def test_resume_from_step_revives_a_failed_job(harness: Harness, make_repo) -> None:
     a = harness.submit(harness.job_file(make_repo(), [
         {"id": "s0", "instructions": "write a.txt: a"},
@@ -253,3 +271,72 @@ def test_rejected_requests_change_nothing_but_the_audit(harness: Harness, make_r
     with pytest.raises(ControlError, match="unknown job 'job-nope'"):
         ctl(harness, "job-nope", "cancel")
     assert harness.ctx.store.list_audit("job-nope") == []
+
+
+# -- applying without Celery: concurrency and late rejection, on both real store backends --------
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    settings = load_settings(state_dir=tmp_path / "state", store_url=url, env={})
+    settings.ensure_dirs()
+    return build_context(settings, sinks=[])
+
+
+def _stored_job(ctx: Any, status: str, **extra: Any) -> str:
+    job_id = f"job-{time.time_ns()}"
+    steps = [{"stepId": "a", "stepIndex": 0, "status": "succeeded", "round": 0},
+             {"stepId": "b", "stepIndex": 1, "status": "failed" if status == "failed" else "running",
+              "round": 0}]
+    ctx.store.create_job({"jobId": job_id, "status": status, "epoch": 0, "steps": steps, "currentStep": 1,
+                          "paused": False, "takeover": False, "parked": None, **extra})
+    return job_id
+
+
+def test_concurrent_appliers_apply_each_request_once_in_order(store_ctx: Any) -> None:
+    job_id = _stored_job(store_ctx, "failed", failedStep=1)
+    asked = [("retry_step", None), ("hard_reset_step", None), ("resume_from_step", "a")]
+    reqs = [request_control(store_ctx, job_id, action, step=step, actor=ACTOR, enqueue_apply=lambda _j: None)
+            for action, step in asked]
+    sent: list[tuple[int, int, str]] = []
+    lock = threading.Lock()
+
+    busy = [0, 0]  # appliers inside enqueue now, most at once
+
+    def enqueue(job: dict[str, Any], step_index: int, **kw: Any) -> str:
+        with lock:
+            busy[0] += 1
+            busy[1] = max(busy)
+            sent.append((job["epoch"], step_index, kw["strategy"]))
+        time.sleep(0.05)  # a slow broker: appliers that did not take turns would overlap here
+        with lock:
+            busy[0] -= 1
+        return "task-id"
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: apply_pending_controls(store_ctx, job_id, enqueue=enqueue),
+                                range(4)))
+    assert sorted(r["requestId"] for batch in results for r in batch) == sorted(r["requestId"] for r in reqs)
+    assert sent == [(1, 1, "operator_request"), (2, 1, "hard_reset"), (3, 0, "hard_reset")]
+    assert busy[1] == 1
+    final = store_ctx.store.get_job(job_id)
+    assert final["epoch"] == 3 and final["status"] == "running" and final["currentStep"] == 0
+    assert not final["preempt"] and not store_ctx.store.pending_control(job_id)
+    outcomes = [(a["requestId"], a["outcome"]) for a in store_ctx.store.list_audit(job_id)]
+    assert [o for o in outcomes if o[1] == "acknowledged"] == [(r["requestId"], "acknowledged") for r in reqs]
+
+
+def test_a_request_that_no_longer_applies_is_rejected_when_applied(store_ctx: Any) -> None:
+    job_id = _stored_job(store_ctx, "running")
+    req = request_control(store_ctx, job_id, "cancel", actor=ACTOR, enqueue_apply=lambda _j: None)
+    assert store_ctx.store.get_job(job_id)["preempt"] is True  # the running attempt stops at once
+    store_ctx.store.update_job(job_id, {"status": "succeeded"})  # it finished before the worker applied
+    assert apply_pending_controls(store_ctx, job_id, enqueue=lambda *a, **k: "x") == []
+    final = store_ctx.store.get_job(job_id)
+    assert final["status"] == "succeeded" and final["preempt"] is False
+    (resolved,) = store_ctx.store.list_control(job_id)
+    assert resolved["state"] == "rejected" and "nothing to cancel" in resolved["why"]
+    audit = store_ctx.store.list_audit(job_id)
+    assert [(a["requestId"], a["outcome"]) for a in audit] == [(req["requestId"], "requested"),
+                                                               (req["requestId"], "rejected")]
+    assert audit[-1]["why"].startswith("no longer applies: ")
