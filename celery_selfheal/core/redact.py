@@ -39,6 +39,8 @@ __all__ = [
 
 #: Characters held back at chunk edges when no configured literal is longer.
 DEFAULT_WINDOW = 8 * 1024
+#: Characters a :class:`StreamRedactor` scans at a time (beyond its window).
+DEFAULT_BATCH = 256 * 1024
 #: Lookbehind context kept from already emitted text (names before ``=``, token boundaries).
 _CONTEXT = 256
 
@@ -82,6 +84,12 @@ class Redactor:
 
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by :data:`REDACTED`."""
+        if len(text) > 4 * DEFAULT_BATCH:  # same result, cache-sized pieces and less memory
+            stream = StreamRedactor(self)
+            stream._hard_limit = len(text) + 1  # never cut a span: exact whole-text semantics
+            step = DEFAULT_BATCH
+            out = [stream.feed(text[i : i + step]) for i in range(0, len(text), step)]
+            return "".join(out) + stream.flush()
         spans = self.find_spans(text).spans
         return apply(text, spans, 0, len(text)) if spans else text
 
@@ -141,8 +149,9 @@ class StreamRedactor:
 
     def __init__(self, redactor: Redactor, *, batch: int | None = None) -> None:
         self._r = redactor
-        # Scan at least this much new text per pass, so the window is rescanned rarely.
-        self._batch = max(1, batch) if batch is not None else max(redactor.window, 64 * 1024)
+        # Scan at least this much new text at a time, so the window is rescanned rarely (a
+        # bigger batch is faster, up to what the CPU caches hold).
+        self._batch = max(1, batch) if batch is not None else max(redactor.window, DEFAULT_BATCH)
         self._hard_limit = max(4 * (redactor.window + self._batch), 1 << 20)
         self._reset()
 
@@ -185,8 +194,8 @@ class StreamRedactor:
         return out
 
     def _process(self, final: bool) -> str:
-        buf = "".join(self._pending)
-        scan, off = self._ctx + buf, len(self._ctx)
+        scan, off = "".join([self._ctx, *self._pending]), len(self._ctx)
+        buf_len = len(scan) - off
         found = self._r.find_spans(scan)
         spans, open_pem = found.spans, found.open_pem
         cut = len(scan) if final else len(scan) - self._r.window
@@ -198,7 +207,7 @@ class StreamRedactor:
                 pem = any(start <= p < end for p in found.pem_starts)  # in memory already
                 # Only an endless chain of overlapping spans is cut (memory bound), and once
                 # cut, it is cut at once the next time (it then starts before ``off``).
-                if enter_pem or pem or (start >= off and len(buf) < self._hard_limit):
+                if enter_pem or pem or (start >= off and buf_len < self._hard_limit):
                     cut = max(start, off)
                 else:
                     forced = True

@@ -93,17 +93,26 @@ def is_secret_name_cached(name: str) -> bool:
     return known
 
 
-_SUFFIX_CACHE: dict[str, bool] = {}
+#: :func:`name_kind` results.
+SECRET, PLAIN, SECRET_SUFFIX = 1, 0, 2
+_KIND_CACHE: dict[str, int] = {}
 
 
-def has_secret_suffix(name: str) -> bool:
-    """True if some proper suffix of ``name`` is a secret name (``xpass`` -> ``pass``)."""
-    known = _SUFFIX_CACHE.get(name)
-    if known is None:
-        if len(_SUFFIX_CACHE) >= 8192:
-            _SUFFIX_CACHE.clear()
-        known = _SUFFIX_CACHE[name] = any(is_secret_name_cached(name[i:]) for i in range(1, len(name)))
-    return known
+def name_kind(name: str) -> int:
+    """SECRET if ``name`` is a secret name, SECRET_SUFFIX if only a proper suffix of it is
+    (``xpass`` -> ``pass``: matters when a secret glued before it is cut off), else PLAIN."""
+    kind = _KIND_CACHE.get(name)
+    if kind is None:
+        if len(_KIND_CACHE) >= 8192:
+            _KIND_CACHE.clear()
+        if is_secret_name_cached(name):
+            kind = SECRET
+        elif any(is_secret_name_cached(name[i:]) for i in range(1, len(name))):
+            kind = SECRET_SUFFIX
+        else:
+            kind = PLAIN
+        _KIND_CACHE[name] = kind
+    return kind
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from celery_selfheal.core import redact_rules as rules
-from celery_selfheal.core.redact_rules import REDACTED
+from celery_selfheal.core.redact_rules import NAME, REDACTED, SECRET
 
 Span = tuple[int, int]
 
@@ -89,27 +89,32 @@ class _Scan:
                     add((m.start() - action, m.end()))
 
     def lower_passes(self) -> None:
+        # Hot loop: everything it calls is bound to a local name first.
         text, low, add = self.text, self.low, self.found.append
+        glued_tokens, glued_names = self.glued_tokens, self.glued_names
+        follows_alnum, name_start, name_kind = rules.follows_alnum, rules.name_start, rules.name_kind
         reversed_low = b""  # made on first use
         for regex, actions in rules.LOWER_PASSES:
             for m in regex.finditer(low):
                 marker = m.lastindex or 0
                 action = actions[marker]
                 if action >= 0:
-                    if rules.follows_alnum(low, m.start() - action):
-                        self.glued_tokens[m.start() - action] = m.end()
+                    start = m.start() - action
+                    if follows_alnum(low, start):
+                        glued_tokens[start] = m.end()
                     else:
-                        add((m.start() - action, m.end()))
-                elif action == rules.NAME:
-                    reversed_low = reversed_low or low[::-1]
-                    start, end = rules.name_start(reversed_low, m.start()), m.end(marker - 1)
+                        add((start, m.end()))
+                elif action == NAME:
+                    if not reversed_low:
+                        reversed_low = low[::-1]
+                    start, end = name_start(reversed_low, m.start()), m.end(marker - 1)
                     name = text[start:end]
+                    kind = name_kind(name)
                     # "scheme://token:pw@host" is userinfo: the URL rule keeps the host.
-                    userinfo = start >= 3 and low.startswith(b"://", start - 3)
-                    if not userinfo and rules.is_secret_name_cached(name):
+                    if kind == SECRET and not (start >= 3 and low.startswith(b"://", start - 3)):
                         self.value(name, m.end())
-                    elif rules.has_secret_suffix(name):
-                        self.glued_names.setdefault(end, []).append((start, m.end()))
+                    elif kind:
+                        glued_names.setdefault(end, []).append((start, m.end()))
                 elif rules.bearer_like(m.group(marker - 1)):
                     add(m.span(marker - 1))
 
