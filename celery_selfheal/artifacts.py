@@ -9,6 +9,7 @@ build a path that escapes the root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -40,10 +41,8 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

@@ -26,8 +26,8 @@ _TABLE_RETRIES = 50
 class Channel(filesystem.Channel):
     """A filesystem channel whose writes are atomic renames."""
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
-        name = f"{int(round(time.monotonic() * 1000))}_{uuid.uuid4()}.{queue}.msg"
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         tmp = os.path.join(self.data_folder_out, f".{name}.tmp")  # never matches a queue's pattern
         try:

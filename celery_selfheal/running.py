@@ -9,6 +9,7 @@ command lists it; idle seconds come from the file's mtime, touched on output at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -43,10 +44,8 @@ class RunningAttempts:
 
     def unregister(self, task_id: str) -> None:
         """Forget a task (idempotent)."""
-        try:
+        with contextlib.suppress(FileNotFoundError, ValueError):
             self._path(task_id).unlink()
-        except (FileNotFoundError, ValueError):
-            pass
 
     def all(self) -> list[dict[str, Any]]:
         """Every running attempt with ``secondsElapsed`` and ``secondsIdle`` computed now."""
@@ -77,7 +76,5 @@ class OutputToucher:
         now = time.monotonic()
         if now - self._last >= TOUCH_INTERVAL:
             self._last = now
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.utime(self.path)
-            except FileNotFoundError:
-                pass

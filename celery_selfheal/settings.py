@@ -181,10 +181,7 @@ def load_settings(
     store = pick(store_url, "SELFHEAL_STORE_URL", "store_url")
     if store is None:
         # A cluster broker without a store URL would silently split state across hosts.
-        if broker.startswith(("redis://", "rediss://")):
-            store = broker
-        else:
-            store = f"sqlite:///{state / 'selfheal.db'}"
+        store = broker if broker.startswith(("redis://", "rediss://")) else f"sqlite:///{state / 'selfheal.db'}"
     if not store.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
         raise ConfigError(f"unsupported store URL {store!r} (use sqlite:///PATH or redis://HOST:PORT/DB)",
                           where="SELFHEAL_STORE_URL")

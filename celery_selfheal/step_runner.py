@@ -131,10 +131,10 @@ def execute_step(
     spec = spec_of(job)
     step = spec.steps[step_index]
     budgets = step_budgets(job, step_index)
-    if job["status"] in ("queued", "paused") and update_job(
-            ctx, job_id, expect={"status": job["status"], "epoch": epoch}, status="running"):
-        if job["status"] == "queued":
-            ctx.bus.emit("task.job.started", job_id, epoch=epoch, baselineSha=job.get("baselineSha"),
+    started = job["status"] in ("queued", "paused") and update_job(
+        ctx, job_id, expect={"status": job["status"], "epoch": epoch}, status="running")
+    if started and job["status"] == "queued":
+        ctx.bus.emit("task.job.started", job_id, epoch=epoch, baselineSha=job.get("baselineSha"),
                          steps=len(spec.steps))
     try:
         ws = prepare_workspace(ctx, job, step_index, strategy)
@@ -225,7 +225,7 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
     current = AttemptOutcome(attempt=plan.attempt, ok=ok, failure_class=cls, signature=signature,
                              diff_hash=change.diff_hash, detector=r.detector, round=plan.round)
     job = ctx.store.get_job(job_id) or {}
-    history = step_history(ctx, job_id, idx, epoch) + [current]
+    history = [*step_history(ctx, job_id, idx, epoch), current]
     decision = decide(history, plan.budgets, resets_used=job.get("resetsUsed", 0),
                       queue_retries_used=job.get("queueRetriesUsed", 0))
     if ok:

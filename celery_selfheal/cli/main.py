@@ -225,7 +225,5 @@ def main() -> None:
     selfheal(prog_name="selfheal")
 
 
-try:  # the control command registers itself on the group when its module exists
-    from celery_selfheal.cli import control as _control_cmd  # noqa: F401,E402
-except ImportError:  # pragma: no cover
-    pass
+# `control` lives in its own module and registers itself on the group.
+from celery_selfheal.cli import control as _control_cmd  # noqa: E402,F401

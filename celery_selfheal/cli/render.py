@@ -35,7 +35,8 @@ def describe_event(e: dict[str, Any]) -> str:
         return f"{_step(e)}: {att} started" + (f" ({how})" if how and how != "initial" else "")
     if name == "task.step.attempt.finished":
         files = e.get("changedFiles") or []
-        return f"{_step(e)}: {att} succeeded in {_secs(e.get('wallClockSeconds'))}, {len(files)} file(s) checkpointed"
+        took = _secs(e.get("wallClockSeconds"))
+        return f"{_step(e)}: {att} succeeded in {took}, {len(files)} file(s) checkpointed"
     if name == "task.step.attempt.failed":
         det = e.get("detector")
         how = f"exit {e.get('exitCode')}" if det == "exit" else det
@@ -47,7 +48,8 @@ def describe_event(e: dict[str, Any]) -> str:
         return f"{_step(e)}: {att} FAILED by {how} -> {e.get('failureClass')}; next: {nxt}"
     if name == "task.self_heal.triggered":
         cd = e.get("countdown") or 0
-        return f"{_step(e)}: self-heal {e.get('strategy')}" + (f" in {cd:g}s" if cd else "") + f" ({e.get('reason', '')})"
+        when = f" in {cd:g}s" if cd else ""
+        return f"{_step(e)}: self-heal {e.get('strategy')}{when} ({e.get('reason', '')})"
     if name == "task.self_heal.escalated":
         return f"{_step(e)}: ESCALATED to {e.get('strategy')} ({e.get('failureClass')}, {e.get('detector')})"
     if name == "task.self_heal.recovered":

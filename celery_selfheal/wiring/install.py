@@ -53,7 +53,7 @@ class SelfHeal:
             control.register_control_commands(app, self.context)
         except ImportError:  # pragma: no cover - control commands arrive with the controls module
             pass
-        app.selfheal = self  # type: ignore[attr-defined]
+        app.selfheal = self
 
     def context(self) -> Context:
         """This process's context (built lazily, rebuilt after fork)."""

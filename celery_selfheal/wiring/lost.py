@@ -19,8 +19,8 @@ from celery_selfheal.core.model import Detector
 from celery_selfheal.jobs import spec_of, step_budgets
 from celery_selfheal.runtime.supervisor import RuntimeResult
 from celery_selfheal.step_runner import OutcomeKind, finish_attempt
-from celery_selfheal.workspace.git import GitWorkspace
 from celery_selfheal.wiring.routing import enqueue_from
+from celery_selfheal.workspace.git import GitWorkspace
 
 log = logging.getLogger(__name__)
 
