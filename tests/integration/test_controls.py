@@ -4,6 +4,7 @@ resume_from_step reviving jobs, rejections that change nothing, and the audit/ac
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -166,7 +167,9 @@ def test_takeover_parks_instead_of_retrying_then_hard_reset_step(harness: Harnes
     first, second = harness.attempts(a)
     assert first["status"] == "failed" and first["attemptStrategy"] == "initial"
     assert second["attemptStrategy"] == "hard_reset" and second["epoch"] == parked["epoch"] + 1
-    assert "strategy=hard_reset" in harness.ctx.artifacts(a).log_path(0, 2).read_text()
+    # the runtime got the envelope with strategy hard_reset (fail-unless-hard-reset passed on it)
+    doc = json.loads(harness.ctx.artifacts(a).attempt_state_path(0, 2).read_text())
+    assert doc["retryContext"]["strategy"] == "hard_reset"
     assert final["resetsUsed"] == 0  # an operator's reset does not spend job_self_heal_max_resets
     assert_acked(harness, a, reset, "rebuild it")
 
