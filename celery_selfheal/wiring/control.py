@@ -63,7 +63,9 @@ def register_control_commands(app: Celery, get_context: Callable[[], Context]) -
     """Register ``selfheal.apply_control`` on ``app`` and the remote-control commands (once per process;
     they find the context through the receiving worker's app)."""
 
-    @app.task(name=APPLY_CONTROL, ignore_result=True, serializer="json", acks_late=True,
+    # shared=False: a shared task would be copied into every app created later in this process,
+    # bound to this app and its context.
+    @app.task(name=APPLY_CONTROL, shared=False, ignore_result=True, serializer="json", acks_late=True,
               reject_on_worker_lost=True, soft_time_limit=150, time_limit=180)
     def apply_control(job_id: str) -> int:
         enqueue = functools.partial(enqueue_from, app)
