@@ -21,6 +21,9 @@ app.conf.update(
     task_ignore_result=True,
     task_default_queue="selfheal",
     worker_redirect_stdouts=False,
+    # Task events on by default (as -E): Flower and `celery events` then show every step task and
+    # each retry's reason from the first one on (docs/observability.md, "Flower").
+    worker_send_task_events=True,
 )
 selfheal = SelfHeal(app, settings)
 

@@ -316,5 +316,9 @@ def _schedule_retry(ctx: Context, plan: AttemptPlan, decision: Decision, cls: Fa
         diff_hash=record.get("diffHash", ""), redact=ctx.redactor.redact)
     ctx.bus.emit("task.self_heal.triggered", job_id, **{**fields, "strategy": strategy.value,
                                                         "countdown": decision.countdown})
+    # extra: what the task puts in Flower's retry reason (wiring.tasks.retry_message)
     return StepOutcome(OutcomeKind.RETRY, step.index, reason=decision.reason, countdown=decision.countdown,
-                       strategy=strategy.value, retry_context=envelope, budgets=plan.budgets)
+                       strategy=strategy.value, retry_context=envelope, budgets=plan.budgets,
+                       extra={"stepId": step.id, "attempt": plan.attempt, "detector": detector.value,
+                              "failureClass": cls.value, "maxAttempts": plan.budgets.step_max_attempts,
+                              "attemptInRound": decision.extra.get("attempt_in_round", plan.attempt)})

@@ -9,13 +9,30 @@ from typing import Any
 from celery import Celery, Task
 
 from celery_selfheal.context import Context
-from celery_selfheal.step_runner import INITIAL, OutcomeKind, execute_step, time_limits
+from celery_selfheal.step_runner import INITIAL, OutcomeKind, StepOutcome, execute_step, time_limits
 from celery_selfheal.wiring.routing import RUN_STEP, default_queue, enqueue_from, worker_queue
 
 
 class StepRetry(Exception):
     """Carried by ``Task.retry`` so that Flower shows why a step is retried (detector, class,
-    strategy, attempt k of n)."""
+    strategy, attempt k of n); the message is `retry_message`."""
+
+
+def retry_message(outcome: StepOutcome) -> str:
+    """The readable retry reason, e.g. ``step 'build' attempt 1 of 3 failed (idle_timeout,
+    transient_runtime) -> soft_reset: attempt 1 of 3, soft reset in 1s`` (after the arrow: the
+    controller's `Decision.reason`).
+
+    ``k of n`` counts within the current recovery round (a hard reset starts a new round); the
+    step's overall attempt number follows as ``#N`` when it differs."""
+    x = outcome.extra
+    k, n, attempt = x.get("attemptInRound"), x.get("maxAttempts"), x.get("attempt")
+    of = f"attempt {k} of {n}" if k and n else f"attempt {attempt}"
+    if attempt and k and attempt != k:
+        of += f" (#{attempt})"
+    label = f"{x.get('detector')}, {x.get('failureClass')}"
+    why = outcome.reason.removeprefix(label + ": ")  # the controller starts with the same label
+    return f"step {x.get('stepId', outcome.step_index)!r} {of} failed ({label}) -> {outcome.strategy}: {why}"
 
 
 def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:
@@ -39,7 +56,7 @@ def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:
                                               "strategy": outcome.strategy,
                                               "retry_context": outcome.retry_context},
                              countdown=outcome.countdown, queue=queue, soft_time_limit=soft, time_limit=hard,
-                             exc=StepRetry(outcome.reason))
+                             exc=StepRetry(retry_message(outcome)))
         if outcome.kind is OutcomeKind.STOP:
             self.request.chain = None  # stale, cancelled, parked or failed: the rest of the chain must not run
         return {"jobId": job_id, "stepIndex": step_index, "outcome": outcome.kind.value, "reason": outcome.reason}
