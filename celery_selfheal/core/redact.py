@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_selfheal.core import redact_rules as rules
+from celery_selfheal.core.redact_literals import literal_forms, usable_secret_value
 from celery_selfheal.core.redact_rules import REDACTED
 from celery_selfheal.core.redact_rules import is_secret_name as is_secret_env_name
 from celery_selfheal.core.redact_scan import Found, SpanFinder, apply
@@ -41,6 +42,8 @@ __all__ = [
 DEFAULT_WINDOW = 8 * 1024
 #: Characters a :class:`StreamRedactor` scans at a time (beyond its window).
 DEFAULT_BATCH = 256 * 1024
+#: Strings up to this long are memoized by :meth:`Redactor.redact`.
+_SMALL = 256
 #: Lookbehind context kept from already emitted text (names before ``=``, token boundaries).
 _CONTEXT = 256
 
@@ -72,10 +75,11 @@ class Redactor:
         literals: set[str] = set()
         for name, value in env.items():
             secret = name in secret_names or is_secret_env_name(name)
-            if secret and rules.usable_secret_value(value) and value.strip() not in self._allow:
-                literals |= rules.literal_forms(value)
+            if secret and usable_secret_value(value) and value.strip() not in self._allow:
+                literals |= literal_forms(value)
         self._finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow)
         self._window = max(DEFAULT_WINDOW, rules.MAX_RULE_SPAN, self._finder.max_literal + 64)
+        self._small: dict[str, str] = {}
 
     @property
     def window(self) -> int:
@@ -84,6 +88,14 @@ class Redactor:
 
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by :data:`REDACTED`."""
+        if len(text) <= _SMALL:  # payload keys and values repeat: remember them
+            done = self._small.get(text)
+            if done is None:
+                if len(self._small) >= 8192:
+                    self._small.clear()
+                spans = self.find_spans(text).spans
+                done = self._small[text] = apply(text, spans, 0, len(text)) if spans else text
+            return done
         if len(text) > 4 * DEFAULT_BATCH:  # same result, cache-sized pieces and less memory
             stream = StreamRedactor(self)
             stream._hard_limit = len(text) + 1  # never cut a span: exact whole-text semantics
@@ -96,8 +108,8 @@ class Redactor:
     def redact_bytes(self, data: bytes) -> bytes:
         """Like :meth:`redact` for UTF-8 bytes; undecodable bytes pass through unchanged."""
         text = data.decode("utf-8", "surrogateescape")
-        spans = self.find_spans(text).spans
-        return apply(text, spans, 0, len(text)).encode("utf-8", "surrogateescape") if spans else data
+        out = self.redact(text)
+        return data if out == text else out.encode("utf-8", "surrogateescape")
 
     def redact_obj(self, obj: Any) -> Any:
         """A redacted copy of a JSON-like payload: values under secret-like keys become

@@ -12,11 +12,9 @@ ASCII-lowercased bytes copy of the text (same positions), for the same reason.
 
 from __future__ import annotations
 
-import base64
-import json
 import re
-from collections.abc import Iterable
-from urllib.parse import quote, quote_plus
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 REDACTED = "[REDACTED]"
 
@@ -116,67 +114,121 @@ def name_kind(name: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Rule passes. Each pass is one regex starting with a literal anchor; each alternative ends with
-# an empty marker group, and the pass's action table maps the marker's group number to what was
-# found: an offset >= 0 is a token that starts that many characters before the match (and must
-# not follow a letter or digit: ``task-...`` is no key), NAME an assignment whose name ends where
-# the group before the marker ends, BEARER a token in the group before the marker, PEM a private
-# key header.
-NAME, BEARER, PEM = -1, -2, -3
-Action = dict[int, int]
+# Rule passes. Each pass is one regex: a literal anchor, then alternatives, each ending with an
+# empty marker group that tells which one matched. A rule alternative is ``BODY()``; its
+# action: an offset >= 0 is a token that starts that many characters before the anchor (and
+# must not follow a letter or digit: ``task-...`` is no key); NAME an assignment, the body's
+# first group ending the name and the match the value's start; BEARER a token in the body's
+# first group; PEM a private key header ending with the match. Env-value literals ride along in
+# some passes (see :mod:`redact_literals`), ``LITERAL - k`` being the k-th: they come first and
+# consume only the anchor, at an anchor where no rule of the pass can match (``blocks``).
+NAME, BEARER, PEM, LITERAL = -1, -2, -3, -10
+#: marker group -> (action, the alternative's first group)
+Actions = dict[int, tuple[int, int]]
 
 
-def _pass(anchor: str, *branches: tuple[str, int], flags: int = 0) -> tuple[re.Pattern[str], Action]:
+class PassSpec(NamedTuple):
+    """One regex pass."""
+
+    anchor: str
+    branches: tuple[tuple[str, int], ...]
+    #: Runs on :func:`ascii_lower` of the text (case-insensitive rules).
+    lowered: bool
+    #: For a pass that can carry literals: could a rule match at ``literal[i]``, shadowing the
+    #: literal there (then another anchor is chosen)? Conservative: looks at the literal only.
+    blocks: Callable[[str, int], bool] | None = None
+    #: Hosts with a rarer anchor are preferred for literals.
+    host_rank: int = 0
+
+
+def compile_pass(
+    spec: PassSpec, literals: Sequence[tuple[int, str, int]] = ()
+) -> tuple[re.Pattern[Any], Actions]:
+    """The pass regex and its actions; ``literals`` are (action, text as matched, anchor index)."""
     parts, actions, group = [], {}, 0
-    for body, action in branches:
-        group += re.compile(body).groups + 1
-        actions[group] = action
-        parts.append(body + "()")
-    return re.compile(anchor + "(?:" + "|".join(parts) + ")", flags), actions
-
-
-def _bytes_pass(anchor: str, *branches: tuple[str, int]) -> tuple[re.Pattern[bytes], Action]:
-    regex, actions = _pass(anchor, *branches)
-    return re.compile(regex.pattern.encode("ascii")), actions
+    for action, lit, i in literals:
+        # Starts with the literal's next character (never the anchor): at most anchors that fails
+        # at once. The rest of the literal is checked around it without being consumed.
+        ahead = f"(?={re.escape(lit[i + 2 :])})" if i + 2 < len(lit) else ""
+        behind = f"(?<={re.escape(lit[: i + 2])})" if i else ""
+        parts.append(f"{re.escape(lit[i + 1])}{behind}{ahead}()")
+        group += 1
+        actions[group] = (action, group)
+    for body, action in spec.branches:
+        inner = re.compile(body).groups
+        parts.append(f"{body}()")  # no group around it: a branch starting with a literal fails fast
+        actions[group + inner + 1] = (action, group + 1)
+        group += inner + 1
+    pattern = re.escape(spec.anchor) + "(?:" + "|".join(parts) + ")"
+    return re.compile(pattern.encode("ascii") if spec.lowered else pattern), actions
 
 
 _T = "[a-z0-9_-]"  # token characters, lowercased
+_TT = "[A-Za-z0-9_-]"
+_TOKEN_PREFIXES = ("ghp", "gho", "ghu", "ghs", "ghr", "github_pat", "npm", "hf")
 #: ``<name> [quote] = / : / => / := [spaces]``: the name's rest up to the value.
 _NAME_TAIL = r"([a-z0-9_.-]{0,64})(?:\\?[\"'`])?[ \t]{0,8}(?:=>|:=|=(?!=)|:(?!:))[ \t]{0,8}"
 
-#: Passes over the original text (case matters).
-TEXT_PASSES = (
-    _pass(
+#: All passes. Anchors are rare letters of each word: k for token, key, cookie, sk-, sk_live_;
+#: cre for secret, cred...; p for pass... and glpat-; uth for auth...
+PASSES = (
+    PassSpec(
         "A",
-        (r"(?:KIA|SIA)[A-Z0-9]{16}(?![A-Za-z0-9])", 0),  # AWS access key id
-        (r"Iza[A-Za-z0-9_-]{30,64}", 0),  # Google API key
-        (r"(?<=PRIVA)TE KEY(?: BLOCK)?-----", PEM),  # end of "-----BEGIN ... PRIVATE KEY-----"
+        (
+            (r"KIA[A-Z0-9]{16}(?![A-Za-z0-9])", 0),  # AWS access key id
+            (r"SIA[A-Z0-9]{16}(?![A-Za-z0-9])", 0),  # AWS temporary access key id
+            (r"Iza[A-Za-z0-9_-]{30,64}", 0),  # Google API key
+            (r"TE KEY(?<=PRIVATE KEY)(?: BLOCK)?-----", PEM),  # end of "-----BEGIN ... PRIVATE KEY-----"
+        ),
+        lowered=False,
+        blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "A", "K", "S", "I", "T"),
+        host_rank=0,
     ),
-)
-#: Passes over ``ascii_lower(text)``. Anchors are rare letters of each word: k for token, key,
-#: cookie, sk-, sk_live_; cre for secret, cred...; p for pass... and glpat-; uth for auth...
-LOWER_PASSES = (
-    _bytes_pass(
-        "k",
-        # "tokens" (a count) and "keyerror" never make a name secret: cheaper to skip them here.
-        (r"(?:(?<=tok)en(?!s[^a-z])|(?<=cook)ie|ey(?!error))" + _NAME_TAIL, NAME),
-        (rf"-(?<=sk-){_T}{{20,255}}", 1),  # OpenAI sk-, sk-proj-, Anthropic sk-ant-
-        (r"_(?<=[srp]k_)(?:live|test)_[a-z0-9]{10,255}", 1),  # Stripe
-    ),
-    _bytes_pass(
-        "_",
-        (r"(?<=gh[pousr]_)[a-z0-9]{20,255}", 3),  # GitHub ghp_, gho_, ghu_, ghs_, ghr_
-        (r"(?<=github_pat_)[a-z0-9_]{20,255}", 10),
-        (r"(?<=npm_)[a-z0-9]{20,255}", 3),
-        (r"(?<=hf_)[a-z0-9]{20,255}", 2),  # Hugging Face
-    ),
-    _bytes_pass("xox", (r"[abprs]-[a-z0-9-]{10,255}", 0)),  # Slack
     # JWT: base64url segments, the first a JSON header ("eyJ" is '{"').
-    _bytes_pass("j", (rf"(?<=eyj){_T}{{5,1024}}\.{_T}{{4,5000}}(?:\.{_T}{{1,1024}})?", 2)),
-    _bytes_pass("cre", (r"(?:(?<=secre)t|d)" + _NAME_TAIL, NAME)),
-    _bytes_pass("p", ("ass" + _NAME_TAIL, NAME), (rf"(?<=glp)at-{_T}{{20,255}}", 2)),  # pass..., GitLab
-    _bytes_pass("uth", (r"(?<=auth)" + _NAME_TAIL, NAME)),
-    _bytes_pass("bearer", (r"[ \t]+([a-z0-9._~+/=-]{8,1024})", BEARER)),
+    PassSpec(
+        "J",
+        ((rf"(?<=eyJ){_TT}{{5,1024}}\.{_TT}{{4,5000}}(?:\.{_TT}{{1,1024}})?", 2),),
+        lowered=False,
+        blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "J") or i < 2 or lit[i - 2 : i] == "ey",
+        host_rank=1,
+    ),
+    PassSpec(
+        "k",
+        (
+            # "tokens" (a count) and "keyerror" never make a name secret: cheaper to skip them here.
+            (r"en(?<=token)(?!s[^a-z])" + _NAME_TAIL, NAME),
+            (r"ey(?!error)" + _NAME_TAIL, NAME),
+            (r"ie(?<=cookie)" + _NAME_TAIL, NAME),
+            (rf"-(?<=sk-){_T}{{20,255}}", 1),  # OpenAI sk-, sk-proj-, Anthropic sk-ant-
+            (r"_(?<=[srp]k_)(?:live|test)_[a-z0-9]{10,255}", 1),  # Stripe
+        ),
+        lowered=True,
+        blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "k", "e", "i", "-", "_"),
+        host_rank=2,
+    ),
+    PassSpec(
+        "_",
+        (
+            (r"(?<=gh[pousr]_)[a-z0-9]{20,255}", 3),  # GitHub ghp_, gho_, ghu_, ghs_, ghr_
+            (r"(?<=github_pat_)[a-z0-9_]{20,255}", 10),
+            (r"(?<=npm_)[a-z0-9]{20,255}", 3),
+            (r"(?<=hf_)[a-z0-9]{20,255}", 2),  # Hugging Face
+        ),
+        lowered=True,
+        blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "_") or i < 10 or lit[:i].endswith(_TOKEN_PREFIXES),
+        host_rank=4,
+    ),
+    PassSpec(
+        "p",
+        (("ass" + _NAME_TAIL, NAME), (rf"at-(?<=glpat-){_T}{{20,255}}", 2)),  # pass..., GitLab
+        lowered=True,
+        blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "p", "a"),
+        host_rank=3,
+    ),
+    PassSpec("xox", ((r"[abprs]-[a-z0-9-]{10,255}", 0),), lowered=True),  # Slack
+    PassSpec("cre", ((r"t(?<=secret)" + _NAME_TAIL, NAME), (r"d" + _NAME_TAIL, NAME)), lowered=True),
+    PassSpec("uth", ((r"(?<=auth)" + _NAME_TAIL, NAME),), lowered=True),
+    PassSpec("bearer", ((r"[ \t]+([a-z0-9._~+/=-]{8,1024})", BEARER),), lowered=True),
 )
 
 PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
@@ -229,91 +281,3 @@ def follows_alnum(low: bytes, pos: int) -> bool:
 def bearer_like(token: bytes) -> bool:
     """A ``Bearer`` argument that looks like a credential, not an English word."""
     return len(token) >= 20 or not token.isalpha()
-
-
-# ---------------------------------------------------------------------------------------------
-# Literal secret values (from the environment)
-
-_BOOLEANS = _words("true false yes no on off none null 0 1 y n enabled disabled")
-
-
-def usable_secret_value(value: str) -> bool:
-    """An env value worth hunting for: 4+ characters, not a boolean, not part of ``REDACTED``."""
-    value = value.strip()
-    return len(value) >= 4 and value.lower() not in _BOOLEANS and value not in REDACTED
-
-
-def literal_forms(value: str) -> set[str]:
-    """The value as it may appear in output: raw, base64 (std/urlsafe, also of the value plus a
-    newline as ``echo $X | base64`` makes it), URL-encoded and JSON-escaped. Base64 forms are
-    unpadded; :meth:`LiteralMatcher.scan` takes up to two ``=`` after a match along."""
-    value = value.strip()
-    raw = value.encode("utf-8", "surrogateescape")
-    forms = {value, quote(value, safe=""), quote(value), quote_plus(value), json.dumps(value)[1:-1]}
-    forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
-    for data in (raw, raw + b"\n"):
-        for encoded in (base64.b64encode(data), base64.urlsafe_b64encode(data)):
-            text = encoded.decode("ascii")
-            forms.add(text.rstrip("="))
-    return {f for f in forms if len(f) >= 4 and f not in REDACTED}
-
-
-#: Rough character frequency in logs, most common first; anything absent counts as rarest.
-_COMMON = " e.t_a-o/i:n\"s,r=h'l(d)c\num0f1p2g3w4y5b6v7k8x9jqz>[]{}<*#+TSAEIRNOLCDPMUBFGHWYKVJXQZ"
-_RANK = {c: i for i, c in enumerate(_COMMON)}
-
-
-_RARE_FROM = _RANK["k"]
-
-
-def _rarity(char: str) -> int:
-    return _RANK.get(char, len(_COMMON))
-
-
-class LiteralMatcher:
-    """Finds exact literal strings in text, longest first, in a few fast regex passes.
-
-    Literals are grouped by an anchor character they contain, chosen greedily to be rare and to
-    cover many literals; each group is one regex starting with that literal character (the fast
-    path of ``re``), the rest checked by lookbehind/lookahead so overlapping literals are all
-    found. Matches are reported as spans of the literal.
-    """
-
-    def __init__(self, literals: Iterable[str]) -> None:
-        todo = sorted(set(literals), key=lambda s: (-len(s), s))
-        self.max_len = len(todo[0]) if todo else 0
-        self._passes: list[tuple[re.Pattern[str], list[tuple[int, int]]]] = []
-        while todo:
-            counts: dict[str, int] = {}
-            for lit in todo:
-                for ch in set(lit):
-                    counts[ch] = counts.get(ch, 0) + 1
-            # Fewest passes: the character rare in logs that most literals contain; a literal
-            # with no rare character gets its rarest one.
-            rare = {c: n for c, n in counts.items() if _rarity(c) >= _RARE_FROM}
-            if rare:
-                anchor = max(rare, key=lambda c: (rare[c], _rarity(c), c))
-            else:
-                anchor = max(counts, key=lambda c: (_rarity(c), c))
-            group = [lit for lit in todo if anchor in lit]
-            todo = [lit for lit in todo if anchor not in lit]
-            branches, spans = [], [(0, 0)]
-            for lit in group:  # already longest first
-                i = lit.index(anchor)
-                behind = f"(?<={re.escape(lit[: i + 1])})" if i else ""
-                ahead = f"(?={re.escape(lit[i + 1:])})" if i + 1 < len(lit) else ""
-                branches.append(f"{behind}{ahead}()")
-                spans.append((i, len(lit)))
-            pattern = re.escape(anchor) + "(?:" + "|".join(branches) + ")"
-            self._passes.append((re.compile(pattern), spans))
-
-    def scan(self, text: str, add: list[tuple[int, int]]) -> None:
-        """Append the span of every literal occurrence in ``text`` to ``add``."""
-        for regex, spans in self._passes:
-            for m in regex.finditer(text):
-                back, length = spans[m.lastindex or 0]
-                start = m.start() - back
-                end = start + length
-                if text.startswith("=", end):  # base64 padding
-                    end += 2 if text.startswith("==", end) else 1
-                add.append((start, end))

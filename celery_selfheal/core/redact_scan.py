@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from celery_selfheal.core import redact_rules as rules
-from celery_selfheal.core.redact_rules import NAME, REDACTED, SECRET
+from celery_selfheal.core.redact_literals import Literal, LiteralMatcher, literal_span, place_literals
+from celery_selfheal.core.redact_rules import BEARER, LITERAL, NAME, REDACTED, SECRET
 
 Span = tuple[int, int]
 
@@ -38,16 +39,21 @@ class SpanFinder:
     """Finds the spans to redact in a text, for a fixed set of literals, patterns and allowlist."""
 
     def __init__(self, literals: Iterable[str], extra: Iterable[str], allow: frozenset[str]) -> None:
-        self._literals = rules.LiteralMatcher(literals)
+        literals = set(literals)
+        self.max_literal = max(map(len, literals), default=0)
+        placed, self._table, rest = place_literals(literals, rules.PASSES)
+        self._passes = [
+            (spec.lowered, *rules.compile_pass(spec, placed.get(i, ()))) for i, spec in enumerate(rules.PASSES)
+        ]
+        self._literals = LiteralMatcher(rest)
         self._extra = tuple(re.compile(p) for p in extra)
         self._allow = allow
-        self.max_literal = self._literals.max_len
 
     def find(self, text: str) -> Found:
         """The spans to replace in ``text``."""
-        scan = _Scan(text)
-        scan.text_passes()
-        scan.lower_passes()
+        scan = _Scan(text, self._table)
+        for lowered, regex, actions in self._passes:
+            scan.run(regex, actions, lowered)
         for um in rules.URL_PASSWORD.finditer(text):
             scan.found.append(um.span(1))
         self._literals.scan(text, scan.found)
@@ -65,9 +71,11 @@ class SpanFinder:
 class _Scan:
     """The state of one :meth:`SpanFinder.find` call."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, table: list[Literal]) -> None:
         self.text = text
         self.low = rules.ascii_lower(text)
+        self.reversed_low = b""  # made on first use
+        self.table = table
         self.found: list[Span] = []
         self.pem_headers: list[int] = []
         self.pem_starts: list[int] = []
@@ -76,47 +84,40 @@ class _Scan:
         #: Names that are not secret but end with a secret word: name end -> [(start, value)].
         self.glued_names: dict[int, list[tuple[int, int]]] = {}
 
-    def text_passes(self) -> None:
-        add, low = self.found.append, self.low
-        for regex, actions in rules.TEXT_PASSES:
-            for m in regex.finditer(self.text):
-                action = actions[m.lastindex or 0]
-                if action == rules.PEM:
-                    self.pem_headers.append(m.end())
-                elif rules.follows_alnum(low, m.start() - action):
-                    self.glued_tokens[m.start() - action] = m.end()
-                else:
-                    add((m.start() - action, m.end()))
-
-    def lower_passes(self) -> None:
-        # Hot loop: everything it calls is bound to a local name first.
+    def run(self, regex: re.Pattern[Any], actions: rules.Actions, lowered: bool) -> None:
+        """Run one pass. A hot loop: what it calls is bound to local names first."""
         text, low, add = self.text, self.low, self.found.append
         glued_tokens, glued_names = self.glued_tokens, self.glued_names
         follows_alnum, name_start, name_kind = rules.follows_alnum, rules.name_start, rules.name_kind
-        reversed_low = b""  # made on first use
-        for regex, actions in rules.LOWER_PASSES:
-            for m in regex.finditer(low):
-                marker = m.lastindex or 0
-                action = actions[marker]
-                if action >= 0:
-                    start = m.start() - action
-                    if follows_alnum(low, start):
-                        glued_tokens[start] = m.end()
-                    else:
-                        add((start, m.end()))
-                elif action == NAME:
-                    if not reversed_low:
-                        reversed_low = low[::-1]
-                    start, end = name_start(reversed_low, m.start()), m.end(marker - 1)
-                    name = text[start:end]
-                    kind = name_kind(name)
-                    # "scheme://token:pw@host" is userinfo: the URL rule keeps the host.
-                    if kind == SECRET and not (start >= 3 and low.startswith(b"://", start - 3)):
-                        self.value(name, m.end())
-                    elif kind:
-                        glued_names.setdefault(end, []).append((start, m.end()))
-                elif rules.bearer_like(m.group(marker - 1)):
-                    add(m.span(marker - 1))
+        for m in regex.finditer(low if lowered else text):
+            action, first = actions[m.lastindex or 0]
+            if action >= 0:
+                start = m.start() - action
+                if follows_alnum(low, start):
+                    glued_tokens[start] = m.end()
+                else:
+                    add((start, m.end()))
+            elif action == NAME:
+                if not self.reversed_low:
+                    self.reversed_low = low[::-1]
+                start, end = name_start(self.reversed_low, m.start()), m.end(first)
+                name = text[start:end]
+                kind = name_kind(name)
+                # "scheme://token:pw@host" is userinfo: the URL rule keeps the host.
+                if kind == SECRET and not (start >= 3 and low.startswith(b"://", start - 3)):
+                    self.value(name, m.end())
+                elif kind:
+                    glued_names.setdefault(end, []).append((start, m.end()))
+            elif action <= LITERAL:
+                lit = self.table[LITERAL - action]
+                start = m.start() - lit.i
+                if not lit.verify or text.startswith(lit.text, start):
+                    add(literal_span(text, start, len(lit.text)))
+            elif action == BEARER:
+                if rules.bearer_like(m.group(first)):
+                    add(m.span(first))
+            else:  # PEM header
+                self.pem_headers.append(m.end())
 
     def value(self, name: str, pos: int) -> None:
         """Redact the value of the secret-like ``name`` that starts at ``pos``."""

@@ -359,3 +359,30 @@ def test_agent_like_text_without_secrets_is_unchanged(text: str) -> None:
 def test_redaction_is_idempotent(text: str) -> None:
     once = R.redact(text)
     assert R.redact(once) == once
+
+
+def _forms(value: str) -> list[str]:
+    raw = value.encode()
+    b64 = base64.b64encode(raw).decode()
+    return [value, b64, b64.rstrip("="), base64.urlsafe_b64encode(raw).decode(), quote(value, safe="")]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(_tok(24, ALNUM + "-_/+=.:@!$%&*~AJkp"), min_size=1, max_size=5, unique=True),
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 4)), min_size=1, max_size=8),
+    safe_text,
+)
+def test_env_values_of_any_shape_are_found_in_every_form(
+    values: list[str], picks: list[tuple[int, int]], filler: str
+) -> None:
+    r = Redactor(env={f"APP{i}_SECRET": v for i, v in enumerate(values)})
+    planted = [_forms(values[v % len(values)])[f] for v, f in picks]
+    text = filler + "".join(f" {p}\n{filler}" for p in planted)
+    out = r.redact(text)
+    for p in planted:
+        assert p not in out
+    assert r.redact(out) == out
+    chunks = [text[i : i + 7] for i in range(0, len(text), 7)]
+    s = r.stream()
+    assert "".join(s.feed(c) for c in chunks) + s.flush() == out
