@@ -52,7 +52,9 @@ _CONTEXT = 256
 class RedactionConfig:
     """Extra rules on top of the built-in ones."""
 
-    #: Regexes; the whole match is replaced. Keep matches shorter than :attr:`Redactor.window`.
+    #: Regexes; the whole match is replaced. A match must stay shorter than
+    #: :attr:`Redactor.window` (for streaming) and must not take in text around a
+    #: ``[REDACTED]`` (for idempotency).
     extra_patterns: tuple[str, ...] = ()
     #: Env var names whose values are secret whatever their name says.
     extra_env_names: tuple[str, ...] = ()
@@ -151,12 +153,20 @@ class Redactor:
 class StreamRedactor:
     """Redacts a stream of text chunks with bounded memory; the output equals redacting the whole.
 
-    ``feed`` holds back up to :attr:`Redactor.window` characters (plus a batch, so small chunks
-    are scanned in larger pieces) because a secret may continue in the next chunk. Inside a PEM
-    private-key block nothing is kept but the last few characters (to find the END line): the
-    block becomes one :data:`REDACTED`, emitted when END arrives or at :meth:`flush`, so an
-    unterminated block redacts everything to the end of the stream, as :meth:`Redactor.redact`
-    does with an unterminated block in a whole text.
+    ``feed`` holds back :attr:`Redactor.window` characters, because a secret may continue in the
+    next chunk, and scans only once ``batch`` (default 256 Ki) new characters are in: small
+    chunks are scanned in large pieces, and output comes in bursts (pass a small ``batch`` for
+    less delay, at some cost in speed). Never cut through a secret: a span that reaches past the
+    edge is held back whole.
+
+    PEM private keys: inside a block nothing is kept but the last few characters (to find the
+    END line). The block becomes one :data:`REDACTED`, emitted when END arrives or at
+    :meth:`flush`, so an unterminated block redacts everything to the end of the stream, as
+    :meth:`Redactor.redact` does with an unterminated block in a whole text.
+
+    The one exception to "same as whole": an endless chain of overlapping secrets (each span
+    overlapping the next for more than ``max(4 * (window + batch), 1 MiB)`` characters) is cut
+    to keep memory bounded; both parts are still redacted.
     """
 
     def __init__(self, redactor: Redactor, *, batch: int | None = None) -> None:
