@@ -38,9 +38,11 @@ def streamed_text(draw: st.DrawFn) -> str:
     """Filler and planted secrets, with long stretches so the text outgrows the window."""
     parts: list[str] = []
     for _ in range(draw(st.integers(2, 8))):
-        kind = draw(st.sampled_from(["small", "big", "big", "plant", "plant", "pem", "jwt"]))
+        kind = draw(st.sampled_from(["small", "any", "big", "big", "plant", "plant", "pem", "jwt"]))
         if kind == "small":
             parts.append(draw(safe_text))
+        elif kind == "any":
+            parts.append(draw(st.text(max_size=200)))
         elif kind == "big":
             parts.append(filler(draw(st.integers(0, 99)), draw(st.integers(1000, 12000))))
         elif kind == "plant":
