@@ -16,10 +16,12 @@ from celery_selfheal.context import Context
 from celery_selfheal.errors import InputError
 from celery_selfheal.events import TERMINAL_JOB_EVENTS
 from celery_selfheal.jobs import load_job_file, prepare_job
+from celery_selfheal.wiring.control import recover
 from celery_selfheal.wiring.install import SelfHeal
 from celery_selfheal.wiring.routing import enqueue_from
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+__all__ = ["export_artifacts", "follow_events", "job_status", "list_artifacts", "recover", "require_job", "submit"]
 
 
 def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:

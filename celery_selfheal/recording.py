@@ -26,12 +26,14 @@ def load_job(ctx: Context, job_id: str) -> dict[str, Any]:
     return job
 
 
-def update_step(ctx: Context, job_id: str, step_index: int, **changes: Any) -> None:
-    """Merge ``changes`` into one entry of the job's ``steps`` list (one step runs at a time)."""
+def update_step(ctx: Context, job_id: str, step_index: int, *, epoch: int | None = None, **changes: Any) -> bool:
+    """Merge ``changes`` into one entry of the job's ``steps`` list (one step runs at a time).
+    With ``epoch``, only while the job is still at that epoch (an operator rerun wins)."""
     job = load_job(ctx, job_id)
     steps = [dict(s) for s in job["steps"]]
     steps[step_index].update(changes)
-    ctx.store.update_job(job_id, {"steps": steps, "updatedAt": utc_now_iso()})
+    expect = {"epoch": epoch} if epoch is not None else None
+    return ctx.store.update_job(job_id, {"steps": steps, "updatedAt": utc_now_iso()}, expect=expect)
 
 
 def update_job(ctx: Context, job_id: str, expect: Mapping[str, Any] | None = None, **changes: Any) -> bool:

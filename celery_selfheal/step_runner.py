@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from celery_selfheal.attempt import AttemptFacts, AttemptPlan, run_attempt
 from celery_selfheal.context import Context
@@ -43,6 +43,9 @@ from celery_selfheal.running import OutputToucher, RunningAttempts
 from celery_selfheal.workspace.checkpoints import write_checkpoint
 from celery_selfheal.workspace.git import GitWorkspace
 from celery_selfheal.workspace_prep import prepare_workspace
+
+if TYPE_CHECKING:
+    from celery_selfheal.leases import AttemptLease
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,7 @@ def execute_step(
     hostname: str = "",
     enqueue: Enqueue | None = None,
     operator: bool = False,
+    lease: AttemptLease | None = None,
 ) -> StepOutcome:
     """Run one attempt of ``step_index`` if the job still wants it, and decide what comes next.
 
@@ -126,8 +130,15 @@ def execute_step(
         return StepOutcome(OutcomeKind.STOP, step_index, reason=f"stale epoch {epoch} (job at {job.get('epoch')})")
     if job["status"] in TERMINAL_STATUSES:
         return StepOutcome(OutcomeKind.STOP, step_index, reason=f"job is {job['status']}")
-    if job.get("paused") or (job.get("takeover") and strategy != INITIAL and not operator):
-        return park(ctx, job, step_index, strategy, retry_context)
+    for _ in range(3):  # park compares-and-sets; a concurrent resume makes us look again
+        if not (job.get("paused") or (job.get("takeover") and strategy != INITIAL and not operator)):
+            break
+        parked = park(ctx, job, step_index, strategy, retry_context)
+        if parked is not None:
+            return parked
+        job = ctx.store.get_job(job_id) or job
+        if job.get("epoch") != epoch or job["status"] in TERMINAL_STATUSES:
+            return StepOutcome(OutcomeKind.STOP, step_index, reason="superseded while parking")
     spec = spec_of(job)
     step = spec.steps[step_index]
     budgets = step_budgets(job, step_index)
@@ -140,6 +151,8 @@ def execute_step(
         ws = prepare_workspace(ctx, job, step_index, strategy)
     except (ReplayError, WorkspaceError) as exc:
         return fail_job(ctx, job_id, epoch, step, FailureClass.DETERMINISTIC_REPO, str(exc), retryable=False)
+    if (ctx.store.get_job(job_id) or {}).get("epoch") != epoch:  # an operator rerun began meanwhile
+        return StepOutcome(OutcomeKind.STOP, step_index, reason="superseded while preparing the workspace")
     attempt = next_attempt_number(ctx, job_id, step_index)
     step_state = job["steps"][step_index]
     plan = AttemptPlan(job_id=job_id, step=step, argv=spec.step_runtime(step_index), attempt=attempt,
@@ -149,6 +162,7 @@ def execute_step(
         "jobId": job_id, "stepId": step.id, "stepIndex": step_index, "attempt": attempt,
         "round": plan.round, "epoch": epoch, "status": "running", "attemptStrategy": strategy,
         "taskId": task_id, "hostname": hostname, "startedAt": utc_now_iso(),
+        **(lease.record_fields() if lease is not None else {}),
     })
     update_step(ctx, job_id, step_index, status="running", attempts=attempt)
     update_job(ctx, job_id, currentStep=step_index)
@@ -159,14 +173,19 @@ def execute_step(
 
     def on_start(pid: int) -> None:
         registry.register(task_id, {"jobId": job_id, "stepId": step.id, "stepIndex": step_index,
-                                    "attempt": attempt, "epoch": epoch, "pgid": pid, "hostname": hostname})
+                                    "attempt": attempt, "epoch": epoch, "pgid": pid, "hostname": hostname,
+                                    **(lease.record_fields() if lease is not None else {})})
         ctx.store.transition_attempt(job_id, step_index, attempt, "running", {"pid": pid})
 
+    cancel = preempt_check(ctx, job_id, epoch)
     try:
-        facts = run_attempt(ctx, plan, ws, cancel_check=preempt_check(ctx, job_id, epoch), on_start=on_start,
-                            on_output=OutputToucher(registry, task_id))
+        facts = run_attempt(ctx, plan, ws, cancel_check=lease.guard(cancel) if lease is not None else cancel,
+                            on_start=on_start, on_output=OutputToucher(registry, task_id))
     finally:
         registry.unregister(task_id)
+    if lease is not None and not lease.confirm():
+        # another worker may own the step now: record nothing, the lost-worker sweeper records this attempt
+        return StepOutcome(OutcomeKind.STOP, step_index, reason="attempt lease lost")
     outcome = finish_attempt(ctx, plan, facts, ws)
     if facts.result.cancelled and enqueue is not None:
         # preempted by an operator request: apply it now, from the slot we are about to free
@@ -177,11 +196,16 @@ def execute_step(
 
 
 def park(ctx: Context, job: Mapping[str, Any], step_index: int, strategy: str,
-         retry_context: Mapping[str, Any] | None, *, reason: str = "paused") -> StepOutcome:
-    """Pause without holding a worker slot: remember what to run and stop the chain."""
-    update_job(ctx, job["jobId"], status="paused", pausedReason=reason,
-               parked={"stepIndex": step_index, "strategy": strategy,
-                       "retryContext": dict(retry_context) if retry_context else None})
+         retry_context: Mapping[str, Any] | None, *, reason: str = "paused") -> StepOutcome | None:
+    """Pause without holding a worker slot: remember what to run and stop the chain.
+
+    Compare-and-set against the flags ``job`` was read with; None if an operator changed them
+    meanwhile (e.g. a resume landed), so the caller decides again instead of parking for nothing."""
+    expect = {"epoch": job.get("epoch"), "paused": job.get("paused"), "takeover": job.get("takeover")}
+    if not update_job(ctx, job["jobId"], expect=expect, status="paused", pausedReason=reason,
+                      parked={"stepIndex": step_index, "strategy": strategy,
+                              "retryContext": dict(retry_context) if retry_context else None}):
+        return None
     return StepOutcome(OutcomeKind.STOP, step_index, reason=reason)
 
 
@@ -197,8 +221,12 @@ def fail_job(ctx: Context, job_id: str, epoch: int, step: StepSpec, cls: Failure
     return StepOutcome(OutcomeKind.STOP, step.index, reason=reason)
 
 
-def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: GitWorkspace) -> StepOutcome:
-    """Record the attempt, ask the controller what next, checkpoint on success, emit events."""
+def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: GitWorkspace, *,
+                   workspace_lost: bool = False) -> StepOutcome:
+    """Record the attempt, ask the controller what next, checkpoint on success, emit events.
+
+    ``workspace_lost``: the attempt's workspace is on a lost worker, so a soft reset continues on
+    any worker from a workspace rebuilt from the checkpoints (same round: no queue-retry budget)."""
     r, change, step = facts.result, facts.change, plan.step
     job_id, idx, epoch = plan.job_id, step.index, plan.epoch
     record: dict[str, Any] = {
@@ -228,6 +256,9 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
     history = [*step_history(ctx, job_id, idx, epoch), current]
     decision = decide(history, plan.budgets, resets_used=job.get("resetsUsed", 0),
                       queue_retries_used=job.get("queueRetriesUsed", 0))
+    if workspace_lost and decision.kind is DecisionKind.SOFT_RESET:
+        decision = replace(decision, strategy=Strategy.QUEUE_RETRY,
+                           reason=f"{decision.reason}; workspace lost with its worker, rebuilt from checkpoints")
     if ok:
         return _succeeded(ctx, plan, ws, record, common, history, summary)
     return _failed(ctx, plan, decision, record, common, summary, signature or "", cls)
@@ -250,7 +281,7 @@ def _succeeded(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, record: dict[s
     if any(not h.ok for h in history[:-1]):
         ctx.bus.emit("task.self_heal.recovered", job_id, **common,
                      strategy=None if plan.strategy == INITIAL else plan.strategy)
-    update_step(ctx, job_id, step.index, status="succeeded")
+    update_step(ctx, job_id, step.index, epoch=epoch, status="succeeded")
     write_attempt_artifact(ctx, job_id, _attempt(ctx, plan), plan.retry_context)
     job = ctx.store.get_job(job_id) or {}
     if step.index + 1 >= len(job.get("steps", [])):
@@ -258,7 +289,7 @@ def _succeeded(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, record: dict[s
                       terminalReason="succeeded", finishedAt=utc_now_iso()):
             ctx.bus.emit("task.job.succeeded", job_id, epoch=epoch, stepIndex=step.index, stepId=step.id)
         return StepOutcome(OutcomeKind.DONE, step.index, reason="job succeeded")
-    update_job(ctx, job_id, currentStep=step.index + 1)
+    update_job(ctx, job_id, expect={"epoch": epoch}, currentStep=step.index + 1)
     return StepOutcome(OutcomeKind.NEXT, step.index, reason="step succeeded")
 
 
@@ -290,7 +321,7 @@ def _failed(ctx: Context, plan: AttemptPlan, decision: Decision, record: dict[st
         if job.get("takeover"):
             # an operator has taken over: no automatic recovery, wait for their action
             outcome = park(ctx, job, step.index, outcome.strategy or Strategy.SOFT_RESET.value,
-                           outcome.retry_context, reason="takeover: waiting for an operator action")
+                           outcome.retry_context, reason="takeover: waiting for an operator action") or outcome
     write_attempt_artifact(ctx, job_id, _attempt(ctx, plan), plan.retry_context)
     return outcome
 

@@ -38,7 +38,8 @@ def prepare_workspace(ctx: Context, job: Mapping[str, Any], step_index: int, str
     if strategy != Strategy.HARD_RESET.value and (path / ".git").exists():
         if strategy in (Strategy.SOFT_RESET.value, Strategy.OPERATOR_REQUEST.value):
             ws = GitWorkspace.open(path)
-            if not cps or ws.head_tree() == cps[-1]["treeAfter"]:
+            # base_tree: the last checkpoint's tree, even if the runtime made commits of its own
+            if ws.base_tree() == (cps[-1]["treeAfter"] if cps else ws.rev(f"{job['baselineSha']}^{{tree}}")):
                 return ws
         elif workspace_matches(path, cps, job["baselineSha"]):
             return GitWorkspace.open(path)

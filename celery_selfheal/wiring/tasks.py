@@ -8,7 +8,9 @@ from typing import Any
 
 from celery import Celery, Task
 
+from celery_selfheal.cluster_checks import cluster_options
 from celery_selfheal.context import Context
+from celery_selfheal.leases import Delivery, GateKind, enter, hand_over_to
 from celery_selfheal.step_runner import INITIAL, OutcomeKind, StepOutcome, execute_step, time_limits
 from celery_selfheal.wiring.routing import RUN_STEP, default_queue, enqueue_from, worker_queue
 
@@ -38,25 +40,52 @@ def retry_message(outcome: StepOutcome) -> str:
 def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:
     """Register ``selfheal.run_step`` on ``app`` and return it."""
 
+    # shared=False: a shared task would be copied into every later app, bound to this app's context.
     @app.task(bind=True, name=RUN_STEP, max_retries=None, acks_late=True, reject_on_worker_lost=True,
-              ignore_result=True, serializer="json")
+              ignore_result=True, serializer="json", shared=False)
     def run_step(self: Task, job_id: str, step_index: int, epoch: int, strategy: str = INITIAL,
                  retry_context: dict[str, Any] | None = None, operator: bool = False) -> dict[str, Any]:
-        outcome = execute_step(get_context(), job_id=job_id, step_index=step_index, epoch=epoch,
-                               strategy=strategy, retry_context=retry_context, task_id=self.request.id,
-                               hostname=self.request.hostname or "",
-                               enqueue=functools.partial(enqueue_from, app), operator=operator)
-        if outcome.kind is OutcomeKind.RETRY:
-            assert outcome.budgets is not None
-            soft, hard = time_limits(outcome.budgets)
-            hostname = self.request.hostname
-            queue = worker_queue(hostname) if outcome.same_worker and hostname else default_queue(app)
-            # args=() explicitly: retry(kwargs=...) would otherwise reuse request.args.
+        ctx, opts = get_context(), cluster_options(get_context().settings.worker)
+        delivery = Delivery(job_id=job_id, step_index=step_index, epoch=epoch, task_id=self.request.id,
+                            retries=self.request.retries, hostname=self.request.hostname or "",
+                            strategy=strategy, retry_context=retry_context, operator=operator)
+        # the attempt lease: one running attempt per job; a redelivered message does nothing (leases.py)
+        gate = enter(ctx, delivery, ttl=opts.lease_ttl, busy_wait=opts.busy_wait, sweep_interval=opts.sweep_interval)
+        if gate.kind is GateKind.BUSY:
+            hard_limit, soft_limit = self.request.timelimit or (None, None)
             raise self.retry(args=(), kwargs={"job_id": job_id, "step_index": step_index, "epoch": epoch,
-                                              "strategy": outcome.strategy,
-                                              "retry_context": outcome.retry_context},
-                             countdown=outcome.countdown, queue=queue, soft_time_limit=soft, time_limit=hard,
-                             exc=StepRetry(retry_message(outcome)))
+                                              "strategy": strategy, "retry_context": retry_context,
+                                              "operator": operator},
+                             countdown=gate.countdown, queue=default_queue(app), soft_time_limit=soft_limit,
+                             time_limit=hard_limit, exc=StepRetry(f"waiting: {gate.reason}"))
+        if gate.kind is not GateKind.RUN:
+            self.request.chain = None  # a duplicate delivery, or the job failed at the gate
+            return {"jobId": job_id, "stepIndex": step_index, "outcome": "stop", "reason": gate.reason}
+        try:
+            outcome = execute_step(ctx, job_id=job_id, step_index=step_index, epoch=epoch,
+                                   strategy=strategy, retry_context=retry_context, task_id=self.request.id,
+                                   hostname=self.request.hostname or "",
+                                   enqueue=functools.partial(enqueue_from, app), operator=operator,
+                                   lease=gate.lease)
+            if outcome.kind is OutcomeKind.RETRY:
+                assert outcome.budgets is not None
+                soft, hard = time_limits(outcome.budgets)
+                hostname = self.request.hostname
+                queue = worker_queue(hostname) if outcome.same_worker and hostname else default_queue(app)
+                if gate.lease is not None and queue != default_queue(app):
+                    # if this worker dies before it runs the retry, the sweeper sends it to another one
+                    hand_over_to(ctx, gate.lease, delivery, retries=self.request.retries + 1,
+                                 strategy=outcome.strategy or INITIAL, retry_context=outcome.retry_context,
+                                 ttl=outcome.countdown + opts.pending_grace)
+                # args=() explicitly: retry(kwargs=...) would otherwise reuse request.args.
+                raise self.retry(args=(), kwargs={"job_id": job_id, "step_index": step_index, "epoch": epoch,
+                                                  "strategy": outcome.strategy,
+                                                  "retry_context": outcome.retry_context},
+                                 countdown=outcome.countdown, queue=queue, soft_time_limit=soft, time_limit=hard,
+                                 exc=StepRetry(retry_message(outcome)))
+        finally:
+            if gate.lease is not None:
+                gate.lease.release()
         if outcome.kind is OutcomeKind.STOP:
             self.request.chain = None  # stale, cancelled, parked or failed: the rest of the chain must not run
         return {"jobId": job_id, "stepIndex": step_index, "outcome": outcome.kind.value, "reason": outcome.reason}
