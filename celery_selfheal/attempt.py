@@ -18,9 +18,32 @@ from celery_selfheal.context import Context
 from celery_selfheal.core.budgets import Budgets
 from celery_selfheal.core.envelope import render_envelope
 from celery_selfheal.core.jobfile import StepSpec
+from celery_selfheal.core.redact import StreamRedactor
 from celery_selfheal.runtime.capped_log import CappedLog
 from celery_selfheal.runtime.supervisor import RuntimeResult, RuntimeSpec, run_runtime
 from celery_selfheal.workspace.git import Change, GitWorkspace
+
+
+#: characters the stream redactor collects before it scans: small, so the attempt log stays close to
+#: live (agents print kilobytes per second, not the 100 MB/s a big batch is tuned for)
+STREAM_BATCH = 16 * 1024
+
+
+class ActivityStream:
+    """A stream redactor that also reports each raw chunk (activity for the idle display) before
+    the redactor holds part of it back."""
+
+    def __init__(self, inner: StreamRedactor, on_activity: Callable[[str], None] | None) -> None:
+        self.inner = inner
+        self.on_activity = on_activity
+
+    def feed(self, chunk: str) -> str:
+        if self.on_activity is not None:
+            self.on_activity(chunk)
+        return self.inner.feed(chunk)
+
+    def flush(self) -> str:
+        return self.inner.flush()
 
 
 @dataclass(frozen=True)
@@ -81,7 +104,7 @@ def run_attempt(
     *,
     cancel_check: Callable[[], bool] | None = None,
     on_start: Callable[[int], None] | None = None,
-    on_output: Callable[[str], None] | None = None,
+    on_activity: Callable[[str], None] | None = None,
 ) -> AttemptFacts:
     """Run the step's runtime once in ``ws`` under the plan's budgets and collect the facts."""
     arts = ctx.artifacts(plan.job_id)
@@ -106,9 +129,13 @@ def run_attempt(
     )
     log_path = arts.log_path(plan.step.index, plan.attempt)
     log = CappedLog(log_path)
+
+    def redact_stream() -> ActivityStream:
+        return ActivityStream(StreamRedactor(ctx.redactor, batch=STREAM_BATCH), on_activity)
+
     try:
-        result = run_runtime(spec, log=log, redact_stream=ctx.redactor.stream, cancel_check=cancel_check,
-                             on_start=on_start, on_output=on_output)
+        result = run_runtime(spec, log=log, redact_stream=redact_stream, cancel_check=cancel_check,
+                             on_start=on_start)
     finally:
         log.close()
     return AttemptFacts(result=result, change=ws.current_change(), prompt_file=prompt_file, log_path=log_path)

@@ -177,3 +177,20 @@ def test_runtime_protocol_env_and_prompt(harness: Harness, make_repo) -> None:
     assert "SELFHEAL_ATTEMPT=1" in log
     assert "SELFHEAL_PROMPT_FILE=" in log
     assert "SELFHEAL_RETRY_CONTEXT_FILE" not in log
+
+
+def test_a_change_that_contains_a_secret_is_never_checkpointed(harness: Harness, make_repo) -> None:
+    repo = make_repo()
+    token = "ghp_" + "Z" * 36
+    job_id = harness.submit(harness.job_file(
+        repo, [{"id": "leak", "instructions": "leak-token config/settings.py"}]))
+    job = harness.wait(job_id)
+    assert job["status"] == "failed" and job["terminalReason"] == "deterministic_policy"
+    assert "config/settings.py" in job["message"]
+    arts = harness.ctx.artifacts(job_id)
+    assert not arts.patch_path(0).exists()
+    assert arts.log_path(0, 1).exists()
+    for path in arts.iter_files():
+        assert token not in path.read_text(errors="replace"), path
+    for _, event in harness.ctx.store.list_events(job_id):
+        assert token not in str(event)

@@ -11,6 +11,7 @@ attempt N (e.g. ``silent@1``). The retry strategy comes from SELFHEAL_RETRY_CONT
   fail-unless-hard-reset  same failure, no change, unless started by a hard reset
   vary-fail CODE          fail with CODE and a different message and change each time
   print TEXT              print TEXT
+  leak-token PATH         write (and print) a GitHub-shaped token made here, as a careless agent would
   sleep[@N] SECONDS       print one line, then sleep (an attempt that takes a while)
   env                     print the SELFHEAL_* env vars
 """
@@ -42,6 +43,10 @@ def main() -> int:
             continue
         if word == "write":
             writes.append(rest)
+        elif word == "leak-token":
+            token = "ghp_" + "Z" * 36  # built here: a token in the prompt would have been redacted
+            print(f"using token {token}", flush=True)
+            writes.append(f"{rest}: GITHUB = '{token}'")
         elif word == "print":
             print(rest, flush=True)
         elif word == "env":
