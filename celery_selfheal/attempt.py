@@ -23,7 +23,6 @@ from celery_selfheal.runtime.capped_log import CappedLog
 from celery_selfheal.runtime.supervisor import RuntimeResult, RuntimeSpec, run_runtime
 from celery_selfheal.workspace.git import Change, GitWorkspace
 
-
 #: characters the stream redactor collects before it scans: small, so the attempt log stays close to
 #: live (agents print kilobytes per second, not the 100 MB/s a big batch is tuned for)
 STREAM_BATCH = 16 * 1024

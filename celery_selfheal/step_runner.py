@@ -180,7 +180,7 @@ def execute_step(
     cancel = preempt_check(ctx, job_id, epoch)
     try:
         facts = run_attempt(ctx, plan, ws, cancel_check=lease.guard(cancel) if lease is not None else cancel,
-                            on_start=on_start, on_output=OutputToucher(registry, task_id))
+                            on_start=on_start, on_activity=OutputToucher(registry, task_id))
     finally:
         registry.unregister(task_id)
     if lease is not None and not lease.confirm():
@@ -260,8 +260,28 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
         decision = replace(decision, strategy=Strategy.QUEUE_RETRY,
                            reason=f"{decision.reason}; workspace lost with its worker, rebuilt from checkpoints")
     if ok:
+        leak = secret_in_change(ctx, change.patch)
+        if leak is not None:
+            # A patch is replayed byte for byte, so it cannot be redacted: refuse to persist it.
+            reason = (f"the step's change contains a secret in {leak}; refusing to checkpoint it "
+                      "(secrets must come from the environment, never be written to the repository)")
+            decision = Decision(DecisionKind.GIVE_UP, reason=reason, detector=Detector.EXIT,
+                                failure_class=FailureClass.DETERMINISTIC_POLICY)
+            return _failed(ctx, plan, decision, record, common, reason, failure_signature(reason),
+                           FailureClass.DETERMINISTIC_POLICY)
         return _succeeded(ctx, plan, ws, record, common, history, summary)
     return _failed(ctx, plan, decision, record, common, summary, signature or "", cls)
+
+
+def secret_in_change(ctx: Context, patch: bytes) -> str | None:
+    """The first file whose diff contains something the redactor would remove, or None."""
+    if ctx.redactor.redact_bytes(patch) == patch:
+        return None
+    for section in patch.split(b"\ndiff --git "):
+        if ctx.redactor.redact_bytes(section) != section:
+            header = section.split(b"\n", 1)[0].removeprefix(b"diff --git ")
+            return header.decode("utf-8", "replace").split(" b/", 1)[0].removeprefix("a/")
+    return "the patch"
 
 
 def _attempt(ctx: Context, plan: AttemptPlan) -> dict[str, Any]:
