@@ -73,9 +73,10 @@ class Harness:
 
 
 def start_worker(settings: Settings, log_path: Path, *, concurrency: int = 2,
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                 extra_env: dict[str, str] | None = None,
+                 app_module: str = "celery_selfheal.app") -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings.as_env(), **(extra_env or {})}
-    argv = [sys.executable, "-m", "celery", "-A", "celery_selfheal.app", "worker", "--pool", "prefork",
+    argv = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--pool", "prefork",
             "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip",
             "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h"]
     with open(log_path, "ab") as log:

@@ -1,0 +1,44 @@
+"""Worker app for the hard-time-limit test: the ready app plus a task that behaves like a step task
+whose own code hangs (it ignores the soft limit), so Celery's hard limit SIGKILLs the pool child
+while a runtime group with a grandchild is running."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from celery_selfheal.app import app, selfheal
+from celery_selfheal.events import utc_now_iso
+from celery_selfheal.jobs import spec_of
+from celery_selfheal.running import RunningAttempts
+from celery_selfheal.runtime.process_group import start_group_child_preexec
+from celery_selfheal.workspace_prep import prepare_workspace
+
+HANG = "tests.hang_past_hard_limit"
+
+
+@app.task(bind=True, name=HANG, soft_time_limit=1, time_limit=2, ignore_result=True, shared=False)
+def hang_past_hard_limit(self: Any, job_id: str, pidfile: str) -> None:
+    """Start attempt 1 of step 0 as the engine does, then hang in "our" code past the hard limit."""
+    ctx = selfheal.context()
+    job = ctx.store.get_job(job_id)
+    assert job is not None
+    ctx.store.update_job(job_id, {"status": "running"})
+    ws = prepare_workspace(ctx, job, 0, "initial")
+    step = spec_of(job).steps[0]
+    ctx.store.put_attempt(job_id, 0, 1, {"jobId": job_id, "stepId": step.id, "stepIndex": 0, "attempt": 1,
+                                         "round": 0, "epoch": 0, "status": "running",
+                                         "attemptStrategy": "initial", "taskId": self.request.id,
+                                         "startedAt": utc_now_iso()})
+    script = (f"import subprocess,sys,time; p=subprocess.Popen([sys.executable,'-c',"
+              f"'import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)']); "
+              f"open({pidfile!r},'w').write(str(p.pid)); time.sleep(600)")
+    runtime = subprocess.Popen([sys.executable, "-c", script], cwd=ws.path, start_new_session=True,
+                               preexec_fn=start_group_child_preexec)
+    RunningAttempts(ctx.settings.run_dir).register(self.request.id, {
+        "jobId": job_id, "stepId": step.id, "stepIndex": 0, "attempt": 1, "epoch": 0, "pgid": runtime.pid})
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the soft limit is swallowed: only the hard limit ends us
+    time.sleep(60)

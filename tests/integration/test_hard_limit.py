@@ -1,0 +1,55 @@
+"""Celery's hard time limit SIGKILLs the pool child: the runtime's whole group still dies (the worker
+MainProcess kills it from our registry) and the attempt is recorded and retried from our own state."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from celery_selfheal.jobs import load_job_file, prepare_job
+from celery_selfheal.settings import load_settings
+from tests.hardlimit_app import HANG
+from tests.integration.conftest import Harness, client_selfheal, start_worker, stop_worker
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
+
+
+def test_hard_limit_kills_the_runtime_group_and_the_job_recovers(tmp_path: Path, make_repo) -> None:
+    settings = load_settings(state_dir=tmp_path / "state", env={})
+    settings.ensure_dirs()
+    log_path = tmp_path / "worker.log"
+    proc = start_worker(settings, log_path, concurrency=1, app_module="tests.hardlimit_app")
+    try:
+        sh = client_selfheal(settings)
+        harness = Harness(settings=settings, selfheal=sh, worker=proc, log_path=log_path, tmp=tmp_path)
+        repo = make_repo()
+        spec_file = harness.job_file(repo, [{"id": "only", "instructions": "write done.txt: ok"}],
+                                     soft_reset_backoff_seconds=0.1)
+        ctx = sh.context()
+        job = prepare_job(load_job_file(spec_file), source=str(spec_file), settings=settings,
+                          redactor=ctx.redactor)
+        ctx.store.create_job(job)
+        pidfile = tmp_path / "grandchild.pid"
+        sh.app.send_task(HANG, args=(job["jobId"], str(pidfile)), queue="selfheal")
+        deadline = time.monotonic() + 20
+        while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        grandchild = int(pidfile.read_text())
+        assert _alive(grandchild)
+        final = harness.wait(job["jobId"], timeout=40)
+        assert not _alive(grandchild), "the runtime's grandchild outlived the SIGKILLed pool child"
+        first, second = harness.attempts(job["jobId"])
+        assert first["status"] == "failed" and first["detector"] == "wall_timeout"
+        assert first["failureClass"] == "transient_runtime"
+        assert second["attemptStrategy"] == "soft_reset" and second["status"] == "succeeded"
+        assert final["status"] == "succeeded"
+        assert "Hard time limit" in log_path.read_text()
+    finally:
+        stop_worker(proc)
