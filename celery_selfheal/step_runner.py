@@ -130,6 +130,9 @@ def execute_step(
         return StepOutcome(OutcomeKind.STOP, step_index, reason=f"stale epoch {epoch} (job at {job.get('epoch')})")
     if job["status"] in TERMINAL_STATUSES:
         return StepOutcome(OutcomeKind.STOP, step_index, reason=f"job is {job['status']}")
+    if job["steps"][step_index].get("status") == "succeeded":
+        # a duplicate delivery of a finished step (operator reruns reset the step's status first)
+        return StepOutcome(OutcomeKind.STOP, step_index, reason="step already succeeded in this epoch")
     for _ in range(3):  # park compares-and-sets; a concurrent resume makes us look again
         if not (job.get("paused") or (job.get("takeover") and strategy != INITIAL and not operator)):
             break
