@@ -47,6 +47,9 @@ class SelfHeal:
 
         self.run_step = register_tasks(app, self.context)
         connect_signals(app, self.context, self.reset, self._attach_worker_sinks)
+        from celery_selfheal.wiring.recovery import connect_recovery
+
+        connect_recovery(app, self.settings)  # lost-worker sweeper and cluster start-up checks
         try:
             from celery_selfheal.wiring import control
 

@@ -7,6 +7,7 @@ gone with it). Idempotent: the attempt's ``running`` status moves once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,9 +21,12 @@ from celery_selfheal.jobs import spec_of, step_budgets
 from celery_selfheal.runtime.supervisor import RuntimeResult
 from celery_selfheal.step_runner import OutcomeKind, finish_attempt
 from celery_selfheal.wiring.routing import enqueue_from
-from celery_selfheal.workspace.git import GitWorkspace
+from celery_selfheal.workspace.git import Change, GitWorkspace
 
 log = logging.getLogger(__name__)
+
+#: what a lost worker's attempt changed is unknown here (its workspace is on that worker's host)
+UNKNOWN_CHANGE = Change(diff_hash=hashlib.sha256(b"").hexdigest(), changed_files=(), patch=b"", tree="")
 
 
 def finish_lost_attempt(ctx: Context, app: Celery, entry: Mapping[str, Any], *, detector: str,
@@ -37,14 +41,15 @@ def finish_lost_attempt(ctx: Context, app: Celery, entry: Mapping[str, Any], *, 
     plan = AttemptPlan(job_id=job_id, step=spec.steps[idx], argv=spec.step_runtime(idx), attempt=attempt,
                        round=record.get("round", 0), epoch=entry["epoch"],
                        strategy=record.get("attemptStrategy", "initial"), budgets=step_budgets(job, idx))
-    ws = GitWorkspace.open(ctx.workspace_path(job_id))
+    lost_worker = detector == Detector.WORKER_LOST.value
+    ws = GitWorkspace(ctx.workspace_path(job_id)) if lost_worker else GitWorkspace.open(ctx.workspace_path(job_id))
     result = RuntimeResult(exit_code=None, signal=None, detector=Detector(detector), cancelled=False,
                            pid=int(entry.get("pgid") or 0), wall_seconds=0.0, idle_seconds=0.0,
                            max_idle_seconds=0.0, detection_lag=None, output_bytes=0,
                            tail=f"attempt lost: {reason}")
-    facts = AttemptFacts(result=result, change=ws.current_change(), prompt_file=ws.path,
-                         log_path=ctx.artifacts(job_id).log_path(idx, attempt))
-    outcome = finish_attempt(ctx, plan, facts, ws)
+    facts = AttemptFacts(result=result, change=UNKNOWN_CHANGE if lost_worker else ws.current_change(),
+                         prompt_file=ws.path, log_path=ctx.artifacts(job_id).log_path(idx, attempt))
+    outcome = finish_attempt(ctx, plan, facts, ws, workspace_lost=lost_worker)
     if outcome.kind is OutcomeKind.RETRY:
         enqueue_from(app, ctx.store.get_job(job_id) or job, idx, countdown=outcome.countdown,
                      strategy=outcome.strategy, retry_context=dict(outcome.retry_context or {}))

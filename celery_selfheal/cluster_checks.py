@@ -1,0 +1,171 @@
+"""Cluster options (attempt leases, the lost-worker sweeper, Redis visibility) and start-up checks.
+
+Options come from env, then ``config.toml`` ``[worker]``, then defaults:
+
+==================================  ===============================  =======  ==========================
+env                                 ``[worker]`` key                 default  meaning
+==================================  ===============================  =======  ==========================
+``SELFHEAL_LEASE_TTL_SECONDS``      ``lease_ttl_seconds``            20       attempt lease time to live
+``SELFHEAL_SWEEP_INTERVAL_SECONDS`` ``sweep_interval_seconds``       5        how often workers look for
+                                                                              expired leases
+``SELFHEAL_VISIBILITY_TIMEOUT``     ``visibility_timeout_seconds``   (none)   Redis ``visibility_timeout``
+                                                                              (Celery's 3600 s if unset)
+==================================  ===============================  =======  ==========================
+
+A dead worker's attempt is picked up by another worker within ``ttl + sweep_interval`` (25 s by
+default) plus the time to rebuild its workspace. `startup_warnings` is pure: it compares numbers and
+returns messages; the worker logs them (see ``docs/cluster.md`` for why each one matters).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from celery_selfheal.core.budgets import Budgets
+from celery_selfheal.errors import ConfigError
+
+DEFAULT_LEASE_TTL = 20.0
+DEFAULT_SWEEP_INTERVAL = 5.0
+#: Redis transport default (kombu) when ``visibility_timeout`` is not set
+CELERY_VISIBILITY_TIMEOUT = 3600.0
+#: soft-reset backoff cap of the strategy controller (core.strategy.SOFT_RESET_BACKOFF_MAX)
+SOFT_RESET_COUNTDOWN_MAX = 60.0
+
+_KEYS = {
+    "lease_ttl_seconds": "SELFHEAL_LEASE_TTL_SECONDS",
+    "sweep_interval_seconds": "SELFHEAL_SWEEP_INTERVAL_SECONDS",
+    "visibility_timeout_seconds": "SELFHEAL_VISIBILITY_TIMEOUT",
+}
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How workers guard running attempts and find the ones whose worker died."""
+
+    #: seconds an attempt lease lives without renewal; renewed every ``ttl / 3``
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    #: seconds between two looks at expired leases (per worker)
+    sweep_interval: float = DEFAULT_SWEEP_INTERVAL
+    #: Redis ``visibility_timeout`` to set on the app (None: keep the app's or Celery's default)
+    visibility_timeout: float | None = None
+
+    @property
+    def renew_every(self) -> float:
+        """Renewal period: three tries before the lease could run out."""
+        return self.lease_ttl / 3
+
+    @property
+    def pending_grace(self) -> float:
+        """How long a retry pinned to one worker's queue may wait before others take it over."""
+        return 2 * self.lease_ttl
+
+    @property
+    def busy_wait(self) -> float:
+        """How long a task polls a busy lease before it re-queues itself."""
+        return min(2.0, self.lease_ttl / 2)
+
+    @property
+    def worst_case_pickup(self) -> float:
+        """Upper bound from a worker's death to its attempt being recorded and re-sent."""
+        return self.lease_ttl + self.sweep_interval
+
+
+def _number(raw: Any, where: str) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"must be a number, got {raw!r}", where=where) from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"must be a positive number, got {raw!r}", where=where)
+    return value
+
+
+def cluster_options(worker_table: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ClusterOptions:
+    """Options from env, then the ``[worker]`` table, then defaults; `ConfigError` names the key."""
+    env = os.environ if env is None else env
+    found: dict[str, float] = {}
+    for key, env_name in _KEYS.items():
+        if env.get(env_name):
+            found[key] = _number(env[env_name], env_name)
+        elif worker_table.get(key) is not None:
+            found[key] = _number(worker_table[key], f"config: worker.{key}")
+    opts = ClusterOptions(lease_ttl=found.get("lease_ttl_seconds", DEFAULT_LEASE_TTL),
+                          sweep_interval=found.get("sweep_interval_seconds", DEFAULT_SWEEP_INTERVAL),
+                          visibility_timeout=found.get("visibility_timeout_seconds"))
+    if opts.lease_ttl < 0.5:
+        raise ConfigError(f"must be at least 0.5, got {opts.lease_ttl:g}", where="lease_ttl_seconds")
+    return opts
+
+
+def is_redis_url(url: str) -> bool:
+    """True for the URLs of the Redis broker/store."""
+    return url.startswith(("redis://", "rediss://", "unix://", "sentinel://"))
+
+
+def configure_app(conf: Any, broker_url: str, opts: ClusterOptions) -> None:
+    """Prepare a Redis worker app: our Redis transport (`celery_selfheal.broker_redis`) unless the app
+    names one, and ``visibility_timeout`` if configured and not already set.
+
+    kombu scans for unacked messages past their visibility timeout only every
+    ``unacked_restore_interval * unacked_restore_throttle`` seconds (100 s by default), so a
+    configured timeout also gets a scan period of a sixth of it (1..10 s)."""
+    if not is_redis_url(broker_url):
+        return
+    if broker_url.startswith("redis://") and not conf.broker_transport:
+        from celery_selfheal.broker_redis import TRANSPORT
+
+        conf.broker_transport = TRANSPORT
+    if opts.visibility_timeout is None:
+        return
+    options = dict(conf.broker_transport_options or {})
+    options.setdefault("visibility_timeout", opts.visibility_timeout)
+    options.setdefault("unacked_restore_interval", max(1, min(10, int(opts.visibility_timeout // 6))))
+    options.setdefault("unacked_restore_throttle", 1)
+    conf.broker_transport_options = options
+
+
+def effective_visibility_timeout(transport_options: Mapping[str, Any] | None) -> float:
+    """The visibility timeout a Redis worker really uses."""
+    return float((transport_options or {}).get("visibility_timeout", CELERY_VISIBILITY_TIMEOUT))
+
+
+def startup_warnings(*, broker_url: str, store_url: str, transport_options: Mapping[str, Any] | None,
+                     acks_on_failure_or_timeout: bool, budgets: Budgets, opts: ClusterOptions) -> list[str]:
+    """What is unsafe in this worker's configuration for cluster mode (empty when all is well).
+
+    ``budgets`` are the worker's default budgets (config.toml and env); jobs may override them, and
+    the gate fences a redelivered message either way, but a message redelivered while its attempt
+    still runs is wasted work and hides a misconfiguration.
+    """
+    out: list[str] = []
+    if opts.sweep_interval >= opts.lease_ttl:
+        out.append(f"sweep interval {opts.sweep_interval:g}s is not below the lease TTL {opts.lease_ttl:g}s: "
+                   "lost attempts are found late")
+    if budgets.kill_grace_seconds >= opts.lease_ttl / 3:
+        out.append(f"kill grace {budgets.kill_grace_seconds:g}s is not below a third of the lease TTL "
+                   f"({opts.lease_ttl:g}s): a worker cut off from the store may still be killing its "
+                   "runtime when another worker takes the step over")
+    if not acks_on_failure_or_timeout:
+        out.append("task_acks_on_failure_or_timeout is off: with acks_late a step killed by the hard time "
+                   "limit is redelivered forever")
+    if not is_redis_url(broker_url):
+        return out
+    if not is_redis_url(store_url):
+        out.append(f"broker is Redis but the store is {store_url.split(':', 1)[0]}: workers on other hosts "
+                   "cannot see this worker's jobs, leases or checkpoints")
+    visibility = effective_visibility_timeout(transport_options)
+    from celery_selfheal.step_runner import time_limits
+
+    _, hard = time_limits(budgets)
+    if hard >= visibility:
+        out.append(f"hard time limit {hard:g}s (step_timeout_seconds + grace) is not below the Redis "
+                   f"visibility_timeout {visibility:g}s: a long step's message is redelivered while it runs "
+                   "(set SELFHEAL_VISIBILITY_TIMEOUT or broker_transport_options)")
+    countdown = max(budgets.queue_retry_backoff_max_seconds, SOFT_RESET_COUNTDOWN_MAX)
+    if countdown >= visibility:
+        out.append(f"retry countdowns up to {countdown:g}s are not below the Redis visibility_timeout "
+                   f"{visibility:g}s: a waiting retry is redelivered to a second worker")
+    return out
