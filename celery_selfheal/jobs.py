@@ -134,7 +134,8 @@ def prepare_job(
         "takeover": False,
         "parked": None,
         "terminalReason": None,
-        "steps": [initial_step_state(s) for s in spec.steps],
+        # titles redacted like the spec: `status` shows them and the store keeps them
+        "steps": [{**initial_step_state(s), "title": redactor.redact(s.title)} for s in spec.steps],
     }
 
 
