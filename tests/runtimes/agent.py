@@ -14,10 +14,16 @@ attempt N (e.g. ``silent@1``). The retry strategy comes from SELFHEAL_RETRY_CONT
   leak-token PATH         write (and print) a GitHub-shaped token made here, as a careless agent would
   sleep[@N] SECONDS       print one line, then sleep (an attempt that takes a while)
   env                     print the SELFHEAL_* env vars
+  play[@N] PATH           play the JSON script at PATH: a list of {"out": TEXT} / {"err": TEXT} (write,
+                          flush), {"sleep": S}, {"env": NAME, "form": plain|base64|base64nl|url, "to":
+                          "out"|"err", "slice": [A, B]} (write that env var's value so encoded, or
+                          the slice [A:B] of it), {"close-err": true}
+                          (stderr becomes /dev/null: its pipe ends here); for the canary tests
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -25,6 +31,36 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
+
+ENCODE = {
+    "plain": lambda v: v,
+    "base64": lambda v: base64.b64encode(v.encode()).decode(),
+    "base64nl": lambda v: base64.b64encode(v.encode() + b"\n").decode(),  # as `echo $X | base64`
+    "url": lambda v: quote(v, safe=""),
+}
+
+
+def play(script: list[dict[str, object]]) -> None:
+    """Write a script to stdout/stderr, each write flushed (a separate pipe chunk after a sleep)."""
+    streams = {"out": sys.stdout, "err": sys.stderr}
+    for op in script:
+        if "sleep" in op:
+            time.sleep(float(op["sleep"]))  # type: ignore[arg-type]
+        elif "env" in op:
+            stream = streams[str(op.get("to", "out"))]
+            cut = slice(*op.get("slice", (None, None)))  # type: ignore[misc]
+            stream.write(ENCODE[str(op["form"])](os.environ[str(op["env"])])[cut])
+            stream.flush()
+        elif op.get("close-err"):
+            sys.stderr.flush()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+        else:
+            ((key, text),) = op.items()
+            streams[key].write(str(text))
+            streams[key].flush()
 
 
 def main() -> int:
@@ -49,6 +85,8 @@ def main() -> int:
             writes.append(f"{rest}: GITHUB = '{token}'")
         elif word == "print":
             print(rest, flush=True)
+        elif word == "play":
+            play(json.loads(Path(rest.strip()).read_text()))
         elif word == "env":
             for k in sorted(os.environ):
                 if k.startswith("SELFHEAL_"):
