@@ -237,3 +237,22 @@ def test_redis_restart_mid_job(redis_server_factory: Callable[..., RedisServer],
         assert cluster.store.list_attempts(job_id) == attempts
     finally:
         cluster.stop()
+
+
+def test_step_that_kills_its_pool_child_ends_by_budget(cluster: Cluster, make_repo) -> None:
+    """The runtime SIGKILLs its pool child every time: Celery requeues the message at once
+    (reject_on_worker_lost), the gate sees it already ran, the sweeper records each lost attempt,
+    and the step's budget ends the job (no loop, never two attempts at once)."""
+    cluster.start("a")
+    killer = [sys.executable, "-c", "import os, signal; print('bye', flush=True); os.kill(os.getppid(), 9)"]
+    job_id = cluster.submit(make_repo(), [{"id": "boom", "instructions": "-", "runtime": killer}],
+                            soft_reset_backoff_seconds=0.1, job_self_heal_max_resets=0, job_queue_max_retries=0)
+    job = cluster.wait_all([job_id], timeout=40)[job_id]
+    assert job["status"] == "failed" and job["retryable"] is True
+    attempts = cluster.store.list_attempts(job_id)
+    # the same loss twice in a row is no progress: the controller escalates, and nothing is left
+    assert [(a["status"], a["detector"], a["failureClass"]) for a in attempts] == [
+        ("failed", "worker_lost", "transient_runtime"), ("failed", "no_progress", "stuck_no_progress")]
+    assert_never_parallel(attempts)
+    log = cluster.log("a")
+    assert log.count("duplicate delivery of message") >= 2  # each requeued message did nothing
