@@ -78,6 +78,15 @@ def check_runtime_has_no_secret(spec: JobSpec, redactor: Redactor, source: str) 
                                  "environment instead", where=f"{source}: {where}")
 
 
+def check_repo_has_no_secret(repo: str, redactor: Redactor, source: str) -> None:
+    """A repository URL is stored with the job, shown by ``status`` and kept by git in every
+    workspace's ``.git/config``, so a password in it would leak: refuse it (redacting it would
+    break the clone)."""
+    if redactor.redact(repo) != repo:
+        raise InputError("contains a secret; give git the credentials on the workers instead "
+                         "(a credential helper, GIT_ASKPASS or ~/.netrc)", where=f"{source}: job.repo")
+
+
 def prepare_job(
     spec: JobSpec,
     *,
@@ -89,6 +98,7 @@ def prepare_job(
 ) -> JobRecord:
     """Validate everything that needs the outside world and build the job record (nothing stored)."""
     env = os.environ if env is None else env
+    check_repo_has_no_secret(spec.repo, redactor, source)
     repo = spec.repo
     if not is_remote(repo):
         path = Path(repo)
