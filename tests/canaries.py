@@ -11,7 +11,11 @@ is not secret by itself) as:
   a tail left, is still found;
 - URL-encoded and JSON-escaped whole values;
 - base64 (standard and URL-safe, at each of the three byte alignments) of the whole value, so a
-  secret inside a base64 message body (kombu encodes bodies in base64) is found without decoding.
+  secret inside a base64 message body (kombu encodes bodies in base64) is found without decoding;
+
+all ignoring ASCII case. The blob helpers at the end turn the places a test searches (a directory
+tree, a Redis ``MONITOR`` stream, broker message files) into ``(where, bytes)`` pairs, with the
+base64 bodies of broker messages decoded as well.
 """
 
 from __future__ import annotations
@@ -231,11 +235,14 @@ class Hit:
 
 
 def find_canaries(blobs: Iterable[tuple[str, bytes]], found_by: Sequence[Needle]) -> list[Hit]:
-    """Every needle occurrence (the first per needle and place) in ``(where, data)`` pairs."""
+    """Every needle occurrence (the first per needle and place) in ``(where, data)`` pairs,
+    ignoring ASCII case (a sink that lowercases must not hide a secret)."""
     hits: list[Hit] = []
+    lowered = [n.text.lower() for n in found_by]
     for where, data in blobs:
-        for needle in found_by:
-            at = data.find(needle.text)
+        low = data.lower()
+        for needle, text in zip(found_by, lowered, strict=True):
+            at = low.find(text)
             if at >= 0:
                 ctx = data[max(0, at - 40) : at + len(needle.text) + 40].decode("utf-8", "replace")
                 hits.append(Hit(where, needle.kind, needle.how, ctx))

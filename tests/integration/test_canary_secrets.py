@@ -424,6 +424,25 @@ def test_no_canary_leaks_anywhere(tmp_path: Path, make_repo: Any, broker: tuple[
     assert any(w.endswith("selfheal.db") for w, _ in blobs)  # the SQLite store was searched
 
 
+def test_secret_in_repo_url_is_refused_at_submit(tmp_path: Path, make_repo: Any) -> None:
+    """A password in the job's repository URL would be stored, shown by ``status`` and kept by git in
+    each workspace's ``.git/config``: ``selfheal submit`` refuses it (exit 2), nothing is stored."""
+    canary = next(c for c in token_canaries(SEED_A) if c.kind == "url-password")
+    password = canary.secrets[0]
+    url = f"file://deploy:{password}@localhost{make_repo()}"
+    subprocess.run(["git", "ls-remote", url], check=True, capture_output=True)  # git takes the URL as is
+    state = tmp_path / "state"
+    doc = {"job": {"objective": "o", "repo": url, "ref": "main", "runtime": [sys.executable, AGENT]},
+           "steps": [{"id": "s", "instructions": "print hi"}]}
+    (tmp_path / "job.json").write_text(json.dumps(doc))
+    proc = subprocess.run([*SELFHEAL, "submit", str(tmp_path / "job.json"), "--state-dir", str(state)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc
+    assert "job.repo" in proc.stderr and "contains a secret" in proc.stderr
+    blobs = [("CLI submit", (proc.stdout + proc.stderr).encode()), *(tree_blobs(state) if state.exists() else [])]
+    assert not find_canaries(blobs, needles([canary]))
+
+
 # ---------------------------------------------------------------------------- the finder can fail
 
 
