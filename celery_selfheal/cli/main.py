@@ -101,7 +101,9 @@ def follow_job(sh: Any, job_id: str, *, as_json: bool, drive_local: bool = True)
         worker = LocalWorker(ctx.settings)
         worker.start()
     try:
-        with Progress(as_json=as_json) as progress:
+        job = ctx.store.get_job(job_id) or {}
+        with Progress(as_json=as_json, job_id=job_id, steps=job.get("steps", ()),
+                      run_dir=ctx.settings.run_dir) as progress:
             for _, event in follow_events(ctx, job_id):
                 progress.event(event)
     finally:
