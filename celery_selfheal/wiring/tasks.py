@@ -45,7 +45,8 @@ def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:
               ignore_result=True, serializer="json", shared=False)
     def run_step(self: Task, job_id: str, step_index: int, epoch: int, strategy: str = INITIAL,
                  retry_context: dict[str, Any] | None = None, operator: bool = False) -> dict[str, Any]:
-        ctx, opts = get_context(), cluster_options(get_context().settings.worker)
+        ctx = get_context()
+        opts = cluster_options(ctx.settings.worker)
         delivery = Delivery(job_id=job_id, step_index=step_index, epoch=epoch, task_id=self.request.id,
                             retries=self.request.retries, hostname=self.request.hostname or "",
                             strategy=strategy, retry_context=retry_context, operator=operator)
