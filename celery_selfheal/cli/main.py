@@ -106,13 +106,12 @@ def follow_job(sh: Any, job_id: str, *, as_json: bool, drive_local: bool = True)
                       run_dir=ctx.settings.run_dir) as progress:
             for _, event in follow_events(ctx, job_id):
                 progress.event(event)
+        job = ctx.store.get_job(job_id) or {}
+        if not as_json:  # before stopping the local worker: its warm shutdown takes seconds
+            click.echo(Progress.summary(job, ctx.store.list_attempts(job_id)))
     finally:
         if worker is not None:
             worker.stop()
-    job = ctx.store.get_job(job_id) or {}
-    summary = Progress.summary(job, ctx.store.list_attempts(job_id))
-    if not as_json:
-        click.echo(summary)
     return 0 if job.get("status") == "succeeded" else 1
 
 
