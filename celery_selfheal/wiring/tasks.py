@@ -29,12 +29,13 @@ def retry_message(outcome: StepOutcome) -> str:
     step's overall attempt number follows as ``#N`` when it differs."""
     x = outcome.extra
     k, n, attempt = x.get("attemptInRound"), x.get("maxAttempts"), x.get("attempt")
-    of = f"attempt {k} of {n}" if k and n else f"attempt {attempt}"
+    of = f" attempt {k} of {n}" if k and n else (f" attempt {attempt}" if attempt else "")
     if attempt and k and attempt != k:
         of += f" (#{attempt})"
-    label = f"{x.get('detector')}, {x.get('failureClass')}"
-    why = outcome.reason.removeprefix(label + ": ")  # the controller starts with the same label
-    return f"step {x.get('stepId', outcome.step_index)!r} {of} failed ({label}) -> {outcome.strategy}: {why}"
+    label = ", ".join(str(x[key]) for key in ("detector", "failureClass") if x.get(key))
+    why = outcome.reason.removeprefix(label + ": ") if label else outcome.reason  # the controller's own label
+    failed = f" failed ({label})" if label else " failed"
+    return f"step {x.get('stepId', outcome.step_index)!r}{of}{failed} -> {outcome.strategy}: {why}"
 
 
 def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:

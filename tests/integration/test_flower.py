@@ -177,3 +177,18 @@ def test_flower_shows_the_step_tasks_and_their_retry_reasons(stack: tuple[Harnes
         "StepRetry(\"step 'two' attempt 2 of 3 failed (no_progress, stuck_no_progress) -> hard_reset: "
         "same failure and diff 2 times in a row; hard reset 1 of 1\")")
     assert tasks[0]["uuid"] != tasks[1]["uuid"]  # each step is its own task of the chain
+
+
+@pytest.mark.parametrize(("extra", "reason", "expected"), [
+    ({"stepId": "build", "attempt": 4, "attemptInRound": 1, "maxAttempts": 3, "detector": "exit",
+      "failureClass": "transient_runtime"}, "exit, transient_runtime: attempt 1 of 3, soft reset in 1s",
+     "step 'build' attempt 1 of 3 (#4) failed (exit, transient_runtime) -> soft_reset: attempt 1 of 3, "
+     "soft reset in 1s"),
+    ({}, "something else", "step 0 failed -> soft_reset: something else"),
+])
+def test_retry_message(extra: dict[str, Any], reason: str, expected: str) -> None:
+    from celery_selfheal.step_runner import OutcomeKind, StepOutcome
+    from celery_selfheal.wiring.tasks import retry_message
+
+    outcome = StepOutcome(OutcomeKind.RETRY, 0, reason=reason, strategy="soft_reset", extra=extra)
+    assert retry_message(outcome) == expected
