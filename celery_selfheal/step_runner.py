@@ -41,7 +41,7 @@ from celery_selfheal.recording import (
 )
 from celery_selfheal.running import OutputToucher, RunningAttempts
 from celery_selfheal.workspace.checkpoints import write_checkpoint
-from celery_selfheal.workspace.git import GitWorkspace
+from celery_selfheal.workspace.git import Change, GitWorkspace
 from celery_selfheal.workspace_prep import prepare_workspace
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
                                 failure_class=FailureClass.DETERMINISTIC_POLICY)
             return _failed(ctx, plan, decision, record, common, reason, failure_signature(reason),
                            FailureClass.DETERMINISTIC_POLICY)
-        return _succeeded(ctx, plan, ws, record, common, history, summary)
+        return _succeeded(ctx, plan, ws, record, common, history, summary, change)
     return _failed(ctx, plan, decision, record, common, summary, signature or "", cls)
 
 
@@ -292,10 +292,11 @@ def _attempt(ctx: Context, plan: AttemptPlan) -> dict[str, Any]:
 
 
 def _succeeded(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, record: dict[str, Any],
-               common: dict[str, Any], history: list[Any], summary: str) -> StepOutcome:
+               common: dict[str, Any], history: list[Any], summary: str, change: Change) -> StepOutcome:
     job_id, step, epoch = plan.job_id, plan.step, plan.epoch
     meta = write_checkpoint(ws, ctx.artifacts(job_id), step_id=step.id, step_index=step.index,
-                            attempt=plan.attempt, summary=ctx.redactor.redact(summary), epoch=epoch)
+                            attempt=plan.attempt, summary=ctx.redactor.redact(summary), epoch=epoch,
+                            change=change)
     ctx.store.record_checkpoint(job_id, step.index, epoch, meta)
     ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
                                  {**record, "status": "succeeded", "decision": {"kind": "done"}})

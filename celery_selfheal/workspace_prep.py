@@ -42,6 +42,6 @@ def prepare_workspace(ctx: Context, job: Mapping[str, Any], step_index: int, str
             if ws.base_tree() == (cps[-1]["treeAfter"] if cps else ws.rev(f"{job['baselineSha']}^{{tree}}")):
                 return ws
         elif workspace_matches(path, cps, job["baselineSha"]):
-            return GitWorkspace.open(path)
+            return GitWorkspace(path)  # workspace_matches just opened and checked it
     return replay(path, repo=job["repo"], baseline_sha=job["baselineSha"], checkpoints=cps,
                   arts=ctx.artifacts(job_id))

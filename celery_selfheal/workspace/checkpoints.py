@@ -37,7 +37,7 @@ from typing import Any
 
 from celery_selfheal.artifacts import JobArtifacts, atomic_write, atomic_write_json
 from celery_selfheal.errors import ReplayError, WorkspaceError
-from celery_selfheal.workspace.git import GitWorkspace, PatchStack
+from celery_selfheal.workspace.git import Change, GitWorkspace, PatchStack
 
 
 def checkpoint_message(meta: Mapping[str, Any]) -> str:
@@ -77,13 +77,16 @@ def _archive_existing(arts: JobArtifacts, step_index: int) -> None:
 
 def write_checkpoint(
     ws: GitWorkspace, arts: JobArtifacts, *, step_id: str, step_index: int, attempt: int,
-    summary: str, epoch: int = 0,
+    summary: str, epoch: int = 0, change: Change | None = None,
 ) -> dict[str, Any]:
     """Record the step's full change as a checkpoint, then commit it in the workspace.
 
-    ``summary`` must already be scrubbed. Returns the metadata written to ``step_state_path``.
+    ``summary`` must already be scrubbed. ``change`` is the change just measured (the attempt's),
+    saving a second snapshot; the commit still stages the work tree and must find the same tree.
+    Returns the metadata written to ``step_state_path``.
     """
-    change = ws.current_change()
+    if change is None:
+        change = ws.current_change()
     patch_path, state_path = arts.patch_path(step_index), arts.step_state_path(step_index)
     meta: dict[str, Any] = {
         "stepId": step_id,
