@@ -157,7 +157,7 @@ def startup_warnings(*, broker_url: str, store_url: str, transport_options: Mapp
         out.append(f"broker is Redis but the store is {store_url.split(':', 1)[0]}: workers on other hosts "
                    "cannot see this worker's jobs, leases or checkpoints")
     visibility = effective_visibility_timeout(transport_options)
-    from celery_selfheal.step_runner import time_limits
+    from celery_selfheal.outcome import time_limits
 
     _, hard = time_limits(budgets)
     if hard >= visibility:

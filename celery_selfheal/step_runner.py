@@ -7,87 +7,34 @@ the worker MainProcess has to finish an attempt whose pool child was killed by t
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from celery_selfheal.attempt import AttemptFacts, AttemptPlan, run_attempt
+from celery_selfheal.attempt import AttemptPlan, run_attempt
+from celery_selfheal.attempt_finish import finish_attempt
 from celery_selfheal.context import Context
-from celery_selfheal.core.budgets import Budgets
-from celery_selfheal.core.classify import FailureFacts, classify
-from celery_selfheal.core.envelope import build_envelope, summarize_failure
-from celery_selfheal.core.jobfile import StepSpec
 from celery_selfheal.core.model import (
-    AttemptOutcome,
-    Decision,
-    DecisionKind,
-    Detector,
     FailureClass,
-    Strategy,
 )
-from celery_selfheal.core.signature import failure_signature
-from celery_selfheal.core.strategy import decide
 from celery_selfheal.errors import ReplayError, WorkspaceError
 from celery_selfheal.events import utc_now_iso
+from celery_selfheal.job_transitions import fail_job, park
 from celery_selfheal.jobs import spec_of, step_budgets
+from celery_selfheal.outcome import INITIAL, TERMINAL_STATUSES, Enqueue, OutcomeKind, StepOutcome
 from celery_selfheal.recording import (
     next_attempt_number,
-    step_history,
     update_job,
     update_step,
-    write_attempt_artifact,
 )
 from celery_selfheal.running import OutputToucher, RunningAttempts
-from celery_selfheal.workspace.checkpoints import write_checkpoint
-from celery_selfheal.workspace.git import Change, GitWorkspace
 from celery_selfheal.workspace_prep import prepare_workspace
 
 if TYPE_CHECKING:
     from celery_selfheal.leases import AttemptLease
 
+
 log = logging.getLogger(__name__)
-
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
-#: ``enqueue(job, step_index, countdown=0.0, **first_kwargs) -> first task id``
-Enqueue = Callable[..., str]
-INITIAL = "initial"
-
-
-class OutcomeKind(str, enum.Enum):
-    """What the Celery layer does after a step-task execution."""
-
-    NEXT = "next"      # step succeeded: let the chain continue
-    DONE = "done"      # job succeeded
-    RETRY = "retry"    # run the step again (Task.retry)
-    STOP = "stop"      # stop the chain: stale, cancelled, parked, failed
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    """The result of one execution, for the Celery layer."""
-
-    kind: OutcomeKind
-    step_index: int
-    reason: str = ""
-    countdown: float = 0.0
-    strategy: str | None = None
-    retry_context: Mapping[str, Any] | None = None
-    budgets: Budgets | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def same_worker(self) -> bool:
-        """Soft resets stay on the worker that has the workspace."""
-        return self.strategy == Strategy.SOFT_RESET.value
-
-
-def time_limits(budgets: Budgets) -> tuple[float, float]:
-    """Celery (soft, hard) limits backing up the in-process watchdogs, with room for the kill grace,
-    workspace preparation and the checkpoint."""
-    soft = budgets.step_timeout_seconds + budgets.kill_grace_seconds + 15.0
-    return soft, soft + 15.0
 
 
 def preempt_check(ctx: Context, job_id: str, epoch: int) -> Callable[[], bool]:
@@ -196,184 +143,3 @@ def execute_step(
 
         apply_pending_controls(ctx, job_id, enqueue=enqueue)
     return outcome
-
-
-def park(ctx: Context, job: Mapping[str, Any], step_index: int, strategy: str,
-         retry_context: Mapping[str, Any] | None, *, reason: str = "paused") -> StepOutcome | None:
-    """Pause without holding a worker slot: remember what to run and stop the chain.
-
-    Compare-and-set against the flags ``job`` was read with; None if an operator changed them
-    meanwhile (e.g. a resume landed), so the caller decides again instead of parking for nothing."""
-    expect = {"epoch": job.get("epoch"), "paused": job.get("paused"), "takeover": job.get("takeover")}
-    if not update_job(ctx, job["jobId"], expect=expect, status="paused", pausedReason=reason,
-                      parked={"stepIndex": step_index, "strategy": strategy,
-                              "retryContext": dict(retry_context) if retry_context else None}):
-        return None
-    return StepOutcome(OutcomeKind.STOP, step_index, reason=reason)
-
-
-def fail_job(ctx: Context, job_id: str, epoch: int, step: StepSpec, cls: FailureClass, reason: str,
-             *, retryable: bool, attempt: int | None = None) -> StepOutcome:
-    """End the job as failed with a terminal reason (idempotent through the status CAS)."""
-    update_step(ctx, job_id, step.index, status="failed")
-    if update_job(ctx, job_id, expect={"epoch": epoch, "status": "running"}, status="failed",
-                  terminalReason=cls.value, failureClass=cls.value, retryable=retryable, failedStep=step.index,
-                  message=ctx.redactor.redact(reason)):
-        ctx.bus.emit("task.job.failed", job_id, epoch=epoch, stepId=step.id, stepIndex=step.index,
-                     attempt=attempt, failureClass=cls.value, retryable=retryable, reason=reason)
-    return StepOutcome(OutcomeKind.STOP, step.index, reason=reason)
-
-
-def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: GitWorkspace, *,
-                   workspace_lost: bool = False) -> StepOutcome:
-    """Record the attempt, ask the controller what next, checkpoint on success, emit events.
-
-    ``workspace_lost``: the attempt's workspace is on a lost worker, so a soft reset continues on
-    any worker from a workspace rebuilt from the checkpoints (same round: no queue-retry budget)."""
-    r, change, step = facts.result, facts.change, plan.step
-    job_id, idx, epoch = plan.job_id, step.index, plan.epoch
-    record: dict[str, Any] = {
-        "exitCode": r.exit_code, "signal": r.signal, "wallClockSeconds": round(r.wall_seconds, 3),
-        "idleSeconds": round(r.idle_seconds, 3), "diffHash": change.diff_hash,
-        "changedFiles": list(change.changed_files), "finishedAt": utc_now_iso(),
-        "detectionLagSeconds": None if r.detection_lag is None else round(r.detection_lag, 4),
-    }
-    common = {"epoch": epoch, "stepId": step.id, "stepIndex": idx, "attempt": plan.attempt,
-              "attemptStrategy": plan.strategy, "diffHash": change.diff_hash,
-              "wallClockSeconds": record["wallClockSeconds"], "idleSeconds": record["idleSeconds"]}
-    if r.cancelled:
-        ctx.store.transition_attempt(job_id, idx, plan.attempt, "running", {**record, "status": "cancelled"})
-        write_attempt_artifact(ctx, job_id, {**_attempt(ctx, plan), "status": "cancelled"}, plan.retry_context)
-        return StepOutcome(OutcomeKind.STOP, idx, reason="preempted (cancel, new epoch or operator action)")
-    ok = r.detector == Detector.EXIT and r.exit_code == 0
-    cls: FailureClass | None = None
-    signature: str | None = None
-    summary = summarize_failure(r.tail)
-    if not ok:
-        cls = classify(FailureFacts(exit_code=r.exit_code, signal=r.signal, detector=r.detector,
-                                    output_tail=r.tail), ctx.classifiers)
-        signature = failure_signature(f"{r.detector.value} exit={r.exit_code} signal={r.signal}\n{summary}")
-    current = AttemptOutcome(attempt=plan.attempt, ok=ok, failure_class=cls, signature=signature,
-                             diff_hash=change.diff_hash, detector=r.detector, round=plan.round)
-    job = ctx.store.get_job(job_id) or {}
-    history = [*step_history(ctx, job_id, idx, epoch), current]
-    decision = decide(history, plan.budgets, resets_used=job.get("resetsUsed", 0),
-                      queue_retries_used=job.get("queueRetriesUsed", 0))
-    if workspace_lost and decision.kind is DecisionKind.SOFT_RESET:
-        decision = replace(decision, strategy=Strategy.QUEUE_RETRY,
-                           reason=f"{decision.reason}; workspace lost with its worker, rebuilt from checkpoints")
-    if ok:
-        leak = secret_in_change(ctx, change.patch)
-        if leak is not None:
-            # A patch is replayed byte for byte, so it cannot be redacted: refuse to persist it.
-            reason = (f"the step's change contains a secret in {leak}; refusing to checkpoint it "
-                      "(secrets must come from the environment, never be written to the repository)")
-            decision = Decision(DecisionKind.GIVE_UP, reason=reason, detector=Detector.EXIT,
-                                failure_class=FailureClass.DETERMINISTIC_POLICY)
-            return _failed(ctx, plan, decision, record, common, reason, failure_signature(reason),
-                           FailureClass.DETERMINISTIC_POLICY)
-        return _succeeded(ctx, plan, ws, record, common, history, summary, change)
-    return _failed(ctx, plan, decision, record, common, summary, signature or "", cls)
-
-
-def secret_in_change(ctx: Context, patch: bytes) -> str | None:
-    """The first file whose diff contains something the redactor would remove, or None."""
-    if ctx.redactor.redact_bytes(patch) == patch:
-        return None
-    for section in patch.split(b"\ndiff --git "):
-        if ctx.redactor.redact_bytes(section) != section:
-            header = section.split(b"\n", 1)[0].removeprefix(b"diff --git ")
-            return header.decode("utf-8", "replace").split(" b/", 1)[0].removeprefix("a/")
-    return "the patch"
-
-
-def _attempt(ctx: Context, plan: AttemptPlan) -> dict[str, Any]:
-    return ctx.store.get_attempt(plan.job_id, plan.step.index, plan.attempt) or {}
-
-
-def _succeeded(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, record: dict[str, Any],
-               common: dict[str, Any], history: list[Any], summary: str, change: Change) -> StepOutcome:
-    job_id, step, epoch = plan.job_id, plan.step, plan.epoch
-    meta = write_checkpoint(ws, ctx.artifacts(job_id), step_id=step.id, step_index=step.index,
-                            attempt=plan.attempt, summary=ctx.redactor.redact(summary), epoch=epoch,
-                            change=change)
-    ctx.store.record_checkpoint(job_id, step.index, epoch, meta)
-    ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
-                                 {**record, "status": "succeeded", "decision": {"kind": "done"}})
-    ctx.bus.emit("task.step.attempt.finished", job_id, **common, exitCode=0,
-                 patchSha256=meta.get("patchSha256"), changedFiles=meta.get("changedFiles"))
-    if any(not h.ok for h in history[:-1]):
-        ctx.bus.emit("task.self_heal.recovered", job_id, **common,
-                     strategy=None if plan.strategy == INITIAL else plan.strategy)
-    update_step(ctx, job_id, step.index, epoch=epoch, status="succeeded")
-    write_attempt_artifact(ctx, job_id, _attempt(ctx, plan), plan.retry_context)
-    job = ctx.store.get_job(job_id) or {}
-    if step.index + 1 >= len(job.get("steps", [])):
-        if update_job(ctx, job_id, expect={"epoch": epoch, "status": "running"}, status="succeeded",
-                      terminalReason="succeeded", finishedAt=utc_now_iso()):
-            ctx.bus.emit("task.job.succeeded", job_id, epoch=epoch, stepIndex=step.index, stepId=step.id)
-        return StepOutcome(OutcomeKind.DONE, step.index, reason="job succeeded")
-    update_job(ctx, job_id, expect={"epoch": epoch}, currentStep=step.index + 1)
-    return StepOutcome(OutcomeKind.NEXT, step.index, reason="step succeeded")
-
-
-def _failed(ctx: Context, plan: AttemptPlan, decision: Decision, record: dict[str, Any],
-            common: dict[str, Any], summary: str, signature: str, cls: FailureClass | None) -> StepOutcome:
-    job_id, step, epoch = plan.job_id, plan.step, plan.epoch
-    cls = decision.failure_class or cls or FailureClass.TRANSIENT_RUNTIME
-    detector = decision.detector or Detector.EXIT
-    next_strategy = decision.strategy.value if decision.strategy else None
-    recorded = ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running", {
-        **record, "status": "failed", "failureClass": cls.value, "failureSignature": signature,
-        "detector": detector.value, "strategy": next_strategy,
-        "decision": {"kind": decision.kind.value, "reason": decision.reason, "countdown": decision.countdown},
-    })
-    if not recorded:  # already finished by another path (hard-limit handler, lost-worker recovery)
-        return StepOutcome(OutcomeKind.STOP, step.index, reason="attempt already recorded")
-    fields = {**common, "failureClass": cls.value, "failureSignature": signature, "detector": detector.value,
-              "exitCode": record["exitCode"], "reason": decision.reason}
-    ctx.bus.emit("task.step.attempt.failed", job_id, **fields, strategy=next_strategy)
-    outcome: StepOutcome
-    if decision.kind is DecisionKind.GIVE_UP:
-        if decision.retryable:
-            ctx.bus.emit("task.self_heal.exhausted", job_id, **fields)
-        outcome = fail_job(ctx, job_id, epoch, step, cls, decision.reason, retryable=decision.retryable,
-                           attempt=plan.attempt)
-    else:
-        outcome = _schedule_retry(ctx, plan, decision, cls, detector, summary, signature, record, fields)
-        job = ctx.store.get_job(job_id) or {}
-        if job.get("takeover"):
-            # an operator has taken over: no automatic recovery, wait for their action
-            outcome = park(ctx, job, step.index, outcome.strategy or Strategy.SOFT_RESET.value,
-                           outcome.retry_context, reason="takeover: waiting for an operator action") or outcome
-    write_attempt_artifact(ctx, job_id, _attempt(ctx, plan), plan.retry_context)
-    return outcome
-
-
-def _schedule_retry(ctx: Context, plan: AttemptPlan, decision: Decision, cls: FailureClass,
-                    detector: Detector, summary: str, signature: str, record: Mapping[str, Any],
-                    fields: Mapping[str, Any]) -> StepOutcome:
-    job_id, step = plan.job_id, plan.step
-    assert decision.strategy is not None
-    strategy = decision.strategy
-    if decision.kind in (DecisionKind.HARD_RESET, DecisionKind.QUEUE_RETRY):
-        counter = "resetsUsed" if decision.kind is DecisionKind.HARD_RESET else "queueRetriesUsed"
-        job = ctx.store.get_job(job_id) or {}
-        update_job(ctx, job_id, **{counter: job.get(counter, 0) + 1})
-        update_step(ctx, job_id, step.index, round=plan.round + 1, status="retrying")
-        ctx.bus.emit("task.self_heal.escalated", job_id, **{**fields, "strategy": strategy.value})
-    else:
-        update_step(ctx, job_id, step.index, status="retrying")
-    envelope = build_envelope(
-        objective=spec_of(ctx.store.get_job(job_id) or {}).objective, step=step, attempt=plan.attempt + 1,
-        strategy=strategy, failure_class=cls, detector=detector, failure_summary=summary,
-        failure_signature=signature, changed_files=record.get("changedFiles", []),
-        diff_hash=record.get("diffHash", ""), redact=ctx.redactor.redact)
-    ctx.bus.emit("task.self_heal.triggered", job_id, **{**fields, "strategy": strategy.value,
-                                                        "countdown": decision.countdown})
-    # extra: what the task puts in Flower's retry reason (wiring.tasks.retry_message)
-    return StepOutcome(OutcomeKind.RETRY, step.index, reason=decision.reason, countdown=decision.countdown,
-                       strategy=strategy.value, retry_context=envelope, budgets=plan.budgets,
-                       extra={"stepId": step.id, "attempt": plan.attempt, "detector": detector.value,
-                              "failureClass": cls.value, "maxAttempts": plan.budgets.step_max_attempts,
-                              "attemptInRound": decision.extra.get("attempt_in_round", plan.attempt)})

@@ -11,7 +11,8 @@ from celery import Celery, Task
 from celery_selfheal.cluster_checks import cluster_options
 from celery_selfheal.context import Context
 from celery_selfheal.leases import Delivery, GateKind, enter, hand_over_to
-from celery_selfheal.step_runner import INITIAL, OutcomeKind, StepOutcome, execute_step, time_limits
+from celery_selfheal.outcome import INITIAL, OutcomeKind, StepOutcome, time_limits
+from celery_selfheal.step_runner import execute_step
 from celery_selfheal.wiring.routing import RUN_STEP, default_queue, enqueue_from, worker_queue
 
 
