@@ -1,9 +1,9 @@
 """The body of one step-task execution: fence, prepare the workspace, run one attempt, decide.
 
 Celery-free on purpose: it returns a `StepOutcome` and the thin Celery task translates it into
-"continue the chain", ``Task.retry(...)`` or "stop the chain". Recording and deciding after the runtime
-ends lives in `attempt_finish` (also used when
-the worker MainProcess finishes an attempt whose pool child was killed by the hard limit).
+"continue the chain", ``Task.retry(...)`` or "stop the chain". Recording and deciding after the
+runtime ends lives in `attempt_finish`, also used when the worker MainProcess finishes an attempt
+whose pool child was killed by the hard limit.
 """
 
 from __future__ import annotations
