@@ -27,10 +27,10 @@ from celery import Celery, chain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from celery_selfheal.api import submit  # noqa: E402
-from celery_selfheal.local_worker import worker_running  # noqa: E402
-from celery_selfheal.settings import load_settings  # noqa: E402
-from celery_selfheal.wiring.install import SelfHeal  # noqa: E402
+from celery_selfheal.api import submit
+from celery_selfheal.local_worker import worker_running
+from celery_selfheal.settings import load_settings
+from celery_selfheal.wiring.install import SelfHeal
 
 
 def git(cwd: Path, *args: str) -> None:
@@ -102,7 +102,8 @@ def main() -> None:
           f"worker prefork -c 1, embedded filesystem broker")
     print(f"celery-selfheal job : median {med_o * 1000:7.1f} ms  worst {max(ours) * 1000:7.1f} ms")
     print(f"plain Celery chain  : median {med_b * 1000:7.1f} ms  worst {max(base) * 1000:7.1f} ms")
-    print(f"ratio (median)      : {med_o / med_b:.2f}x   per-step overhead {(med_o - med_b) / args.steps * 1000:.1f} ms")
+    per_step = (med_o - med_b) / args.steps * 1000
+    print(f"ratio (median)      : {med_o / med_b:.2f}x   per-step overhead {per_step:.1f} ms")
 
 
 if __name__ == "__main__":
