@@ -114,7 +114,7 @@ def prepare_job(
     except InputError as exc:
         raise InputError(exc.message, where=f"{source}: {exc.where or 'job.ref'}") from None
     budgets = resolve_budgets(
-        ("config.toml [selfheal]", dict(settings.budget_config)),
+        (f"{settings.config_path or 'config.toml'} [selfheal]", dict(settings.budget_config)),
         ("env", env_overrides(env)),
         (f"{source}: job.selfheal", dict(spec.overrides)),
     )

@@ -184,7 +184,7 @@ def load_settings(
         store = broker if broker.startswith(("redis://", "rediss://")) else f"sqlite:///{state / 'selfheal.db'}"
     if not store.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
         raise ConfigError(f"unsupported store URL {store!r} (use sqlite:///PATH or redis://HOST:PORT/DB)",
-                          where="SELFHEAL_STORE_URL")
+                          where="--store" if store_url else "SELFHEAL_STORE_URL / [state] store_url")
     artifacts = Path(pick(None, "SELFHEAL_ARTIFACT_ROOT", "artifact_root") or state / "artifacts").absolute()
     workspaces = Path(pick(None, "SELFHEAL_WORKSPACE_ROOT", "workspace_root") or state / "workspaces").absolute()
     return Settings(
