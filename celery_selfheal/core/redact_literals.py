@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import AnyStr, NamedTuple
 from urllib.parse import quote, quote_plus
 
 from celery_selfheal.core.redact_rules import LITERAL, REDACTED, PassSpec, ascii_lower
@@ -47,6 +47,27 @@ def literal_span(text: str, start: int, length: int) -> tuple[int, int]:
     if text.startswith("=", end):
         end += 2 if text.startswith("==", end) else 1
     return start, end
+
+
+def finditer_sparse(regex: re.Pattern[AnyStr], subject: AnyStr, anchor: AnyStr) -> Iterator[re.Match[AnyStr]]:
+    """``regex.finditer(subject)`` for a regex whose every match starts with the one character
+    ``anchor``, rare in ``subject``: jumps from anchor to anchor with ``find`` (``memchr``, about
+    ten times faster than the scan loop of ``re``). Where anchors turn out to be dense (more
+    than about one per KiB), ``re`` scans the rest."""
+    find, match = subject.find, regex.match
+    budget = 32 + (len(subject) >> 10)
+    pos = find(anchor)
+    while pos >= 0:
+        budget -= 1
+        if budget < 0:
+            yield from regex.finditer(subject, pos)  # lookbehinds still see the text before pos
+            return
+        m = match(subject, pos)
+        if m is None:
+            pos = find(anchor, pos + 1)
+        else:
+            yield m
+            pos = find(anchor, m.end())
 
 
 def branch(lit: str, i: int) -> str:
@@ -109,7 +130,7 @@ class LiteralMatcher:
 
     def __init__(self, literals: Iterable[str]) -> None:
         todo = sorted(set(literals), key=lambda s: (-len(s), s))
-        self._passes: list[tuple[re.Pattern[str], list[tuple[int, int]]]] = []
+        self._passes: list[tuple[re.Pattern[str], str, list[tuple[int, int]]]] = []
         while todo:
             counts: dict[str, int] = {}
             for lit in todo:
@@ -128,11 +149,11 @@ class LiteralMatcher:
                 branches.append(branch(lit, i) + "()")
                 spans.append((i, len(lit)))
             pattern = re.escape(anchor) + "(?:" + "|".join(branches) + ")"
-            self._passes.append((re.compile(pattern), spans))
+            self._passes.append((re.compile(pattern), anchor, spans))
 
     def scan(self, text: str, add: list[tuple[int, int]]) -> None:
         """Append the span of every literal occurrence in ``text`` to ``add``."""
-        for regex, spans in self._passes:
-            for m in regex.finditer(text):
+        for regex, anchor, spans in self._passes:
+            for m in finditer_sparse(regex, text, anchor):
                 back, length = spans[m.lastindex or 0]
                 add.append(literal_span(text, m.start() - back, length))

@@ -142,6 +142,8 @@ class PassSpec(NamedTuple):
     blocks: Callable[[str, int], bool] | None = None
     #: Hosts with a rarer anchor are preferred for literals.
     host_rank: int = 0
+    #: The (one character) anchor is rare in logs: jump between anchors with ``find``.
+    sparse: bool = False
 
 
 def compile_pass(
@@ -170,7 +172,7 @@ _T = "[a-z0-9_-]"  # token characters, lowercased
 _TT = "[A-Za-z0-9_-]"
 _TOKEN_PREFIXES = ("ghp", "gho", "ghu", "ghs", "ghr", "github_pat", "npm", "hf")
 #: ``<name> [quote] = / : / => / := [spaces]``: the name's rest up to the value.
-_NAME_TAIL = r"([a-z0-9_.-]{0,64})(?:\\?[\"'`])?[ \t]{0,8}(?:=>|:=|=(?!=)|:(?!:))[ \t]{0,8}"
+_NAME_TAIL = r"([a-z0-9_.-]{0,64}+)(?:\\?[\"'`])?[ \t]{0,8}+(?:=>|:=|=(?!=)|:(?!:))[ \t]{0,8}+"
 
 #: All passes. Anchors are rare letters of each word: k for token, key, cookie, sk-, sk_live_;
 #: cre for secret, cred...; p for pass... and glpat-; uth for auth...
@@ -194,6 +196,7 @@ PASSES = (
         lowered=False,
         blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "J") or i < 2 or lit[i - 2 : i] == "ey",
         host_rank=1,
+        sparse=True,
     ),
     PassSpec(
         "k",
@@ -241,7 +244,8 @@ PEM_MARKER_MAX = 80
 
 #: ``scheme://user:password@host``: group 1 is the password (greedy to the last ``@``). ``[]``
 #: are not allowed in userinfo (RFC 3986), and excluding them keeps ``[REDACTED]`` out of a match.
-URL_PASSWORD = re.compile(r"://[^\s/?#@:\[\]]{0,256}:([^\s/?#\[\]]{1,256})@")
+#: Possessive (``{0,256}+``, also in ``_NAME_TAIL``) where giving back cannot help: no backtracking.
+URL_PASSWORD = re.compile(r"://[^\s/?#@:\[\]]{0,256}+:([^\s/?#\[\]]{1,256})@")
 
 #: The value after an assignment: "double" (also \"escaped\"), 'single', `back`, or bare up to a
 #: delimiter, skipping an auth scheme word (``Authorization: Basic xyz`` redacts ``xyz``). A bare
@@ -266,14 +270,8 @@ def ascii_lower(text: str) -> bytes:
     return text.encode("ascii", "replace").translate(_LOWER)
 
 
-_IDENT_RUN = re.compile(rb"[a-z0-9_.-]{0,64}")
-
-
-def name_start(reversed_low: bytes, pos: int) -> int:
-    """Start of the identifier (at most 64 characters) that ends just before ``pos``, given the
-    lowercased text reversed (a regex match is faster than a Python loop over characters)."""
-    back = len(reversed_low) - pos
-    return pos - (_IDENT_RUN.match(reversed_low, back).end() - back)  # type: ignore[union-attr]
+#: A run of identifier characters (lowercased); on the reversed text, the name before a position.
+IDENT_RUN = re.compile(rb"[a-z0-9_.-]{0,64}")
 
 
 def follows_alnum(low: bytes, pos: int) -> bool:

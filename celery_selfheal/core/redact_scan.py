@@ -15,7 +15,13 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from celery_selfheal.core import redact_rules as rules
-from celery_selfheal.core.redact_literals import Literal, LiteralMatcher, literal_span, place_literals
+from celery_selfheal.core.redact_literals import (
+    Literal,
+    LiteralMatcher,
+    finditer_sparse,
+    literal_span,
+    place_literals,
+)
 from celery_selfheal.core.redact_rules import BEARER, LITERAL, NAME, REDACTED, SECRET
 
 Span = tuple[int, int]
@@ -32,7 +38,10 @@ class Found(NamedTuple):
     pem_starts: list[int]
 
 
-_IDENT_RUN = re.compile(rb"[a-z0-9_.-]{0,64}")
+#: Text before a name match kept as the key of :data:`_CONTEXTS`.
+_CTX = 16
+#: Text around a ``name=value`` match -> (where the name starts before the match, name_kind).
+_CONTEXTS: dict[str, tuple[int, int]] = {}
 
 
 class SpanFinder:
@@ -43,7 +52,8 @@ class SpanFinder:
         self.max_literal = max(map(len, literals), default=0)
         placed, self._table, rest = place_literals(literals, rules.PASSES)
         self._passes = [
-            (spec.lowered, *rules.compile_pass(spec, placed.get(i, ()))) for i, spec in enumerate(rules.PASSES)
+            (spec.lowered, *rules.compile_pass(spec, placed.get(i, ())), spec.sparse and spec.anchor)
+            for i, spec in enumerate(rules.PASSES)
         ]
         self._literals = LiteralMatcher(rest)
         self._extra = tuple(re.compile(p) for p in extra)
@@ -52,8 +62,8 @@ class SpanFinder:
     def find(self, text: str) -> Found:
         """The spans to replace in ``text``."""
         scan = _Scan(text, self._table)
-        for lowered, regex, actions in self._passes:
-            scan.run(regex, actions, lowered)
+        for lowered, regex, actions, sparse in self._passes:
+            scan.run(regex, actions, lowered, sparse)
         for um in rules.URL_PASSWORD.finditer(text):
             scan.found.append(um.span(1))
         self._literals.scan(text, scan.found)
@@ -84,12 +94,20 @@ class _Scan:
         #: Names that are not secret but end with a secret word: name end -> [(start, value)].
         self.glued_names: dict[int, list[tuple[int, int]]] = {}
 
-    def run(self, regex: re.Pattern[Any], actions: rules.Actions, lowered: bool) -> None:
-        """Run one pass. A hot loop: what it calls is bound to local names first."""
+    def run(self, regex: re.Pattern[Any], actions: rules.Actions, lowered: bool, sparse: str | bool) -> None:
+        """Run one pass (``sparse``: its anchor, if rare). A hot loop: what it calls is bound to
+        local names first."""
         text, low, add = self.text, self.low, self.found.append
         glued_tokens, glued_names = self.glued_tokens, self.glued_names
-        follows_alnum, name_start, name_kind = rules.follows_alnum, rules.name_start, rules.name_kind
-        for m in regex.finditer(low if lowered else text):
+        follows_alnum, name_kind, contexts = rules.follows_alnum, rules.name_kind, _CONTEXTS
+        reversed_low, size, ident_run = self.reversed_low, len(low), rules.IDENT_RUN.match
+        subject = low if lowered else text
+        if sparse:
+            anchor: Any = sparse.encode("ascii") if lowered else sparse  # type: ignore[union-attr]
+            matches = finditer_sparse(regex, subject, anchor)
+        else:
+            matches = regex.finditer(subject)
+        for m in matches:
             action, first = actions[m.lastindex or 0]
             if action >= 0:
                 start = m.start() - action
@@ -98,14 +116,25 @@ class _Scan:
                 else:
                     add((start, m.end()))
             elif action == NAME:
-                if not self.reversed_low:
-                    self.reversed_low = low[::-1]
-                start, end = name_start(self.reversed_low, m.start()), m.end(first)
-                name = text[start:end]
-                kind = name_kind(name)
+                # Most names are not secret and recur (log keys): the text from _CTX characters
+                # before the match to the name's end decides the name when it starts in there.
+                at, end = m.start(), m.end(first)
+                ctx = text[at - _CTX : end] if at >= _CTX else ""
+                known = contexts.get(ctx)
+                if known is not None:
+                    start, kind = at - known[0], known[1]
+                else:
+                    if not reversed_low:
+                        reversed_low = self.reversed_low = low[::-1]
+                    start = size - ident_run(reversed_low, size - at).end()  # type: ignore[union-attr]
+                    kind = name_kind(text[start:end])
+                    if ctx and at - start < _CTX - 3:  # its start, the character and "://" before it
+                        if len(contexts) >= 8192:
+                            contexts.clear()
+                        contexts[ctx] = (at - start, kind)
                 # "scheme://token:pw@host" is userinfo: the URL rule keeps the host.
                 if kind == SECRET and not (start >= 3 and low.startswith(b"://", start - 3)):
-                    self.value(name, m.end())
+                    self.value(text[start:end], m.end())
                 elif kind:
                     glued_names.setdefault(end, []).append((start, m.end()))
             elif action <= LITERAL:
@@ -162,7 +191,7 @@ class _Scan:
                 if token_end is not None:
                     self.found.append((end, token_end))
                 if self.glued_names:
-                    name_end = end + len(_IDENT_RUN.match(self.low, end).group())  # type: ignore[union-attr]
+                    name_end = end + len(rules.IDENT_RUN.match(self.low, end).group())  # type: ignore[union-attr]
                     for start, pos in self.glued_names.get(name_end, ()):
                         name = self.text[end:name_end]
                         if start < end < name_end and rules.is_secret_name_cached(name):
