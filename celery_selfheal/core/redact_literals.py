@@ -101,7 +101,7 @@ def place_literals(
     for lit in sorted(set(literals), key=lambda s: (-len(s), s)):  # longest first
         for index in hosts:
             spec = specs[index]
-            seen = ascii_lower(lit).decode("ascii") if spec.lowered else lit
+            seen = ascii_lower(lit) if spec.lowered else lit
             blocks = spec.blocks
             assert blocks is not None
             at = [i for i, c in enumerate(seen) if c == spec.anchor and not blocks(seen, i)]

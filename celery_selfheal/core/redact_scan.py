@@ -52,7 +52,7 @@ class SpanFinder:
         self.max_literal = max(map(len, literals), default=0)
         placed, self._table, rest = place_literals(literals, rules.PASSES)
         self._passes = [
-            (spec.lowered, *rules.compile_pass(spec, placed.get(i, ())), spec.sparse and spec.anchor)
+            (spec.lowered, *rules.compile_pass(spec, placed.get(i, ())), spec.anchor if spec.sparse else "")
             for i, spec in enumerate(rules.PASSES)
         ]
         self._literals = LiteralMatcher(rest)
@@ -84,7 +84,6 @@ class _Scan:
     def __init__(self, text: str, table: list[Literal]) -> None:
         self.text = text
         self.low = rules.ascii_lower(text)
-        self.reversed_low = b""  # made on first use
         self.table = table
         self.found: list[Span] = []
         self.pem_headers: list[int] = []
@@ -94,20 +93,15 @@ class _Scan:
         #: Names that are not secret but end with a secret word: name end -> [(start, value)].
         self.glued_names: dict[int, list[tuple[int, int]]] = {}
 
-    def run(self, regex: re.Pattern[Any], actions: rules.Actions, lowered: bool, sparse: str | bool) -> None:
+    def run(self, regex: re.Pattern[Any], actions: rules.Actions, lowered: bool, sparse: str) -> None:
         """Run one pass (``sparse``: its anchor, if rare). A hot loop: what it calls is bound to
         local names first."""
         text, low, add = self.text, self.low, self.found.append
         glued_tokens, glued_names = self.glued_tokens, self.glued_names
         follows_alnum, name_kind, contexts = rules.follows_alnum, rules.name_kind, _CONTEXTS
-        reversed_low, size, ident_run = self.reversed_low, len(low), rules.IDENT_RUN.match
+        ident = rules.IDENT_CHARS
         subject = low if lowered else text
-        if sparse:
-            anchor: Any = sparse.encode("ascii") if lowered else sparse  # type: ignore[union-attr]
-            matches = finditer_sparse(regex, subject, anchor)
-        else:
-            matches = regex.finditer(subject)
-        for m in matches:
+        for m in finditer_sparse(regex, subject, sparse) if sparse else regex.finditer(subject):
             action, first = actions[m.lastindex or 0]
             if action >= 0:
                 start = m.start() - action
@@ -124,16 +118,15 @@ class _Scan:
                 if known is not None:
                     start, kind = at - known[0], known[1]
                 else:
-                    if not reversed_low:
-                        reversed_low = self.reversed_low = low[::-1]
-                    start = size - ident_run(reversed_low, size - at).end()  # type: ignore[union-attr]
+                    before = low[max(0, at - 64) : at]  # the name: up to 64 identifier characters
+                    start = at - len(before) + len(before.rstrip(ident))
                     kind = name_kind(text[start:end])
                     if ctx and at - start < _CTX - 3:  # its start, the character and "://" before it
                         if len(contexts) >= 8192:
                             contexts.clear()
                         contexts[ctx] = (at - start, kind)
                 # "scheme://token:pw@host" is userinfo: the URL rule keeps the host.
-                if kind == SECRET and not (start >= 3 and low.startswith(b"://", start - 3)):
+                if kind == SECRET and not (start >= 3 and low.startswith("://", start - 3)):
                     self.value(text[start:end], m.end())
                 elif kind:
                     glued_names.setdefault(end, []).append((start, m.end()))
