@@ -144,6 +144,8 @@ class PassSpec(NamedTuple):
     host_rank: int = 0
     #: The (one character) anchor is rare in logs: jump between anchors with ``find``.
     sparse: bool = False
+    #: A lookahead every rule branch (not the literals) needs: one cheap test at most anchors.
+    guard: str = ""
 
 
 def compile_pass(
@@ -159,11 +161,13 @@ def compile_pass(
         parts.append(f"{re.escape(lit[i + 1])}{behind}{ahead}()")
         group += 1
         actions[group] = (action, group)
+    rules = []
     for body, action in spec.branches:
         inner = re.compile(body).groups
-        parts.append(f"{body}()")  # no group around it: a branch starting with a literal fails fast
+        rules.append(f"{body}()")  # no group around it: a branch starting with a literal fails fast
         actions[group + inner + 1] = (action, group + 1)
         group += inner + 1
+    parts.append(f"{spec.guard}(?:{'|'.join(rules)})" if spec.guard else "|".join(rules))
     pattern = re.escape(spec.anchor) + "(?:" + "|".join(parts) + ")"
     return re.compile(pattern, re.ASCII), actions
 
@@ -223,6 +227,7 @@ PASSES = (
         lowered=True,
         blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "_") or i < 10 or lit[:i].endswith(_TOKEN_PREFIXES),
         host_rank=4,
+        guard=r"(?=[a-z0-9_]{20})",  # "_" is common in logs, 20 token characters after it are not
     ),
     PassSpec(
         "p",

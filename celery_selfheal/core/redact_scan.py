@@ -90,46 +90,47 @@ class _Scan:
         self.pem_starts: list[int] = []
         #: Tokens refused because a letter/digit precedes them: start -> end.
         self.glued_tokens: dict[int, int] = {}
-        #: Names that are not secret but end with a secret word: name end -> [(start, value)].
-        self.glued_names: dict[int, list[tuple[int, int]]] = {}
+        #: Names that are not secret but end with a secret word: (name end, start, match).
+        self.glued_names: list[tuple[int, int, re.Match[str]]] = []
 
     def run(self, regex: re.Pattern[Any], actions: rules.Actions, lowered: bool, sparse: str) -> None:
         """Run one pass (``sparse``: its anchor, if rare). A hot loop: what it calls is bound to
         local names first."""
         text, low, add = self.text, self.low, self.found.append
-        glued_tokens, glued_names = self.glued_tokens, self.glued_names
+        glued_tokens, glued_name = self.glued_tokens, self.glued_names.append
         follows_alnum, name_kind, contexts = rules.follows_alnum, rules.name_kind, _CONTEXTS
         ident = rules.IDENT_CHARS
         subject = low if lowered else text
         for m in finditer_sparse(regex, subject, sparse) if sparse else regex.finditer(subject):
             action, first = actions[m.lastindex or 0]
-            if action >= 0:
-                start = m.start() - action
-                if follows_alnum(low, start):
-                    glued_tokens[start] = m.end()
-                else:
-                    add((start, m.end()))
-            elif action == NAME:
+            if action == NAME:  # the most frequent match: kept short
                 # Most names are not secret and recur (log keys): the text from _CTX characters
                 # before the match to the name's end decides the name when it starts in there.
                 at, end = m.start(), m.end(first)
                 ctx = text[at - _CTX : end] if at >= _CTX else ""
                 known = contexts.get(ctx)
-                if known is not None:
-                    start, kind = at - known[0], known[1]
-                else:
+                if known is None:
                     before = low[max(0, at - 64) : at]  # the name: up to 64 identifier characters
-                    start = at - len(before) + len(before.rstrip(ident))
-                    kind = name_kind(text[start:end])
-                    if ctx and at - start < _CTX - 3:  # its start, the character and "://" before it
+                    back = len(before) - len(before.rstrip(ident))
+                    known = (back, name_kind(text[at - back : end]))
+                    if ctx and known[0] < _CTX - 3:  # its start, the character and "://" before it
                         if len(contexts) >= 8192:
                             contexts.clear()
-                        contexts[ctx] = (at - start, kind)
-                # "scheme://token:pw@host" is userinfo: the URL rule keeps the host.
-                if kind == SECRET and not (start >= 3 and low.startswith("://", start - 3)):
-                    self.value(text[start:end], m.end())
+                        contexts[ctx] = known
+                back, kind = known
+                if kind == SECRET:
+                    start = at - back
+                    # "scheme://token:pw@host" is userinfo: the URL rule keeps the host.
+                    if not (start >= 3 and low.startswith("://", start - 3)):
+                        self.value(text[start:end], m.end())
                 elif kind:
-                    glued_names.setdefault(end, []).append((start, m.end()))
+                    glued_name((end, at - back, m))
+            elif action >= 0:
+                start = m.start() - action
+                if follows_alnum(low, start):
+                    glued_tokens[start] = m.end()
+                else:
+                    add((start, m.end()))
             elif action <= LITERAL:
                 lit = self.table[LITERAL - action]
                 start = m.start() - lit.i
@@ -176,19 +177,25 @@ class _Scan:
         """Judge again the tokens and names that a found secret ends inside or right before."""
         if not (self.glued_tokens or self.glued_names):
             return
+        text, low, ident_run = self.text, self.low, rules.IDENT_RUN.match
         ends = [end for _, end in self.found]
         while ends:
             size = len(self.found)
+            cut_names: dict[int, list[int]] = {}  # name end -> where a found secret cuts the name
             for end in ends:
                 token_end = self.glued_tokens.pop(end, None)
                 if token_end is not None:
                     self.found.append((end, token_end))
                 if self.glued_names:
-                    name_end = end + len(rules.IDENT_RUN.match(self.low, end).group())  # type: ignore[union-attr]
-                    for start, pos in self.glued_names.get(name_end, ()):
-                        name = self.text[end:name_end]
-                        if start < end < name_end and rules.is_secret_name_cached(name):
-                            self.value(name, pos)
+                    name_end = ident_run(low, end).end()  # type: ignore[union-attr]
+                    if name_end > end:
+                        cut_names.setdefault(name_end, []).append(end)
+            if cut_names:
+                for name_end, start, m in self.glued_names:
+                    for end in cut_names.get(name_end, ()):
+                        name = text[end:name_end]
+                        if start < end and rules.is_secret_name_cached(name):
+                            self.value(name, m.end())
             ends = [end for _, end in self.found[size:]]
 
 
