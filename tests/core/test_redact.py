@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from urllib.parse import quote, quote_plus
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from celery_selfheal.core.redact import (
@@ -18,6 +19,7 @@ from celery_selfheal.core.redact import (
     is_secret_env_name,
     reset_default_redactor,
 )
+from celery_selfheal.core.redact_literals import finditer_sparse
 
 ENV = {
     "GITHUB_TOKEN": "ghp_Zq8Zq8Zq8Zq8Zq8Zq8Zq8Zq8Zq8Zq8Zq8Zq8",
@@ -386,3 +388,28 @@ def test_env_values_of_any_shape_are_found_in_every_form(
     chunks = [text[i : i + 7] for i in range(0, len(text), 7)]
     s = r.stream()
     assert "".join(s.feed(c) for c in chunks) + s.flush() == out
+
+
+# --------------------------------------------------------------------------- scanning shortcuts
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="Jab=_ ", max_size=3000))
+@example("Ja" * 100)  # dense: falls back at an anchor that matches
+def test_sparse_anchor_search_equals_finditer(text: str) -> None:
+    # Lookbehinds across the jump points, a match consuming the next anchor, and (in long texts,
+    # dense with anchors) the fallback to a plain scan.
+    regex = re.compile(r"J(?:(?<=aJ)b+()|=?a()|b(?=_)()|_J())")
+    expected = [(m.span(), m.lastindex) for m in regex.finditer(text)]
+    assert [(m.span(), m.lastindex) for m in finditer_sparse(regex, text, "J")] == expected
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_names_are_judged_whole_whatever_was_seen_before(order: tuple[int, int]) -> None:
+    # The same 16 characters before "key" (what the name memo looks at): only the whole name
+    # tells that one is a count, not a secret.
+    texts = ["x count_abcdefghijklmnop_key=v1", "x my_abcdefghijklmnop_key=v2"]
+    expected = ["x count_abcdefghijklmnop_key=v1", f"x my_abcdefghijklmnop_key={REDACTED}"]
+    for i in order:
+        assert R.redact(texts[i]) == expected[i]
+        assert R.redact(" " * 300 + texts[i]) == " " * 300 + expected[i]  # not the small-string memo
