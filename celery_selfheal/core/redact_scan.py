@@ -22,7 +22,7 @@ from celery_selfheal.core.redact_literals import (
     literal_span,
     place_literals,
 )
-from celery_selfheal.core.redact_rules import BEARER, LITERAL, NAME, REDACTED, SECRET
+from celery_selfheal.core.redact_rules import BEARER, LITERAL, NAME, REDACTED, SECRET_SUFFIX
 
 Span = tuple[int, int]
 
@@ -38,10 +38,11 @@ class Found(NamedTuple):
     pem_starts: list[int]
 
 
-#: Text before a name match kept as the key of :data:`_CONTEXTS`.
-_CTX = 16
-#: Text around a ``name=value`` match -> (where the name starts before the match, name_kind).
-_CONTEXTS: dict[str, tuple[int, int]] = {}
+#: Characters up to a name's end that key :data:`_NAMES`: they decide a shorter name.
+_KEY = 24
+#: The text up to a ``name=value`` name's end -> its :func:`rules.name_kind`. Most names in
+#: logs are not secret and recur (log keys): this spares finding and judging them again.
+_NAMES: dict[str, int] = {}
 
 
 class SpanFinder:
@@ -55,13 +56,15 @@ class SpanFinder:
             (spec.lowered, *rules.compile_pass(spec, placed.get(i, ())), spec.anchor if spec.sparse else "")
             for i, spec in enumerate(rules.PASSES)
         ]
+        #: pass regex -> {marker group: the alternative's first group} (for glued names)
+        self._first = {regex: {k: v[1] for k, v in actions.items()} for _, regex, actions, _ in self._passes}
         self._literals = LiteralMatcher(rest)
         self._extra = tuple(re.compile(p) for p in extra)
         self._allow = allow
 
     def find(self, text: str) -> Found:
         """The spans to replace in ``text``."""
-        scan = _Scan(text, self._table)
+        scan = _Scan(text, self._table, self._first)
         for lowered, regex, actions, sparse in self._passes:
             scan.run(regex, actions, lowered, sparse)
         for um in rules.URL_PASSWORD.finditer(text):
@@ -81,8 +84,9 @@ class SpanFinder:
 class _Scan:
     """The state of one :meth:`SpanFinder.find` call."""
 
-    def __init__(self, text: str, table: list[Literal]) -> None:
+    def __init__(self, text: str, table: list[Literal], first: dict[Any, dict[int, int]]) -> None:
         self.text = text
+        self.first = first
         self.low = rules.ascii_lower(text)
         self.table = table
         self.found: list[Span] = []
@@ -90,41 +94,28 @@ class _Scan:
         self.pem_starts: list[int] = []
         #: Tokens refused because a letter/digit precedes them: start -> end.
         self.glued_tokens: dict[int, int] = {}
-        #: Names that are not secret but end with a secret word: (name end, start, match).
-        self.glued_names: list[tuple[int, int, re.Match[str]]] = []
+        #: Matches of names that are not secret but end with a secret word.
+        self.glued_names: list[re.Match[str]] = []
 
     def run(self, regex: re.Pattern[Any], actions: rules.Actions, lowered: bool, sparse: str) -> None:
         """Run one pass (``sparse``: its anchor, if rare). A hot loop: what it calls is bound to
         local names first."""
         text, low, add = self.text, self.low, self.found.append
         glued_tokens, glued_name = self.glued_tokens, self.glued_names.append
-        follows_alnum, name_kind, contexts = rules.follows_alnum, rules.name_kind, _CONTEXTS
-        ident = rules.IDENT_CHARS
+        follows_alnum, names = rules.follows_alnum, _NAMES
         subject = low if lowered else text
         for m in finditer_sparse(regex, subject, sparse) if sparse else regex.finditer(subject):
             action, first = actions[m.lastindex or 0]
             if action == NAME:  # the most frequent match: kept short
-                # Most names are not secret and recur (log keys): the text from _CTX characters
-                # before the match to the name's end decides the name when it starts in there.
-                at, end = m.start(), m.end(first)
-                ctx = text[at - _CTX : end] if at >= _CTX else ""
-                known = contexts.get(ctx)
-                if known is None:
-                    before = low[max(0, at - 64) : at]  # the name: up to 64 identifier characters
-                    back = len(before) - len(before.rstrip(ident))
-                    known = (back, name_kind(text[at - back : end]))
-                    if ctx and known[0] < _CTX - 3:  # its start, the character and "://" before it
-                        if len(contexts) >= 8192:
-                            contexts.clear()
-                        contexts[ctx] = known
-                back, kind = known
-                if kind == SECRET:
-                    start = at - back
-                    # "scheme://token:pw@host" is userinfo: the URL rule keeps the host.
-                    if not (start >= 3 and low.startswith("://", start - 3)):
-                        self.value(text[start:end], m.end())
+                end = m.end(first)
+                key = text[end - _KEY : end] if end >= _KEY else ""
+                kind = names.get(key)
+                if kind is None:
+                    kind = self.judge(m.start(), end, key)
+                if kind == SECRET_SUFFIX:
+                    glued_name(m)
                 elif kind:
-                    glued_name((end, at - back, m))
+                    self.secret_name(m.start(), end, m.end())
             elif action >= 0:
                 start = m.start() - action
                 if follows_alnum(low, start):
@@ -141,6 +132,24 @@ class _Scan:
                     add(m.span(first))
             else:  # PEM header
                 self.pem_headers.append(m.end())
+
+    def judge(self, at: int, end: int, key: str) -> int:
+        """:func:`rules.name_kind` of the name with a secret word at ``at`` and ending at ``end``
+        (remembered for ``key`` if that decides it)."""
+        start = name_start(self.low, at)
+        kind = rules.name_kind(self.text[start:end])
+        if key and end - start < _KEY:  # the name and the character before it are in the key
+            if len(_NAMES) >= 8192:
+                _NAMES.clear()
+            _NAMES[key] = kind
+        return kind
+
+    def secret_name(self, at: int, end: int, pos: int) -> None:
+        """Redact the value at ``pos`` of the secret name with a secret word at ``at``."""
+        start = name_start(self.low, at)
+        # "scheme://token:pw@host" is userinfo: the URL rule keeps the host.
+        if not (start >= 3 and self.low.startswith("://", start - 3)):
+            self.value(self.text[start:end], pos)
 
     def value(self, name: str, pos: int) -> None:
         """Redact the value of the secret-like ``name`` that starts at ``pos``."""
@@ -191,12 +200,20 @@ class _Scan:
                     if name_end > end:
                         cut_names.setdefault(name_end, []).append(end)
             if cut_names:
-                for name_end, start, m in self.glued_names:
+                for m in self.glued_names:
+                    name_end = m.end(self.first[m.re][m.lastindex or 0])
+                    start = name_start(low, m.start())
                     for end in cut_names.get(name_end, ()):
                         name = text[end:name_end]
                         if start < end and rules.is_secret_name_cached(name):
                             self.value(name, m.end())
             ends = [end for _, end in self.found[size:]]
+
+
+def name_start(low: str, at: int) -> int:
+    """Start of the identifier (at most 64 characters) that ends at ``at`` in the lowered text."""
+    before = low[max(0, at - 64) : at]
+    return at - len(before) + len(before.rstrip(rules.IDENT_CHARS))
 
 
 def merge(spans: list[Span]) -> list[Span]:

@@ -406,10 +406,10 @@ def test_sparse_anchor_search_equals_finditer(text: str) -> None:
 
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
 def test_names_are_judged_whole_whatever_was_seen_before(order: tuple[int, int]) -> None:
-    # The same 16 characters before "key" (what the name memo looks at): only the whole name
-    # tells that one is a count, not a secret.
-    texts = ["x count_abcdefghijklmnop_key=v1", "x my_abcdefghijklmnop_key=v2"]
-    expected = ["x count_abcdefghijklmnop_key=v1", f"x my_abcdefghijklmnop_key={REDACTED}"]
+    # The same 24 characters up to the name's end (what the name memo looks at): only the whole
+    # name tells that one is a count, not a secret.
+    texts = ["x count_abcdefghijklmnopqrst_key=v1", "x my_abcdefghijklmnopqrst_key=v2"]
+    expected = [texts[0], f"x my_abcdefghijklmnopqrst_key={REDACTED}"]
     for i in order:
         assert R.redact(texts[i]) == expected[i]
         assert R.redact(" " * 300 + texts[i]) == " " * 300 + expected[i]  # not the small-string memo
