@@ -49,13 +49,11 @@ class SelfHeal:
         connect_signals(app, self.context, self.reset, self._attach_worker_sinks)
         from celery_selfheal.wiring.recovery import connect_recovery
 
-        connect_recovery(app, self.settings)  # lost-worker sweeper and cluster start-up checks
-        try:
-            from celery_selfheal.wiring import control
+        # lost-worker sweeper and cluster start-up checks; its events reach Celery events too
+        connect_recovery(app, self.settings, context_factory=self.worker_context)
+        from celery_selfheal.wiring import control
 
-            control.register_control_commands(app, self.context)
-        except ImportError:  # pragma: no cover - control commands arrive with the controls module
-            pass
+        control.register_control_commands(app, self.context)
         app.selfheal = self
 
     def context(self) -> Context:
@@ -75,9 +73,13 @@ class SelfHeal:
         with self._lock:
             self._ctx = ctx
 
+    def worker_context(self, hostname: str = "") -> Context:
+        """A fresh context for a worker-side thread (the sweeper), with the Celery event sink."""
+        ctx = build_context(self.settings)
+        self._attach_worker_sinks(ctx, hostname)
+        return ctx
+
     def _attach_worker_sinks(self, ctx: Context, hostname: str) -> None:
-        try:
-            from celery_selfheal.sinks.celery_events import CeleryEventSink
-        except ImportError:  # pragma: no cover
-            return
+        from celery_selfheal.sinks.celery_events import CeleryEventSink
+
         ctx.bus.add_sink(CeleryEventSink(self.app, hostname=hostname or None))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import Celery
@@ -165,8 +165,10 @@ def worker_budgets(settings: Settings) -> Any:
                            ("env", env_overrides(os.environ)))
 
 
-def connect_recovery(app: Celery, settings: Settings) -> None:
-    """At worker start: apply the visibility timeout, log the start-up warnings, run the sweeper."""
+def connect_recovery(app: Celery, settings: Settings,
+                     context_factory: Callable[[str], Context] | None = None) -> None:
+    """At worker start: apply the visibility timeout, log the start-up warnings, run the sweeper.
+    ``context_factory(hostname)`` builds the sweeper's own context (default: from ``settings``)."""
     started: list[Sweeper] = []
 
     @celeryd_init.connect(weak=False)
@@ -187,8 +189,9 @@ def connect_recovery(app: Celery, settings: Settings) -> None:
     def start(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not app:
             return
-        sweeper = Sweeper(app, build_context(settings), str(getattr(sender, "hostname", "") or ""),
-                          cluster_options(settings.worker))
+        hostname = str(getattr(sender, "hostname", "") or "")
+        ctx = context_factory(hostname) if context_factory is not None else build_context(settings)
+        sweeper = Sweeper(app, ctx, hostname, cluster_options(settings.worker))
         sweeper.start()
         started.append(sweeper)
 

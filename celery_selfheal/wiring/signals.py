@@ -55,6 +55,8 @@ def connect_signals(app: Celery, get_context: Callable[[], Context], reset_conte
         from celery_selfheal.local_worker import hold_presence
 
         hold_presence(settings, getattr(sender, "hostname", "") or str(os.getpid()))
+        # the MainProcess emits events too (hard-limit handler): send them as Celery events as well
+        on_worker_context(get_context(), getattr(sender, "hostname", "") or "")
         name = pool_name(sender)
         if name and not any(p in name for p in POOLS_WITH_TIME_LIMITS) and name != "asynpool":
             log.warning("celery-selfheal: the %r pool has no time limits; the hard backstop for hung "

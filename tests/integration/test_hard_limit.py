@@ -11,6 +11,7 @@ import pytest
 from celery_selfheal.jobs import load_job_file, prepare_job
 from celery_selfheal.settings import load_settings
 from tests.hardlimit_app import HANG
+from tests.integration._obs import EventCapture
 from tests.integration.conftest import Harness, client_selfheal, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
@@ -37,6 +38,7 @@ def test_hard_limit_kills_the_runtime_group_and_the_job_recovers(tmp_path: Path,
                           redactor=ctx.redactor)
         ctx.store.create_job(job)
         pidfile = tmp_path / "grandchild.pid"
+        capture = EventCapture(settings).__enter__()
         sh.app.send_task(HANG, args=(job["jobId"], str(pidfile)), queue="selfheal")
         deadline = time.monotonic() + 20
         while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
@@ -51,5 +53,11 @@ def test_hard_limit_kills_the_runtime_group_and_the_job_recovers(tmp_path: Path,
         assert second["attemptStrategy"] == "soft_reset" and second["status"] == "succeeded"
         assert final["status"] == "succeeded"
         assert "Hard time limit" in log_path.read_text()
+        # the MainProcess recorded the lost attempt: its event went out as a Celery event too
+        got = capture.wait_for(lambda evs: any(e.get("type") == "selfheal-task-step-attempt-failed"
+                                               and e.get("jobId") == job["jobId"] for e in evs))
+        failed = next(e for e in got if e.get("type") == "selfheal-task-step-attempt-failed")
+        assert failed["detector"] == "wall_timeout" and failed["attempt"] == 1
+        capture.__exit__(None, None, None)
     finally:
         stop_worker(proc)
