@@ -5,7 +5,6 @@ resume_from_step reviving jobs, rejections that change nothing, and the audit/ac
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from celery_selfheal.control import apply_pending_controls, request_control
 from celery_selfheal.errors import ControlError
 from celery_selfheal.settings import load_settings
 from celery_selfheal.wiring.control import recover
+from tests.conftest import process_alive
 from tests.integration.conftest import Harness, names
 
 pytestmark = pytest.mark.slow
@@ -77,15 +77,6 @@ def assert_acked(h: Harness, job_id: str, req: dict[str, Any], reason: str | Non
     assert not h.ctx.store.pending_control(job_id)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
-
-
 def test_pause_parks_between_steps_without_a_slot_and_resume_finishes(harness: Harness, make_repo) -> None:
     repo = make_repo()
     a = harness.submit(harness.job_file(repo, [
@@ -125,12 +116,12 @@ def test_cancel_ends_the_whole_process_tree_and_the_job_quickly(harness: Harness
     attempt = wait_for(lambda: pidfile.exists() and pidfile.read_text() and running_attempt(harness, a, 0),
                        "the runtime and its grandchild")
     leader, grandchild = attempt["pid"], int(pidfile.read_text())
-    assert alive(leader) and alive(grandchild)
+    assert process_alive(leader) and process_alive(grandchild)
     started = time.monotonic()
     req = ctl(harness, a, "cancel", reason="wrong branch")
     wait_for(lambda: job(harness, a)["status"] == "cancelled", "the job to be cancelled", timeout=10)
     job_ended = time.monotonic() - started
-    wait_for(lambda: not alive(leader) and not alive(grandchild), "the process tree to end", timeout=10)
+    wait_for(lambda: not process_alive(leader) and not process_alive(grandchild), "the process tree to end", timeout=10)
     tree_ended = time.monotonic() - started
     wait_for(lambda: harness.attempts(a)[0]["status"] == "cancelled", "the attempt to be recorded")
     print(f"\ncancel: job cancelled after {job_ended:.2f}s, process tree gone after {tree_ended:.2f}s "
@@ -200,7 +191,7 @@ def test_retry_step_preempts_a_running_attempt(harness: Harness, make_repo) -> N
     final = wait_revived(harness, a, 0)
     assert final["status"] == "succeeded" and final["epoch"] == 1
     old, new = harness.attempts(a)
-    assert old["status"] == "cancelled" and old["epoch"] == 0 and not alive(first["pid"])
+    assert old["status"] == "cancelled" and old["epoch"] == 0 and not process_alive(first["pid"])
     assert new["status"] == "succeeded" and new["attemptStrategy"] == "operator_request"
     assert new["startedAt"] >= old["finishedAt"]  # the new runtime never shared the workspace
     assert_acked(harness, a, req)

@@ -10,16 +10,12 @@ import pytest
 
 from celery_selfheal.jobs import load_job_file, prepare_job
 from celery_selfheal.settings import load_settings
+from tests.conftest import process_alive
 from tests.hardlimit_app import HANG
 from tests.integration._obs import EventCapture
 from tests.integration.conftest import Harness, client_selfheal, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
-
-
-def _alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
 
 
 def test_hard_limit_kills_the_runtime_group_and_the_job_recovers(tmp_path: Path, make_repo) -> None:
@@ -44,9 +40,9 @@ def test_hard_limit_kills_the_runtime_group_and_the_job_recovers(tmp_path: Path,
         while not (pidfile.exists() and pidfile.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
         grandchild = int(pidfile.read_text())
-        assert _alive(grandchild)
+        assert process_alive(grandchild)
         final = harness.wait(job["jobId"], timeout=40)
-        assert not _alive(grandchild), "the runtime's grandchild outlived the SIGKILLed pool child"
+        assert not process_alive(grandchild), "the runtime's grandchild outlived the SIGKILLed pool child"
         first, second = harness.attempts(job["jobId"])
         assert first["status"] == "failed" and first["detector"] == "wall_timeout"
         assert first["failureClass"] == "transient_runtime"

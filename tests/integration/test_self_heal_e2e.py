@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import git
+from tests.conftest import git, process_alive
 from tests.integration.conftest import Harness, names
 
 pytestmark = pytest.mark.slow
@@ -45,16 +44,6 @@ def test_idle_timeout_soft_reset_then_success(harness: Harness, make_repo) -> No
     assert "thinking" in arts.log_path(0, 1).read_text()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
-
-
 def test_wall_timeout_chatty_runtime_is_killed_then_success(harness: Harness, make_repo) -> None:
     repo = make_repo()
     job_id = harness.submit(harness.job_file(
@@ -65,7 +54,7 @@ def test_wall_timeout_chatty_runtime_is_killed_then_success(harness: Harness, ma
     first = harness.attempts(job_id)[0]
     assert first["detector"] == "wall_timeout"  # output kept flowing, so not the idle watchdog
     assert 1.5 <= first["wallClockSeconds"] < 2.0
-    assert not _alive(first["pid"])
+    assert not process_alive(first["pid"])
 
 
 def test_wall_timeout_grandchild_ignoring_term_is_gone(harness: Harness, make_repo) -> None:
@@ -79,8 +68,8 @@ def test_wall_timeout_grandchild_ignoring_term_is_gone(harness: Harness, make_re
     first = harness.attempts(job_id)[0]
     assert first["detector"] == "wall_timeout"
     gc_pid = int(pidfile.read_text())
-    assert not _alive(gc_pid), "grandchild survived the wall timeout"
-    assert not _alive(first["pid"])
+    assert not process_alive(gc_pid), "grandchild survived the wall timeout"
+    assert not process_alive(first["pid"])
 
 
 def test_deterministic_policy_failure_ends_job_at_once(harness: Harness, make_repo) -> None:

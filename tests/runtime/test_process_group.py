@@ -15,6 +15,7 @@ from celery_selfheal.runtime.process_group import (
     kill_process_group,
     start_group_child_preexec,
 )
+from tests.conftest import process_alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process semantics")
 
@@ -24,13 +25,8 @@ IGNORE_TERM = (
 )
 
 
-def gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(")") + 2] in "ZX"
+def _gone(pid: int) -> bool:
+    return not process_alive(pid)
 
 
 def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
@@ -47,7 +43,7 @@ def test_kill_gone_group_is_safe() -> None:
 def test_unreaped_zombie_leader_does_not_count_as_alive() -> None:
     proc = spawn(["true"])
     deadline = time.monotonic() + 5
-    while not gone(proc.pid) and time.monotonic() < deadline:
+    while not _gone(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert Path(f"/proc/{proc.pid}").exists(), "still a zombie: we have not reaped it"
     assert not group_alive(proc.pid)
@@ -88,13 +84,13 @@ def test_pdeathsig_kills_child_when_its_parent_is_sigkilled() -> None:
     parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
-    assert not gone(child)
+    assert not _gone(child)
     parent.kill()
     parent.wait()
     deadline = time.monotonic() + 3
-    while not gone(child) and time.monotonic() < deadline:
+    while not _gone(child) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert gone(child)
+    assert _gone(child)
 
 
 def test_preexec_sets_pdeathsig_and_child_leads_its_own_group() -> None:

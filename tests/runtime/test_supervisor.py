@@ -17,6 +17,7 @@ import pytest
 from celery_selfheal.core.model import Detector
 from celery_selfheal.runtime.capped_log import CappedLog
 from celery_selfheal.runtime.supervisor import RuntimeResult, RuntimeSpec, run_runtime
+from tests.conftest import process_alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process semantics")
 
@@ -24,13 +25,8 @@ PY = sys.executable
 IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
 
 
-def gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (absent, or a zombie nobody reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat[stat.rfind(")") + 2] in "ZX"
+def _gone(pid: int) -> bool:
+    return not process_alive(pid)
 
 
 def pids_in(text: str) -> list[int]:
@@ -106,8 +102,8 @@ def test_timeout_kills_the_whole_tree(log: CappedLog, grandchild: str) -> None:
     assert result.detector is Detector.IDLE_TIMEOUT
     pids = pids_in(result.tail)
     assert len(pids) == 2
-    assert all(gone(pid) for pid in pids)
-    assert gone(result.pid)
+    assert all(_gone(pid) for pid in pids)
+    assert _gone(result.pid)
     assert time.monotonic() - started < 0.5 + 0.3 + 1.0
 
 
@@ -117,7 +113,7 @@ def test_leader_exit_with_grandchild_holding_stdout_returns_promptly(log: Capped
     assert time.monotonic() - started < 1.0
     assert (result.exit_code, result.detector) == (0, Detector.EXIT)
     [grandchild] = pids_in(result.tail)
-    assert gone(grandchild)
+    assert _gone(grandchild)
 
 
 def test_leader_exit_kills_term_ignoring_leftovers_after_grace(log: CappedLog) -> None:
@@ -126,7 +122,7 @@ def test_leader_exit_kills_term_ignoring_leftovers_after_grace(log: CappedLog) -
     result = run(log, ["sh", "-c", script], grace=0.3)
     assert result.exit_code == 0
     [grandchild] = pids_in(result.tail)
-    assert gone(grandchild)
+    assert _gone(grandchild)
     assert time.monotonic() - started < 2.0
 
 
@@ -140,7 +136,7 @@ def test_cancel_ends_the_attempt_within_poll_plus_grace(log: CappedLog) -> None:
     assert result.cancelled
     assert result.detector is Detector.SIGNAL and result.signal == signal.SIGTERM
     assert 0.3 <= took < 0.3 + 0.1 + 0.5
-    assert all(gone(pid) for pid in pids_in(result.tail))
+    assert all(_gone(pid) for pid in pids_in(result.tail))
 
 
 def test_large_output_is_capped_in_the_log(tmp_path: Path) -> None:
@@ -242,7 +238,7 @@ def test_exception_from_a_signal_handler_kills_the_group_and_reraises(log: Cappe
     finally:
         signal.signal(signal.SIGUSR1, previous)
     [grandchild] = pids_in("".join(seen))
-    assert gone(grandchild)
+    assert _gone(grandchild)
     with pytest.raises(ValueError):
         log.write("closed")
 
@@ -256,7 +252,7 @@ def test_keyboard_interrupt_from_a_callback_kills_the_group(log: CappedLog) -> N
 
     with pytest.raises(KeyboardInterrupt):
         run(log, ["sh", "-c", "sleep 60 & echo pid=$!; wait"], on_output=on_output)
-    assert pids and all(gone(pid) for pid in pids)
+    assert pids and all(_gone(pid) for pid in pids)
 
 
 def test_without_pidfd_the_waiter_thread_notices_the_exit(
