@@ -183,3 +183,73 @@ def test_a_change_that_contains_a_secret_is_never_checkpointed(harness: Harness,
         assert token not in path.read_text(errors="replace"), path
     for _, event in harness.ctx.store.list_events(job_id):
         assert token not in str(event)
+
+
+def test_cli_status_events_artifacts_follow_the_contract(harness: Harness, make_repo, tmp_path: Path) -> None:
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from celery_selfheal.cli.main import selfheal
+
+    repo = make_repo()
+    job_id = harness.submit(harness.job_file(
+        repo, [{"id": "implement", "instructions": "silent@1\nwrite out.txt: done"}],
+        step_idle_timeout_seconds=0.5, soft_reset_backoff_seconds=0.05))
+    assert harness.wait(job_id)["status"] == "succeeded"
+    loc = ["--state-dir", str(harness.settings.state_dir)]
+    runner = CliRunner()
+    res = runner.invoke(selfheal, ["status", job_id, "--json", *loc])
+    assert res.exit_code == 0, res.output
+    doc = _json.loads(res.output)
+    assert {"jobId", "status", "epoch", "steps", "pendingControl", "audit"} <= doc.keys()
+    assert (doc["jobId"], doc["status"], doc["epoch"]) == (job_id, "succeeded", 0)
+    step = doc["steps"][0]
+    assert {"stepId", "stepIndex", "status", "attempts"} <= step.keys()
+    assert [a["attempt"] for a in step["attempts"]] == [1, 2]
+    res = runner.invoke(selfheal, ["events", job_id, "--json", *loc])
+    lines = [_json.loads(line) for line in res.output.splitlines()]
+    assert all({"event", "ts", "jobId"} <= e.keys() for e in lines)
+    assert lines[0]["event"] == "task.job.started" and lines[-1]["event"] == "task.job.succeeded"
+    res = runner.invoke(selfheal, ["artifacts", job_id, *loc])
+    listed = {line.split()[-1] for line in res.output.splitlines()}
+    assert {"patches/steps/step-0000.patch", "state/steps/step-0000.json",
+            "state/self_heal/attempt-0000-0001.json", "state/self_heal/attempt-0000-0002.json",
+            "logs/step-0000-attempt-0001.log", "logs/step-0000-attempt-0002.log"} <= listed
+    res = runner.invoke(selfheal, ["artifacts", job_id, "--export", str(tmp_path / "out"), *loc])
+    assert res.exit_code == 0
+    exported = tmp_path / "out" / job_id
+    assert (exported / "patches/steps/step-0000.patch").read_bytes() == \
+        harness.ctx.artifacts(job_id).patch_path(0).read_bytes()
+    attempt = _json.loads((exported / "state/self_heal/attempt-0000-0001.json").read_text())
+    for key in ("stepId", "stepIndex", "attempt", "failureClass", "failureSignature", "strategy",
+                "wallClockSeconds", "idleSeconds", "retryContext", "events"):
+        assert key in attempt, key
+    assert attempt["strategy"] == "soft_reset" and attempt["events"]
+    second = _json.loads((exported / "state/self_heal/attempt-0000-0002.json").read_text())
+    assert second["retryContext"]["strategy"] == "soft_reset"
+    assert second["retryContext"]["step"]["id"] == "implement"
+
+
+def test_selfheal_worker_command_starts_a_prefork_worker(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from celery_selfheal.local_worker import worker_running
+    from celery_selfheal.settings import load_settings
+
+    state = tmp_path / "state"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "selfheal"), "worker", "--state-dir", str(state),
+                             "-c", "1", "--without-mingle", "--without-gossip"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        settings = load_settings(state_dir=state, env={})
+        deadline = time.monotonic() + 30
+        while not worker_running(settings):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout and proc.stdout.read()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0].decode()
+    assert "(prefork)" in out, out  # the banner names the pool
