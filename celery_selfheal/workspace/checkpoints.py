@@ -37,7 +37,8 @@ from typing import Any
 
 from celery_selfheal.artifacts import JobArtifacts, atomic_write, atomic_write_json
 from celery_selfheal.errors import ReplayError, WorkspaceError
-from celery_selfheal.workspace.git import Change, GitWorkspace, PatchStack
+from celery_selfheal.workspace.git import Change, GitWorkspace
+from celery_selfheal.workspace.patch_stack import PatchStack
 
 
 def checkpoint_message(meta: Mapping[str, Any]) -> str:

@@ -46,7 +46,7 @@ _CONFIG_ARGS = tuple(arg for kv in _OVERRIDES for arg in ("-c", kv))
 _KEEP_GIT_ENV = ("GIT_SSH", "GIT_ASKPASS", "GIT_SSL", "GIT_HTTP", "GIT_PROXY", "GIT_TRACE", "GIT_CURL")
 _HEX_SHA = re.compile(r"^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$")
 _NETWORK_TIMEOUT = 600.0
-_APPLY_ARGS = ("--binary", "--whitespace=nowarn", "-")
+APPLY_ARGS = ("--binary", "--whitespace=nowarn", "-")
 _DIFF_ARGS = ("-r", "--full-index", "--binary", "-M", "--no-color", "--no-ext-diff", "--no-textconv")
 
 
@@ -319,55 +319,10 @@ class GitWorkspace:
     def apply_patch(self, patch: bytes) -> None:
         """Apply a binary git patch to index and work tree (an empty patch is a no-op)."""
         if patch:
-            self.git(["apply", "--index", *_APPLY_ARGS], input=patch)
+            self.git(["apply", "--index", *APPLY_ARGS], input=patch)
 
     def checkout(self, commit: str) -> None:
         """Make index and work tree exactly ``commit`` and detach HEAD (and the base) there."""
         self.git(["checkout", "--quiet", "--force", "--detach", commit])
         self.move_head(commit)
 
-
-class PatchStack:
-    """Applies patches one after another to a private index, without touching the work tree, and
-    records the tree after each; ``finish`` writes all commits in one ``git fast-import`` and checks
-    the last one out once. Commit ids equal those of ``commit_tree`` with the same messages."""
-
-    def __init__(self, ws: GitWorkspace, start: str) -> None:
-        self.ws = ws
-        self.start = ws.rev(f"{start}^{{commit}}")
-        self.commits: list[tuple[str, str]] = []
-        fd, name = tempfile.mkstemp(dir=ws.git_dir, prefix="selfheal-replay-index-")
-        os.close(fd)
-        self.index = Path(name)
-        self.index.unlink()
-        self.env = {"GIT_INDEX_FILE": str(self.index)}
-        ws.git(["read-tree", self.start], env=self.env)
-
-    def push(self, patch: bytes, message: str) -> str:
-        """Apply ``patch`` (may be empty), queue a commit of the result, return its tree sha."""
-        if patch:
-            self.ws.git(["apply", "--cached", *_APPLY_ARGS], input=patch, env=self.env)
-        tree = self.ws.git(["write-tree"], env=self.env).decode().strip()
-        self.commits.append((tree, message))
-        return tree
-
-    def finish(self) -> None:
-        """Create the queued commits (one process for all) and check the last one out."""
-        if not self.commits:
-            self.ws.checkout(self.start)
-            return
-        who = f"{IDENTITY['GIT_AUTHOR_NAME']} <{IDENTITY['GIT_AUTHOR_EMAIL']}> {IDENTITY['GIT_AUTHOR_DATE']}"
-        stream = bytearray()
-        for mark, (tree, message) in enumerate(self.commits, start=1):
-            data = message.encode("utf-8")
-            parent = self.start if mark == 1 else f":{mark - 1}"
-            stream += (f"commit {BASE_REF}\nmark :{mark}\nauthor {who}\ncommitter {who}\n"
-                       f"data {len(data)}\n").encode() + data
-            stream += f"\nfrom {parent}\nM 040000 {tree} \"\"\n\n".encode()
-        stream += b"done\n"
-        self.ws.git(["fast-import", "--quiet", "--force", "--done"], input=bytes(stream))
-        self.ws.checkout(self.ws.rev(f"{BASE_REF}^{{commit}}"))
-
-    def close(self) -> None:
-        """Remove the private index."""
-        self.index.unlink(missing_ok=True)

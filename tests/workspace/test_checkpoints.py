@@ -219,7 +219,7 @@ def test_interrupted_replay_leaves_path_untouched(
     job: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A cancel (or the soft time limit) arriving mid-replay: nothing half-built stays behind.
-    from celery_selfheal.workspace import git as gitmod
+    from celery_selfheal.workspace import patch_stack as gitmod
 
     ws = job["ws"]
     before, head = _listing(ws.path), run_git(ws.path, "rev-parse", "HEAD")
