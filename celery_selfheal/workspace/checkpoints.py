@@ -107,7 +107,7 @@ def write_checkpoint(
     _archive_existing(arts, step_index)
     atomic_write(patch_path, change.patch)
     atomic_write_json(state_path, meta)
-    tree = ws.commit_change(checkpoint_message(meta))
+    tree = ws.commit_change(checkpoint_message(meta), base=change.base)
     if tree != change.tree:
         # The work tree changed while we recorded it. The checkpoint stays authoritative: the next
         # workspace check sees HEAD differ from treeAfter and rebuilds from the checkpoints.
@@ -240,7 +240,9 @@ def replay(
 def workspace_matches(path: Path, checkpoints: Sequence[Mapping[str, Any]], baseline_sha: str) -> bool:
     """True if ``path`` is a clean workspace at the last checkpoint's tree (the baseline's if none)."""
     try:
-        ws = GitWorkspace.open(Path(path))
+        ws = GitWorkspace(Path(path))  # not open(): its rev-parse is redundant with is_clean_at
+        if not ws.git_dir.is_dir():  # never let git find an enclosing repository instead
+            return False
         expected = checkpoints[-1].get("treeAfter") if checkpoints else ws.rev(f"{baseline_sha}^{{tree}}")
     except (WorkspaceError, OSError):
         return False

@@ -147,6 +147,8 @@ class Change:
     tree: str
     #: tree sha the patch applies to (the base's tree)
     base_tree: str = ""
+    #: the base commit (what `GitWorkspace.commit_change` commits on)
+    base: str = ""
 
 
 class GitWorkspace:
@@ -237,6 +239,16 @@ class GitWorkspace:
         except WorkspaceError:
             return self.rev("HEAD^{commit}")
 
+    def _base_and_tree(self) -> tuple[str, str]:
+        """The base commit and its tree, in one git call when the base ref exists."""
+        try:
+            out = self.git(["rev-parse", f"{BASE_REF}^{{commit}}", f"{BASE_REF}^{{tree}}"])
+        except WorkspaceError:
+            base = self.rev("HEAD^{commit}")
+            return base, self.rev(f"{base}^{{tree}}")
+        base, tree = out.decode().split()
+        return base, tree
+
     def base_tree(self) -> str:
         """Tree sha of the base (the last checkpoint commit; HEAD unless the runtime committed)."""
         return self.rev(f"{self._base()}^{{tree}}")
@@ -278,12 +290,11 @@ class GitWorkspace:
     def current_change(self) -> Change:
         """The full change of the work tree against the base (untracked files included, ignored ones
         not), computed on a private index copy: the real index is left untouched."""
-        base = self._base()
-        base_tree = self.rev(f"{base}^{{tree}}")
+        base, base_tree = self._base_and_tree()
         tree, index = self._snapshot(base)
         index.unlink(missing_ok=True)
         patch, files = self.diff(base_tree, tree) if tree != base_tree else (b"", ())
-        return Change(hashlib.sha256(patch).hexdigest(), files, patch, tree, base_tree)
+        return Change(hashlib.sha256(patch).hexdigest(), files, patch, tree, base_tree, base)
 
     def commit_tree(self, tree: str, parent: str, message: str) -> str:
         """Create a commit of ``tree`` on ``parent`` with the fixed identity and dates; return its sha."""
@@ -295,9 +306,10 @@ class GitWorkspace:
         self.git(["update-ref", "--no-deref", "--stdin"],
                  input=f"update HEAD {commit}\nupdate {BASE_REF} {commit}\n".encode())
 
-    def commit_change(self, message: str) -> str:
-        """Commit the whole working state (even when unchanged) on the base; return its tree sha."""
-        base = self._base()
+    def commit_change(self, message: str, *, base: str = "") -> str:
+        """Commit the whole working state (even when unchanged) on the base; return its tree sha.
+        ``base`` saves looking it up when the caller just measured it (`Change.base`)."""
+        base = base or self._base()
         tree, index = self._snapshot(base)
         try:
             self.move_head(self.commit_tree(tree, base, message))
