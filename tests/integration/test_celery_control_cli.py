@@ -16,8 +16,9 @@ import pytest
 
 from celery_selfheal.control import request_control
 from celery_selfheal.wiring.control import recover, send_apply
+from tests.conftest import process_alive
 from tests.integration.conftest import Harness, start_worker
-from tests.integration.test_controls import alive, job, running_attempt, wait_for
+from tests.integration.test_controls import job, running_attempt, wait_for
 
 pytestmark = pytest.mark.slow
 CELERY = [sys.executable, "-m", "celery", "-A", "celery_selfheal.app"]
@@ -56,7 +57,7 @@ def test_celery_inspect_and_control_commands(harness: Harness, make_repo) -> Non
     (reply,) = [v for node in last_json(r.stdout) for v in node.values()]
     assert reply["ok"] is True and reply["requestId"], reply
     wait_for(lambda: job(harness, a)["status"] == "cancelled", "the job to be cancelled", timeout=10)
-    wait_for(lambda: not alive(attempt["pid"]), "the runtime to end", timeout=10)
+    wait_for(lambda: not process_alive(attempt["pid"]), "the runtime to end", timeout=10)
     audit = harness.ctx.store.list_audit(a)
     assert [x["outcome"] for x in audit] == ["requested", "acknowledged"]
     assert audit[0]["actor"] == "ops" and audit[0]["reason"] == "stop it"
