@@ -40,15 +40,11 @@ from celery import Celery, chain
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import make_baseline_repo  # noqa: E402
 from celery_selfheal.api import submit  # noqa: E402
 from celery_selfheal.local_worker import worker_running  # noqa: E402
 from celery_selfheal.settings import Settings, load_settings  # noqa: E402
 from celery_selfheal.wiring.install import SelfHeal  # noqa: E402
-
-
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", *args], cwd=cwd, check=True,
-                   capture_output=True)
 
 
 def free_port() -> int:
@@ -211,12 +207,7 @@ def main() -> None:
     parser.add_argument("--sweep-interval", type=float, default=None, help="default: the documented 5 s")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    repo = tmp / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("bench\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "base")
+    repo = make_baseline_repo(tmp)
     env = {}
     if args.lease_ttl:
         env["SELFHEAL_LEASE_TTL_SECONDS"] = str(args.lease_ttl)

@@ -27,15 +27,11 @@ from celery import Celery, chain
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._common import make_baseline_repo
 from celery_selfheal.api import submit
 from celery_selfheal.local_worker import worker_running
 from celery_selfheal.settings import load_settings
 from celery_selfheal.wiring.install import SelfHeal
-
-
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=b", "-c", "user.email=b@b", *args], cwd=cwd, check=True,
-                   capture_output=True)
 
 
 def main() -> None:
@@ -44,12 +40,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    repo = tmp / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("bench\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "base")
+    repo = make_baseline_repo(tmp)
     settings = load_settings(state_dir=tmp / "state", env={})
     settings.ensure_dirs()
     env = {**os.environ, **settings.as_env(), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}

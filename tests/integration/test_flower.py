@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import pytest
 
 from tests.conftest import _in_ci
 from tests.integration._obs import ESCALATE_BUDGETS, ESCALATE_STEPS, HEAL_BUDGETS, heal_steps, worker
-from tests.integration.conftest import Harness
+from tests.integration.conftest import Harness, stop_worker
 
 pytestmark = pytest.mark.slow
 
@@ -104,12 +103,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Harness, F
             flower.wait_for(lambda: flower.request("/api/workers?refresh=false")[0] == 200, timeout=30)
             yield h, flower
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_worker(proc)  # any process in its own session: TERM, then KILL the group
 
 
 def _listening_addresses(port: int) -> set[str]:
