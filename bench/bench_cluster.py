@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import make_baseline_repo  # noqa: E402
 from celery_selfheal.api import submit  # noqa: E402
-from celery_selfheal.local_worker import worker_running  # noqa: E402
+from celery_selfheal.embedded.local_worker import worker_running  # noqa: E402
 from celery_selfheal.settings import Settings, load_settings  # noqa: E402
 from celery_selfheal.wiring.install import SelfHeal  # noqa: E402
 

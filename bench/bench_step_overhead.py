@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import make_baseline_repo
 from celery_selfheal.api import submit
-from celery_selfheal.local_worker import worker_running
+from celery_selfheal.embedded.local_worker import worker_running
 from celery_selfheal.settings import load_settings
 from celery_selfheal.wiring.install import SelfHeal
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from celery_selfheal.context import Context
+from celery_selfheal.control.remote import recover
 from celery_selfheal.errors import InputError
-from celery_selfheal.events import TERMINAL_JOB_EVENTS
-from celery_selfheal.jobs import load_job_file, prepare_job
-from celery_selfheal.wiring.control import recover
+from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS
+from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.wiring.install import SelfHeal
 from celery_selfheal.wiring.routing import enqueue_from
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from celery_selfheal.artifacts import JobArtifacts, check_safe_id
 from celery_selfheal.core.classify import Classifier
 from celery_selfheal.core.redact import RedactionConfig, Redactor
-from celery_selfheal.events import EventBus
+from celery_selfheal.events.bus import EventBus
+from celery_selfheal.events.sink import EventSink
 from celery_selfheal.settings import Settings, load_settings
-from celery_selfheal.sinks.base import EventSink
 from celery_selfheal.store.base import StateStore, open_store
 
 
@@ -56,7 +56,7 @@ def default_sinks(settings: Settings) -> list[EventSink]:
     sinks: list[EventSink] = []
     table = settings.statsd
     if os.environ.get("STATSD_HOST") or table.get("enabled") or table.get("host"):
-        from celery_selfheal.sinks.statsd_sink import StatsdSink
+        from celery_selfheal.events.statsd import StatsdSink
 
         overrides = {k: table[k] for k in ("host", "port", "prefix", "tag_style") if k in table}
         sinks.append(StatsdSink.from_env(os.environ, **overrides))

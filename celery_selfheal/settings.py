@@ -95,7 +95,7 @@ class Settings:
         conf: dict[str, Any] = {"broker_url": self.broker_url,
                                 "broker_transport_options": self.broker_transport_options()}
         if self.embedded:
-            from celery_selfheal.broker_fs import TRANSPORT
+            from celery_selfheal.embedded.transport import TRANSPORT
 
             conf["broker_transport"] = TRANSPORT
         return conf

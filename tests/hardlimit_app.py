@@ -11,11 +11,11 @@ import time
 from typing import Any
 
 from celery_selfheal.app import app, selfheal
-from celery_selfheal.events import utc_now_iso
-from celery_selfheal.jobs import spec_of
-from celery_selfheal.running import RunningAttempts
+from celery_selfheal.events.bus import utc_now_iso
+from celery_selfheal.jobs.submission import spec_of
 from celery_selfheal.runtime.process_group import start_group_child_preexec
-from celery_selfheal.workspace_prep import prepare_workspace
+from celery_selfheal.steps.running import RunningAttempts
+from celery_selfheal.steps.workspace import prepare_workspace
 
 HANG = "tests.hang_past_hard_limit"
 

@@ -23,9 +23,9 @@ from rich.console import Console
 from celery_selfheal.cli.board import COLUMNS, StepBoard, epoch_seconds, seconds_text
 from celery_selfheal.cli.progress import Progress, board_table, registry_idle, wants_live
 from celery_selfheal.context import build_context
-from celery_selfheal.events import EVENT_NAMES
-from celery_selfheal.running import RunningAttempts
+from celery_selfheal.events.bus import EVENT_NAMES
 from celery_selfheal.settings import load_settings
+from celery_selfheal.steps.running import RunningAttempts
 from tests.integration._obs import worker
 
 AGENT = str(Path(__file__).resolve().parent / "runtimes" / "agent.py")

@@ -26,7 +26,7 @@ def control(job_id: str, action: str, step_id: str | None, reason: str | None, a
 
     The request stays pending (``selfheal status``) until a worker applies and acknowledges it.
     A rejected request prints one line and exits 2 without changing the job."""
-    from celery_selfheal.wiring.control import recover
+    from celery_selfheal.control.remote import recover
 
     req = recover(get_selfheal(**loc), job_id, action, step=step_id, reason=reason, actor=actor, via="cli")
     target = f" step {req['stepId']!r}" if req.get("stepId") else ""

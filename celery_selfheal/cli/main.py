@@ -93,7 +93,7 @@ def follow_job(sh: Any, job_id: str, *, as_json: bool, drive_local: bool = True)
     """Follow a job to its end, starting a local worker on the embedded default; returns exit code."""
     from celery_selfheal.api import follow_events
     from celery_selfheal.cli.progress import Progress
-    from celery_selfheal.local_worker import LocalWorker, worker_running
+    from celery_selfheal.embedded.local_worker import LocalWorker, worker_running
 
     ctx = sh.context()
     worker = None

@@ -3,7 +3,7 @@
 On an interactive terminal (and without ``--json``) each event is printed as a line above a
 `rich.live.Live` table of the steps (status, attempt, strategy, elapsed, idle, detector) redrawn
 a few times per second, so elapsed and idle seconds move while an attempt runs. Idle seconds of
-a running attempt come from the worker-side registry (`celery_selfheal.running.RunningAttempts`)
+a running attempt come from the worker-side registry (`celery_selfheal.steps.running.RunningAttempts`)
 when the worker shares this machine's state dir; otherwise the cell stays empty until the attempt
 ends. Anywhere else (a pipe, a file, ``--json``) the output is one line per event.
 """
@@ -27,7 +27,7 @@ from rich.text import Text
 
 from celery_selfheal.cli.board import COLUMNS, IdleMap, StepBoard
 from celery_selfheal.cli.render import event_line, json_line
-from celery_selfheal.running import RunningAttempts
+from celery_selfheal.steps.running import RunningAttempts
 
 #: table redraws per second (elapsed/idle resolution on screen)
 REFRESH_PER_SECOND = 4

@@ -47,11 +47,11 @@ class SelfHeal:
 
         self.run_step = register_tasks(app, self.context)
         connect_signals(app, self.context, self.reset, self._attach_worker_sinks)
-        from celery_selfheal.wiring.recovery import connect_recovery
+        from celery_selfheal.cluster.sweeper import connect_recovery
 
         # lost-worker sweeper and cluster start-up checks; its events reach Celery events too
         connect_recovery(app, self.settings, context_factory=self.worker_context)
-        from celery_selfheal.wiring import control
+        from celery_selfheal.control import remote as control
 
         control.register_control_commands(app, self.context)
         app.selfheal = self
@@ -80,6 +80,6 @@ class SelfHeal:
         return ctx
 
     def _attach_worker_sinks(self, ctx: Context, hostname: str) -> None:
-        from celery_selfheal.sinks.celery_events import CeleryEventSink
+        from celery_selfheal.events.celery_events import CeleryEventSink
 
         ctx.bus.add_sink(CeleryEventSink(self.app, hostname=hostname or None))

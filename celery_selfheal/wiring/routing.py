@@ -7,8 +7,8 @@ from typing import Any
 
 from celery import Celery, chain
 
-from celery_selfheal.jobs import step_budgets
-from celery_selfheal.outcome import time_limits
+from celery_selfheal.jobs.submission import step_budgets
+from celery_selfheal.steps.outcome import time_limits
 
 RUN_STEP = "selfheal.run_step"
 WORKER_QUEUE_PREFIX = "selfheal.w."

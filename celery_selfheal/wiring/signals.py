@@ -18,8 +18,8 @@ from celery import Celery
 from celery.signals import celeryd_after_setup, task_failure, worker_init, worker_process_init
 
 from celery_selfheal.context import Context
-from celery_selfheal.running import RunningAttempts
 from celery_selfheal.runtime.process_group import kill_process_group
+from celery_selfheal.steps.running import RunningAttempts
 from celery_selfheal.wiring.routing import worker_queue
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def connect_signals(app: Celery, get_context: Callable[[], Context], reset_conte
             return
         settings = get_context().settings
         settings.ensure_dirs()
-        from celery_selfheal.local_worker import hold_presence
+        from celery_selfheal.embedded.local_worker import hold_presence
 
         hold_presence(settings, getattr(sender, "hostname", "") or str(os.getpid()))
         # the MainProcess emits events too (hard-limit handler): send them as Celery events as well
@@ -80,7 +80,7 @@ def connect_signals(app: Celery, get_context: Callable[[], Context], reset_conte
         pgid = entry.get("pgid")
         if isinstance(pgid, int) and pgid > 1:
             kill_process_group(pgid, grace=1.0)
-        from celery_selfheal.wiring.lost import finish_lost_attempt
+        from celery_selfheal.steps.lost import finish_lost_attempt
 
         finish_lost_attempt(ctx, app, entry, detector="wall_timeout", reason="Celery hard time limit")
         RunningAttempts(ctx.settings.run_dir).unregister(task_id)

@@ -1,4 +1,4 @@
-"""The step task: one Celery execution = one attempt of one step (logic lives in step_runner)."""
+"""The step task: one Celery execution = one attempt of one step (logic lives in `steps.execute`)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 from celery import Celery, Task
 
-from celery_selfheal.cluster_checks import cluster_options
+from celery_selfheal.cluster.checks import cluster_options
+from celery_selfheal.cluster.leases import Delivery, GateKind, enter, hand_over_to
 from celery_selfheal.context import Context
-from celery_selfheal.leases import Delivery, GateKind, enter, hand_over_to
-from celery_selfheal.outcome import INITIAL, OutcomeKind, StepOutcome, time_limits
-from celery_selfheal.step_runner import execute_step
+from celery_selfheal.steps.execute import execute_step
+from celery_selfheal.steps.outcome import INITIAL, OutcomeKind, StepOutcome, time_limits
 from celery_selfheal.wiring.routing import RUN_STEP, default_queue, enqueue_from, worker_queue
 
 

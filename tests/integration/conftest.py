@@ -18,7 +18,7 @@ import pytest
 from celery import Celery
 
 from celery_selfheal.api import submit
-from celery_selfheal.local_worker import worker_running
+from celery_selfheal.embedded.local_worker import worker_running
 from celery_selfheal.settings import Settings, load_settings
 from celery_selfheal.wiring.install import SelfHeal
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from celery_selfheal.control import request_control
-from celery_selfheal.wiring.control import recover, send_apply
+from celery_selfheal.control.apply import request_control
+from celery_selfheal.control.remote import recover, send_apply
 from tests.conftest import process_alive
 from tests.integration.conftest import Harness, start_worker
 from tests.integration.test_controls import job, running_attempt, wait_for

@@ -16,10 +16,10 @@ import pytest
 
 from celery_selfheal.api import job_status
 from celery_selfheal.context import build_context
-from celery_selfheal.control import apply_pending_controls, request_control
+from celery_selfheal.control.apply import apply_pending_controls, request_control
+from celery_selfheal.control.remote import recover
 from celery_selfheal.errors import ControlError
 from celery_selfheal.settings import load_settings
-from celery_selfheal.wiring.control import recover
 from tests.conftest import process_alive
 from tests.integration.conftest import Harness, names
 

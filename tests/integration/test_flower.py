@@ -181,7 +181,7 @@ def test_flower_shows_the_step_tasks_and_their_retry_reasons(stack: tuple[Harnes
     ({}, "something else", "step 0 failed -> soft_reset: something else"),
 ])
 def test_retry_message(extra: dict[str, Any], reason: str, expected: str) -> None:
-    from celery_selfheal.outcome import OutcomeKind, StepOutcome
+    from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome
     from celery_selfheal.wiring.tasks import retry_message
 
     outcome = StepOutcome(OutcomeKind.RETRY, 0, reason=reason, strategy="soft_reset", extra=extra)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from celery_selfheal.jobs import load_job_file, prepare_job
+from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.settings import load_settings
 from tests.conftest import process_alive
 from tests.hardlimit_app import HANG

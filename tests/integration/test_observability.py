@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from celery_selfheal.cli.board import epoch_seconds
-from celery_selfheal.sinks.celery_events import EVENT_TYPE_PREFIX, contract_event_name
+from celery_selfheal.events.celery_events import EVENT_TYPE_PREFIX, contract_event_name
 from tests.integration._obs import (
     ESCALATE_BUDGETS,
     ESCALATE_STEPS,

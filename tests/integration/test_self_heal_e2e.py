@@ -236,7 +236,7 @@ def test_selfheal_worker_command_starts_a_prefork_worker(tmp_path: Path) -> None
     import subprocess
     import sys
 
-    from celery_selfheal.local_worker import worker_running
+    from celery_selfheal.embedded.local_worker import worker_running
     from celery_selfheal.settings import load_settings
 
     state = tmp_path / "state"

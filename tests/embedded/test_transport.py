@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kombu import Connection
 
-from celery_selfheal.broker_fs import TRANSPORT
+from celery_selfheal.embedded.transport import TRANSPORT
 
 N_PER_PRODUCER = 300
 

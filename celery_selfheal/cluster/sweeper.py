@@ -1,6 +1,6 @@
 """The lost-worker sweeper: every worker looks for attempt leases that nobody renews any more.
 
-A running attempt's lease (``attempt:<job id>``, see `celery_selfheal.leases`) is renewed by its
+A running attempt's lease (``attempt:<job id>``, see `celery_selfheal.cluster.leases`) is renewed by its
 pool child every ``ttl / 3``. When a worker dies (SIGKILL of the whole worker, OOM, host gone, or
 just one pool child killed) its leases expire. Each worker runs a `Sweeper`: every
 ``sweep_interval`` it lists expired ``attempt:`` leases and tries to take each one; the store's
@@ -8,7 +8,7 @@ acquire is atomic, so exactly one worker recovers a job:
 
 - an attempt record still ``running`` is recorded as failed with detector ``worker_lost`` (class
   ``transient_runtime``) through the same controller as any failure, and the step is sent again to
-  any worker, with a workspace rebuilt from the checkpoints (`wiring.lost.finish_lost_attempt`);
+  any worker, with a workspace rebuilt from the checkpoints (`steps.lost.finish_lost_attempt`);
   the lost attempts count against the step's budgets, so a step that always kills its worker ends;
 - a message that held the lease but never got to start its attempt (the job's ``inflight`` record:
   its worker died while preparing the workspace, or before running a retry pinned to its own queue)
@@ -32,16 +32,16 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_init, worker_ready, worker_shutdown
 
-from celery_selfheal.cluster_checks import ClusterOptions, cluster_options, configure_app, startup_warnings
+from celery_selfheal.cluster.checks import ClusterOptions, cluster_options, configure_app, startup_warnings
+from celery_selfheal.cluster.leases import LEASE_PREFIX, TERMINAL, note_prestart_loss
 from celery_selfheal.context import Context, build_context
 from celery_selfheal.core.budgets import env_overrides, resolve_budgets
 from celery_selfheal.core.model import Detector, Strategy
-from celery_selfheal.events import utc_now_iso
-from celery_selfheal.leases import LEASE_PREFIX, TERMINAL, note_prestart_loss
-from celery_selfheal.recording import update_job
-from celery_selfheal.running import RunningAttempts
+from celery_selfheal.events.bus import utc_now_iso
+from celery_selfheal.jobs.records import update_job
 from celery_selfheal.settings import Settings
-from celery_selfheal.wiring.lost import finish_lost_attempt
+from celery_selfheal.steps.lost import finish_lost_attempt
+from celery_selfheal.steps.running import RunningAttempts
 from celery_selfheal.wiring.routing import enqueue_from
 
 log = logging.getLogger(__name__)

@@ -106,7 +106,7 @@ def is_redis_url(url: str) -> bool:
 
 
 def configure_app(conf: Any, broker_url: str, opts: ClusterOptions) -> None:
-    """Prepare a Redis worker app: our Redis transport (`celery_selfheal.broker_redis`) unless the app
+    """Prepare a Redis worker app: our Redis transport (`celery_selfheal.cluster.redis_transport`) unless the app
     names one, and ``visibility_timeout`` if configured and not already set.
 
     kombu scans for unacked messages past their visibility timeout only every
@@ -115,7 +115,7 @@ def configure_app(conf: Any, broker_url: str, opts: ClusterOptions) -> None:
     if not is_redis_url(broker_url):
         return
     if broker_url.startswith("redis://") and not conf.broker_transport:
-        from celery_selfheal.broker_redis import TRANSPORT
+        from celery_selfheal.cluster.redis_transport import TRANSPORT
 
         conf.broker_transport = TRANSPORT
     if opts.visibility_timeout is None:
@@ -157,7 +157,7 @@ def startup_warnings(*, broker_url: str, store_url: str, transport_options: Mapp
         out.append(f"broker is Redis but the store is {store_url.split(':', 1)[0]}: workers on other hosts "
                    "cannot see this worker's jobs, leases or checkpoints")
     visibility = effective_visibility_timeout(transport_options)
-    from celery_selfheal.outcome import time_limits
+    from celery_selfheal.steps.outcome import time_limits
 
     _, hard = time_limits(budgets)
     if hard >= visibility:

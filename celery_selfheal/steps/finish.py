@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from celery_selfheal.attempt import AttemptFacts, AttemptPlan
 from celery_selfheal.context import Context
 from celery_selfheal.core.classify import FailureFacts, classify
 from celery_selfheal.core.envelope import build_envelope, summarize_failure
@@ -24,11 +23,12 @@ from celery_selfheal.core.model import (
 )
 from celery_selfheal.core.signature import failure_signature
 from celery_selfheal.core.strategy import decide
-from celery_selfheal.events import utc_now_iso
-from celery_selfheal.job_transitions import fail_job, park
-from celery_selfheal.jobs import spec_of
-from celery_selfheal.outcome import INITIAL, OutcomeKind, StepOutcome
-from celery_selfheal.recording import step_history, update_job, update_step, write_attempt_artifact
+from celery_selfheal.events.bus import utc_now_iso
+from celery_selfheal.jobs.records import step_history, update_job, update_step, write_attempt_artifact
+from celery_selfheal.jobs.submission import spec_of
+from celery_selfheal.jobs.transitions import fail_job, park
+from celery_selfheal.steps.attempt import AttemptFacts, AttemptPlan
+from celery_selfheal.steps.outcome import INITIAL, OutcomeKind, StepOutcome
 from celery_selfheal.workspace.checkpoints import write_checkpoint
 from celery_selfheal.workspace.git import Change, GitWorkspace
 

@@ -4,7 +4,7 @@ A step-task message is identified by ``<task id>/<retries>`` (``Task.retry`` kee
 ``retries``; a redelivery repeats both); its lease owner adds the worker's hostname. The job's lease
 ``attempt:<job id>`` is taken by the gate (`enter`) before anything runs, renewed by a daemon thread
 in the pool child every ``ttl / 3`` while the attempt runs, and released when the task ends. When a
-worker dies its lease stops being renewed and expires; the sweeper (`wiring.recovery`) then records
+worker dies its lease stops being renewed and expires; the sweeper (`cluster.sweeper`) then records
 the attempt as ``worker_lost`` and sends the step again.
 
 The gate makes redelivered messages harmless (acks_late brings a dead worker's message back):
@@ -35,8 +35,8 @@ from typing import Any
 
 from celery_selfheal.context import Context
 from celery_selfheal.core.model import FailureClass
-from celery_selfheal.events import utc_now_iso
-from celery_selfheal.recording import update_job, update_step
+from celery_selfheal.events.bus import utc_now_iso
+from celery_selfheal.jobs.records import update_job, update_step
 from celery_selfheal.store.base import StateStore
 
 log = logging.getLogger(__name__)

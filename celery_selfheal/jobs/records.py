@@ -9,7 +9,7 @@ from celery_selfheal.artifacts import atomic_write_json
 from celery_selfheal.context import Context
 from celery_selfheal.core.model import AttemptOutcome, Detector, FailureClass
 from celery_selfheal.errors import SelfHealError
-from celery_selfheal.events import utc_now_iso
+from celery_selfheal.events.bus import utc_now_iso
 
 FINISHED = ("succeeded", "failed", "lost", "cancelled")
 

@@ -26,9 +26,9 @@ from celery_selfheal.core import control_rules as rules
 from celery_selfheal.core.envelope import build_envelope, summarize_failure
 from celery_selfheal.core.model import Detector, FailureClass, Strategy
 from celery_selfheal.errors import ControlError
-from celery_selfheal.events import utc_now_iso
-from celery_selfheal.jobs import spec_of
-from celery_selfheal.recording import next_attempt_number, update_job
+from celery_selfheal.events.bus import utc_now_iso
+from celery_selfheal.jobs.records import next_attempt_number, update_job
+from celery_selfheal.jobs.submission import spec_of
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from celery_selfheal.core.redact import Redactor
-from celery_selfheal.sinks.base import EventSink
+from celery_selfheal.events.sink import EventSink
 from celery_selfheal.store.base import StateStore
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Running one attempt of one step: prompt files, runtime env, the supervisor, the resulting change.
 
 This module does the I/O of an attempt and returns facts; deciding what they mean is the pure
-core's job (`core.classify`, `core.signature`, `core.strategy`), called by `step_runner`.
+core's job (`core.classify`, `core.signature`, `core.strategy`), called by `steps.finish`.
 """
 
 from __future__ import annotations

@@ -14,13 +14,13 @@ from typing import Any
 
 from celery import Celery
 
-from celery_selfheal.attempt import AttemptFacts, AttemptPlan
-from celery_selfheal.attempt_finish import finish_attempt
 from celery_selfheal.context import Context
 from celery_selfheal.core.model import Detector
-from celery_selfheal.jobs import spec_of, step_budgets
-from celery_selfheal.outcome import OutcomeKind
+from celery_selfheal.jobs.submission import spec_of, step_budgets
 from celery_selfheal.runtime.supervisor import RuntimeResult
+from celery_selfheal.steps.attempt import AttemptFacts, AttemptPlan
+from celery_selfheal.steps.finish import finish_attempt
+from celery_selfheal.steps.outcome import OutcomeKind
 from celery_selfheal.wiring.routing import enqueue_from
 from celery_selfheal.workspace.git import Change, GitWorkspace
 

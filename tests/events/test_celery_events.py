@@ -17,7 +17,7 @@ import pytest
 from celery import Celery
 from celery.events.state import State
 
-from celery_selfheal.sinks.celery_events import (
+from celery_selfheal.events.celery_events import (
     EVENT_TYPE_PREFIX,
     CeleryEventSink,
     celery_event_type,

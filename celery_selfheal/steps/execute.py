@@ -2,7 +2,7 @@
 
 Celery-free on purpose: it returns a `StepOutcome` and the thin Celery task translates it into
 "continue the chain", ``Task.retry(...)`` or "stop the chain". Recording and deciding after the
-runtime ends lives in `attempt_finish`, also used when the worker MainProcess finishes an attempt
+runtime ends lives in `steps.finish`, also used when the worker MainProcess finishes an attempt
 whose pool child was killed by the hard limit.
 """
 
@@ -12,27 +12,27 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from celery_selfheal.attempt import AttemptPlan, run_attempt
-from celery_selfheal.attempt_finish import finish_attempt
 from celery_selfheal.context import Context
 from celery_selfheal.core.model import (
     FailureClass,
 )
 from celery_selfheal.errors import ReplayError, WorkspaceError
-from celery_selfheal.events import utc_now_iso
-from celery_selfheal.job_transitions import fail_job, park
-from celery_selfheal.jobs import spec_of, step_budgets
-from celery_selfheal.outcome import INITIAL, TERMINAL_STATUSES, Enqueue, OutcomeKind, StepOutcome
-from celery_selfheal.recording import (
+from celery_selfheal.events.bus import utc_now_iso
+from celery_selfheal.jobs.records import (
     next_attempt_number,
     update_job,
     update_step,
 )
-from celery_selfheal.running import OutputToucher, RunningAttempts
-from celery_selfheal.workspace_prep import prepare_workspace
+from celery_selfheal.jobs.submission import spec_of, step_budgets
+from celery_selfheal.jobs.transitions import fail_job, park
+from celery_selfheal.steps.attempt import AttemptPlan, run_attempt
+from celery_selfheal.steps.finish import finish_attempt
+from celery_selfheal.steps.outcome import INITIAL, TERMINAL_STATUSES, Enqueue, OutcomeKind, StepOutcome
+from celery_selfheal.steps.running import OutputToucher, RunningAttempts
+from celery_selfheal.steps.workspace import prepare_workspace
 
 if TYPE_CHECKING:
-    from celery_selfheal.leases import AttemptLease
+    from celery_selfheal.cluster.leases import AttemptLease
 
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def execute_step(
     ``enqueue(job, step_index, countdown=..., **first_kwargs)`` sends a chain from a step; operator
     requests that are pending on the job are applied with it before anything runs."""
     if enqueue is not None and ctx.store.pending_control(job_id):
-        from celery_selfheal.control import apply_pending_controls
+        from celery_selfheal.control.apply import apply_pending_controls
 
         apply_pending_controls(ctx, job_id, enqueue=enqueue)
     job = ctx.store.get_job(job_id)
@@ -140,7 +140,7 @@ def execute_step(
     outcome = finish_attempt(ctx, plan, facts, ws)
     if facts.result.cancelled and enqueue is not None:
         # preempted by an operator request: apply it now, from the slot we are about to free
-        from celery_selfheal.control import apply_pending_controls
+        from celery_selfheal.control.apply import apply_pending_controls
 
         apply_pending_controls(ctx, job_id, enqueue=enqueue)
     return outcome

@@ -19,17 +19,13 @@ from celery import Celery
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_selfheal.cluster_checks import (
+from celery_selfheal.cluster.checks import (
     ClusterOptions,
     cluster_options,
     configure_app,
     startup_warnings,
 )
-from celery_selfheal.context import Context, build_context
-from celery_selfheal.core.budgets import Budgets
-from celery_selfheal.errors import ConfigError
-from celery_selfheal.jobs import load_job_file, prepare_job
-from celery_selfheal.leases import (
+from celery_selfheal.cluster.leases import (
     MAX_PRESTART_LOSSES,
     AttemptLease,
     Delivery,
@@ -38,8 +34,12 @@ from celery_selfheal.leases import (
     hand_over_to,
     lease_key,
 )
+from celery_selfheal.cluster.sweeper import Sweeper
+from celery_selfheal.context import Context, build_context
+from celery_selfheal.core.budgets import Budgets
+from celery_selfheal.errors import ConfigError
+from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.settings import load_settings
-from celery_selfheal.wiring.recovery import Sweeper
 from celery_selfheal.wiring.routing import RUN_STEP
 
 QUEUE = "selfheal"
@@ -383,7 +383,7 @@ def test_startup_warnings() -> None:
 def test_configure_app_sets_transport_and_visibility(redis_url: str) -> None:
     app = Celery("cfg", broker=redis_url, set_as_current=False)
     configure_app(app.conf, redis_url, ClusterOptions(visibility_timeout=60))
-    assert app.conf.broker_transport == "celery_selfheal.broker_redis:Transport"
+    assert app.conf.broker_transport == "celery_selfheal.cluster.redis_transport:Transport"
     assert app.conf.broker_transport_options == {"visibility_timeout": 60, "unacked_restore_interval": 10,
                                                  "unacked_restore_throttle": 1}
     mine = Celery("cfg2", broker=redis_url, set_as_current=False)
@@ -392,4 +392,4 @@ def test_configure_app_sets_transport_and_visibility(redis_url: str) -> None:
     assert mine.conf.broker_transport_options["visibility_timeout"] == 9  # the app's own setting wins
     with mine.connection_for_write() as conn:  # the transport class resolves and talks to Redis
         conn.ensure_connection(max_retries=1)
-        assert type(conn.transport).__module__ == "celery_selfheal.broker_redis"
+        assert type(conn.transport).__module__ == "celery_selfheal.cluster.redis_transport"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from celery_selfheal.core.metrics_map import TAG_STYLES, format_packet, metrics_for_event
-from celery_selfheal.sinks.statsd_sink import StatsdSink
+from celery_selfheal.events.statsd import StatsdSink
 
 FAILED = {
     "event": "task.step.attempt.failed",

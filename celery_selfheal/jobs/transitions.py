@@ -8,8 +8,8 @@ from typing import Any
 from celery_selfheal.context import Context
 from celery_selfheal.core.jobfile import StepSpec
 from celery_selfheal.core.model import FailureClass
-from celery_selfheal.outcome import OutcomeKind, StepOutcome
-from celery_selfheal.recording import update_job, update_step
+from celery_selfheal.jobs.records import update_job, update_step
+from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome
 
 
 def park(ctx: Context, job: Mapping[str, Any], step_index: int, strategy: str,

@@ -24,7 +24,7 @@ from celery_selfheal.core.budgets import (
 from celery_selfheal.core.jobfile import JobSpec, StepSpec, parse_job
 from celery_selfheal.core.redact import Redactor
 from celery_selfheal.errors import InputError
-from celery_selfheal.events import utc_now_iso
+from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.settings import Settings
 from celery_selfheal.workspace.git import resolve_ref
 
