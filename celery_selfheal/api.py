@@ -14,13 +14,13 @@ from typing import Any
 
 from celery_selfheal.context import Context
 from celery_selfheal.control.remote import recover
+from celery_selfheal.core.job_state import TERMINAL
 from celery_selfheal.errors import InputError
 from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS
 from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.wiring.install import SelfHeal
 from celery_selfheal.wiring.routing import enqueue_from
 
-TERMINAL = ("succeeded", "failed", "cancelled")
 __all__ = ["export_artifacts", "follow_events", "job_status", "list_artifacts", "recover", "require_job", "submit"]
 
 

@@ -1,13 +1,12 @@
 """The per-process bundle of collaborators: settings, store, redactor, event bus.
 
-Built lazily once per process (after a fork the store reopens its own connection), so that
+`SelfHeal` builds one lazily per process (after a fork the store reopens its own connection), so
 importing the package or the Celery app has no side effects.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from celery_selfheal.core.classify import Classifier
 from celery_selfheal.core.redact import RedactionConfig, Redactor
 from celery_selfheal.events.bus import EventBus
 from celery_selfheal.events.sink import EventSink
-from celery_selfheal.settings import Settings, load_settings
+from celery_selfheal.settings import Settings
 from celery_selfheal.store.base import StateStore, open_store
 
 
@@ -69,23 +68,3 @@ def build_context(settings: Settings, *, sinks: Sequence[EventSink] | None = Non
     redactor = Redactor(os.environ, redaction_config(settings))
     bus = EventBus(store, redactor, default_sinks(settings) if sinks is None else sinks)
     return Context(settings=settings, store=store, redactor=redactor, bus=bus)
-
-
-_lock = threading.Lock()
-_current: Context | None = None
-
-
-def get_context() -> Context:
-    """The process-wide context from env/config (built on first use)."""
-    global _current
-    with _lock:
-        if _current is None:
-            _current = build_context(load_settings())
-        return _current
-
-
-def set_context(ctx: Context | None) -> None:
-    """Install (or clear) the process-wide context: the CLI and tests use it to apply flags."""
-    global _current
-    with _lock:
-        _current = ctx

@@ -62,3 +62,7 @@ def make_repo(tmp_path: Path) -> Callable[..., Path]:
         return repo
 
     return make
+
+
+# the engine in-process (tests/engine.py), for the unit tests of jobs/, steps/ and control/
+from tests.engine import engine  # noqa: E402,F401

@@ -11,8 +11,9 @@ import time
 from typing import Any
 
 from celery_selfheal.app import app, selfheal
+from celery_selfheal.core.job_state import JobState
 from celery_selfheal.events.bus import utc_now_iso
-from celery_selfheal.jobs.submission import spec_of
+from celery_selfheal.jobs.records import spec_of
 from celery_selfheal.runtime.process_group import start_group_child_preexec
 from celery_selfheal.steps.running import RunningAttempts
 from celery_selfheal.steps.workspace import prepare_workspace
@@ -27,7 +28,7 @@ def hang_past_hard_limit(self: Any, job_id: str, pidfile: str) -> None:
     job = ctx.store.get_job(job_id)
     assert job is not None
     ctx.store.update_job(job_id, {"status": "running"})
-    ws = prepare_workspace(ctx, job, 0, "initial")
+    ws = prepare_workspace(ctx, JobState.from_record(job), 0, "initial")
     step = spec_of(job).steps[0]
     ctx.store.put_attempt(job_id, 0, 1, {"jobId": job_id, "stepId": step.id, "stepIndex": 0, "attempt": 1,
                                          "round": 0, "epoch": 0, "status": "running",

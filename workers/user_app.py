@@ -2,7 +2,7 @@
 
 from celery import Celery
 
-from celery_selfheal.wiring.install import SelfHeal
+from celery_selfheal import SelfHeal
 
 app = Celery("user_app")
 app.config_from_object({"task_default_queue": "selfheal"})

@@ -34,9 +34,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_selfheal.context import Context
+from celery_selfheal.core.admission import StepDelivery
+from celery_selfheal.core.job_state import is_terminal
 from celery_selfheal.core.model import FailureClass
 from celery_selfheal.events.bus import utc_now_iso
-from celery_selfheal.jobs.records import update_job, update_step
+from celery_selfheal.jobs import transitions
+from celery_selfheal.jobs.records import update_job
 from celery_selfheal.store.base import StateStore
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,6 @@ FENCE_FRACTION = 2 / 3
 #: deliveries of a step (per epoch) whose worker died before the attempt started, before the job fails
 MAX_PRESTART_LOSSES = 3
 _POLL = 0.1
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def lease_key(job_id: str) -> str:
@@ -165,6 +167,8 @@ class Gate:
     reason: str = ""
     lease: AttemptLease | None = None
     countdown: float = 0.0
+    #: the job record as read once the lease was held (saves the step execution a read)
+    job: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,12 @@ class Delivery:
     @property
     def message(self) -> str:
         return message_id(self.task_id, self.retries)
+
+    @property
+    def step(self) -> StepDelivery:
+        """What the step execution needs of this message."""
+        return StepDelivery(job_id=self.job_id, step_index=self.step_index, epoch=self.epoch,
+                            strategy=self.strategy, retry_context=self.retry_context, operator=self.operator)
 
     @property
     def owner(self) -> str:
@@ -226,7 +236,7 @@ def enter(ctx: Context, delivery: Delivery, *, ttl: float, busy_wait: float, swe
     deadline = time.monotonic() + busy_wait
     while True:
         job = store.get_job(delivery.job_id)
-        if job is None or job.get("status") in TERMINAL or job.get("epoch") != delivery.epoch:
+        if job is None or is_terminal(job.get("status")) or job.get("epoch") != delivery.epoch:
             return Gate(GateKind.RUN, reason="nothing to guard")  # the step runner stops it
         why = duplicate_reason(store, job, message, delivery.step_index, delivery.epoch)
         if why is not None:
@@ -257,13 +267,14 @@ def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease) -> Gate:
         return Gate(GateKind.DUPLICATE, reason=why)
     before = job.get("inflight") or {}
     earlier = before.get("deliveries", 0) if before.get("messageId") == delivery.message else 0
-    update_job(ctx, delivery.job_id, inflight=delivery.inflight(delivery.owner, delivery.message, earlier + 1))
+    inflight = delivery.inflight(delivery.owner, delivery.message, earlier + 1)
+    update_job(ctx, delivery.job_id, inflight=inflight)
     if earlier and not note_prestart_loss(ctx, delivery.job_id, delivery.step_index, delivery.epoch,
                                           why=f"message {delivery.message} redelivered"):
         lease.release()
         return Gate(GateKind.FAILED, reason="the step's worker died before the attempt started, too often")
     lease.start()
-    return Gate(GateKind.RUN, lease=lease)
+    return Gate(GateKind.RUN, lease=lease, job={**job, "inflight": inflight} if job and not earlier else None)
 
 
 def note_prestart_loss(ctx: Context, job_id: str, step_index: int, epoch: int, *, why: str) -> bool:
@@ -279,14 +290,9 @@ def note_prestart_loss(ctx: Context, job_id: str, step_index: int, epoch: int, *
     if losses[slot] <= MAX_PRESTART_LOSSES:
         return True
     reason = f"worker lost {losses[slot]} times before an attempt of step {step_index} started"
-    cls = FailureClass.TRANSIENT_RUNTIME.value
-    if update_job(ctx, job_id, expect={"epoch": epoch, "status": job.get("status")}, status="failed",
-                  terminalReason=cls, failureClass=cls, retryable=True, failedStep=step_index,
-                  message=reason, finishedAt=utc_now_iso()):
-        update_step(ctx, job_id, step_index, status="failed")
-        step_id = job["steps"][step_index]["stepId"]
-        ctx.bus.emit("task.job.failed", job_id, epoch=epoch, stepId=step_id, stepIndex=step_index,
-                     failureClass=cls, detector="worker_lost", retryable=True, reason=reason)
+    transitions.fail(ctx, job_id, epoch, step_id=job["steps"][step_index]["stepId"], step_index=step_index,
+                     failure_class=FailureClass.TRANSIENT_RUNTIME.value, reason=reason, retryable=True,
+                     detector="worker_lost", from_status=str(job.get("status")))
     return False
 
 

@@ -33,9 +33,10 @@ from celery import Celery
 from celery.signals import celeryd_init, worker_ready, worker_shutdown
 
 from celery_selfheal.cluster.checks import ClusterOptions, cluster_options, configure_app, startup_warnings
-from celery_selfheal.cluster.leases import LEASE_PREFIX, TERMINAL, note_prestart_loss
+from celery_selfheal.cluster.leases import LEASE_PREFIX, note_prestart_loss
 from celery_selfheal.context import Context, build_context
 from celery_selfheal.core.budgets import env_overrides, resolve_budgets
+from celery_selfheal.core.job_state import INITIAL, TERMINAL
 from celery_selfheal.core.model import Detector, Strategy
 from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs.records import update_job
@@ -94,7 +95,7 @@ def resend_inflight(ctx: Context, app: Celery, job: Mapping[str, Any], attempts:
     if inflight.get("deliveries", 0) and not note_prestart_loss(ctx, job_id, step_index, epoch,
                                                                 why=f"lease of {dead_owner} expired"):
         return True
-    strategy = inflight.get("strategy") or "initial"
+    strategy = inflight.get("strategy") or INITIAL
     retry_context = inflight.get("retryContext")
     if strategy == Strategy.SOFT_RESET.value:  # its workspace is on the lost worker
         strategy = Strategy.QUEUE_RETRY.value

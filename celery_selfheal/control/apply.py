@@ -1,8 +1,4 @@
-"""Operator recovery actions (REQ-08, REQ-09): request them, then apply them in a worker.
-
-`request_control` runs wherever the operator is (CLI, Python API, a worker's remote-control
-handler): it validates against `core.control_rules`, audits, emits, queues the request on the job
-and sends ``selfheal.apply_control``. A rejected request changes nothing but the audit trail.
+"""Operator recovery actions (REQ-08, REQ-09), the apply side (requests: `control.requests`).
 
 `apply_pending_controls` runs in workers: in the ``selfheal.apply_control`` task and in the step
 task (before an attempt, and after an attempt was preempted). Appliers of one job take turns
@@ -11,7 +7,6 @@ through a store lease, so requests apply once and in order even when both paths 
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import socket
@@ -22,20 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from celery_selfheal.context import Context
+from celery_selfheal.control.audit import ack, audit, reject
+from celery_selfheal.control.requests import job_position
 from celery_selfheal.core import control_rules as rules
 from celery_selfheal.core.envelope import build_envelope, summarize_failure
+from celery_selfheal.core.job_state import INITIAL, JobState, JobStatus, StepStatus
 from celery_selfheal.core.model import Detector, FailureClass, Strategy
 from celery_selfheal.errors import ControlError
 from celery_selfheal.events.bus import utc_now_iso
-from celery_selfheal.jobs.records import next_attempt_number, update_job
-from celery_selfheal.jobs.submission import spec_of
+from celery_selfheal.jobs import transitions
+from celery_selfheal.jobs.records import next_attempt_number, spec_of, update_job
 
 log = logging.getLogger(__name__)
 
 #: ``enqueue(job, step_index, **first_kwargs) -> task id`` (see `wiring.routing.enqueue_from`)
 Enqueue = Callable[..., str]
-#: ``enqueue_apply(job_id)``: have a worker run `apply_pending_controls` for the job
-EnqueueApply = Callable[[str], object]
 
 #: strategy of the attempt a rerun starts with
 RERUN_STRATEGY = {
@@ -50,60 +46,6 @@ RUNNING_WAIT_SECONDS = 30.0
 _POLL = 0.05
 _CAS_TRIES = 50
 _LOG_TAIL_BYTES = 16_384
-_FIELDS = ("action", "stepId", "stepIndex", "actor", "reason", "requestId", "via")
-
-
-def default_actor() -> str:
-    """The OS user running this process (``unknown`` if it has no name)."""
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError, ImportError):  # no LOGNAME/USER and no passwd entry (containers)
-        return "unknown"
-
-
-def job_position(job: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of `rules.validate` (except action and step) for a job record."""
-    parked = job.get("parked") or None
-    current = parked["stepIndex"] if parked else job.get("currentStep") or 0
-    return {"status": job["status"], "paused": bool(job.get("paused")),
-            "takeover": bool(job.get("takeover")), "current_step": int(current),
-            "step_count": len(job["steps"]), "failed_step": job.get("failedStep"),
-            "step_ids": [s["stepId"] for s in job["steps"]]}
-
-
-def request_control(ctx: Context, job_id: str, action: str, *, step: str | None = None,
-                    reason: str | None = None, actor: str | None = None, enqueue_apply: EnqueueApply,
-                    via: str = "api", extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Validate and queue one operator request; returns it (with ``requestId``, state ``pending``).
-
-    Unknown job: `ControlError` (an `InputError`), nothing recorded. Rejected: audited, a
-    ``task.control.recovery.rejected`` event, then `ControlError`; nothing else changes."""
-    job = ctx.store.get_job(job_id)
-    if job is None:
-        raise ControlError(f"unknown job {job_id!r}")
-    red = ctx.redactor.redact
-    base: dict[str, Any] = {"action": action, "stepId": step or None, "stepIndex": None,
-                            "actor": red(actor or default_actor()), "reason": red(reason) if reason else None,
-                            "requestedAt": utc_now_iso(), "via": via, **(extra or {})}
-    pos = job_position(job)
-    try:
-        rules.check_action(action)
-        index = rules.step_index_of(step, pos["step_ids"]) if step else None
-        target = rules.validate(action, step_index=index, **pos)
-    except ControlError as exc:
-        _audit(ctx, job_id, base, "rejected", why=str(exc))
-        ctx.bus.emit("task.control.recovery.rejected", job_id, **_fields(base), why=str(exc))
-        raise
-    record = {**base, "stepIndex": target, "stepId": None if target is None else pos["step_ids"][target]}
-    if action in rules.PREEMPTING:
-        # Set before the request is visible: an applier running in between can only clear it early
-        # (its own state change still stops the attempt); set after, it could stay set for good.
-        update_job(ctx, job_id, preempt=True)
-    record["requestId"] = ctx.store.add_control(job_id, record)
-    _audit(ctx, job_id, record, "requested")
-    ctx.bus.emit("task.control.recovery.requested", job_id, **_fields(record))
-    enqueue_apply(job_id)
-    return {**record, "state": "pending"}
 
 
 def apply_pending_controls(ctx: Context, job_id: str, *, enqueue: Enqueue,
@@ -158,8 +100,7 @@ def _apply_one(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqu
         why = f"no longer applies: {exc}"
         if ctx.store.resolve_control(job_id, request_id, {"state": "rejected", "why": why,
                                                           "resolvedAt": utc_now_iso(), "resolvedBy": owner}):
-            _audit(ctx, job_id, request, "rejected", why=why)
-            ctx.bus.emit("task.control.recovery.rejected", job_id, **_fields(request), why=why)
+            reject(ctx, job_id, request, why)
         return None
     if not ctx.store.resolve_control(job_id, request_id, {"state": "acknowledged", "ackAt": utc_now_iso(),
                                                           "resolvedBy": owner}):
@@ -168,53 +109,42 @@ def _apply_one(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqu
         return _EFFECTS[action](ctx, job_id, request, enqueue)
     except Exception as exc:  # claimed but not applied: say so loudly, keep the other requests going
         log.exception("celery-selfheal: job %s: applying %s failed", job_id, action)
-        _audit(ctx, job_id, request, "error", why=f"{type(exc).__name__}: {exc}")
+        audit(ctx, job_id, request, "error", why=f"{type(exc).__name__}: {exc}")
         return None
 
 
 def _pause(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqueue) -> dict[str, Any]:
-    update_job(ctx, job_id, paused=True)  # the step runner parks at the next step boundary
-    return _ack(ctx, job_id, request, effect="pauses at the next attempt or step boundary")
+    update_job(ctx, job_id, paused=True)  # the step execution parks at the next step boundary
+    return ack(ctx, job_id, request, effect="pauses at the next attempt or step boundary")
 
 
 def _takeover(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqueue) -> dict[str, Any]:
-    update_job(ctx, job_id, takeover=True)  # the step runner parks instead of retrying by itself
-    return _ack(ctx, job_id, request, effect="automatic recovery stopped")
+    update_job(ctx, job_id, takeover=True)  # the step execution parks instead of retrying by itself
+    return ack(ctx, job_id, request, effect="automatic recovery stopped")
 
 
 def _resume(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqueue) -> dict[str, Any]:
     for _ in range(_CAS_TRIES):
         job = _job(ctx, job_id)
-        parked, expect = job.get("parked"), {"epoch": job["epoch"], "status": job["status"]}
-        if job["status"] == "paused" and parked:
-            if update_job(ctx, job_id, expect={**expect, "parked": parked}, status="running", paused=False,
-                          takeover=False, parked=None, pausedReason=None):
-                acked = _ack(ctx, job_id, request, effect="parked step re-enqueued",
-                             resumedStep=parked["stepIndex"])
-                enqueue(job, parked["stepIndex"], strategy=parked.get("strategy") or "initial",
+        parked = job.parked
+        if job.status == JobStatus.PAUSED.value and parked:
+            if transitions.resume_parked(ctx, job):
+                acked = ack(ctx, job_id, request, effect="parked step re-enqueued", resumedStep=parked["stepIndex"])
+                enqueue(job.to_record(), parked["stepIndex"], strategy=parked.get("strategy") or INITIAL,
                         retry_context=parked.get("retryContext"), operator=True)
                 return acked
-        elif update_job(ctx, job_id, expect={**expect, "parked": parked}, paused=False, takeover=False):
-            return _ack(ctx, job_id, request, effect="flags cleared; the job was not parked")
+        elif transitions.clear_flags(ctx, job):
+            return ack(ctx, job_id, request, effect="flags cleared; the job was not parked")
     raise RuntimeError("the job kept changing while it was resumed")
 
 
 def _cancel(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqueue) -> dict[str, Any]:
     for _ in range(_CAS_TRIES):
         job = _job(ctx, job_id)
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return _ack(ctx, job_id, request, effect=f"job had already {job['status']}")
-        steps = [{**s, "status": "cancelled"} if s.get("status") in ("running", "retrying") else s
-                 for s in job["steps"]]
-        expect = {"epoch": job["epoch"], "status": job["status"]}
-        if update_job(ctx, job_id, expect=expect, status="cancelled", preempt=False, paused=False,
-                      parked=None, terminalReason="cancelled", finishedAt=utc_now_iso(), steps=steps):
-            acked = _ack(ctx, job_id, request, effect="job cancelled")
-            current = int(job.get("currentStep") or 0)
-            ctx.bus.emit("task.job.cancelled", job_id, epoch=job["epoch"], stepIndex=current,
-                         stepId=job["steps"][current]["stepId"], actor=request.get("actor"),
-                         reason=request.get("reason"), requestId=request["requestId"])
-            return acked
+        if job.terminal:
+            return ack(ctx, job_id, request, effect=f"job had already {job.status}")
+        if transitions.cancel(ctx, job, request):
+            return ack(ctx, job_id, request, effect="job cancelled")
     raise RuntimeError("the job kept changing while it was cancelled")
 
 
@@ -223,32 +153,28 @@ def _rerun(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqueue)
     strategy = RERUN_STRATEGY[action]
     for _ in range(_CAS_TRIES):  # 1. fence: a new epoch stops old messages and the running attempt
         job = _job(ctx, job_id)
-        old_epoch = job["epoch"]
-        if update_job(ctx, job_id, expect={"epoch": old_epoch, "status": job["status"]}, epoch=old_epoch + 1,
-                      status="running", currentStep=k, paused=False, parked=None, pausedReason=None,
-                      preempt=False, terminalReason=None, failureClass=None, retryable=None, failedStep=None,
-                      message=None, finishedAt=None):
+        old_epoch = job.epoch
+        if transitions.revive(ctx, job, k):
             break
     else:
         raise RuntimeError("the job kept changing while it was revived")
     # 2. the old runtime must be gone before a new one uses the workspace
     _wait_attempts_done(ctx, job_id, old_epoch)
     # 3. steps k.. start over; their checkpoints are kept as history, not replayed
-    job = _job(ctx, job_id)
-    steps = [s if s["stepIndex"] < k else {**s, "status": "pending",
+    record = _job(ctx, job_id).to_record()
+    steps = [s if s["stepIndex"] < k else {**s, "status": StepStatus.PENDING.value,
                                            "round": s.get("round", 0) + (1 if s["stepIndex"] == k else 0)}
-             for s in job["steps"]]
+             for s in record["steps"]]
     update_job(ctx, job_id, expect={"epoch": old_epoch + 1}, steps=steps, currentStep=k)
     ctx.store.supersede_checkpoints(job_id, k)
     replayed = [c.get("diffHash") for c in ctx.store.list_checkpoints(job_id) if c["stepIndex"] < k]
-    retry_context = None if action == "resume_from_step" else _retry_context(ctx, job, k, strategy)
-    acked = _ack(ctx, job_id, request, effect=f"step {k} rerun ({strategy})", epoch=old_epoch + 1,
-                 strategy=strategy)
+    retry_context = None if action == "resume_from_step" else _retry_context(ctx, record, k, strategy)
+    acked = ack(ctx, job_id, request, effect=f"step {k} rerun ({strategy})", epoch=old_epoch + 1, strategy=strategy)
     if action == "resume_from_step":
         ctx.bus.emit("task.resume.from_step", job_id, epoch=old_epoch + 1, stepId=request["stepId"],
                      stepIndex=k, strategy=strategy, replayedDiffHashes=replayed, actor=request.get("actor"),
                      requestId=request["requestId"])
-    enqueue(job, k, strategy=strategy, retry_context=retry_context, operator=True)
+    enqueue({**record, "steps": steps}, k, strategy=strategy, retry_context=retry_context, operator=True)
     return acked
 
 
@@ -258,11 +184,11 @@ _EFFECTS: dict[str, Callable[[Context, str, dict[str, Any], Enqueue], dict[str, 
 }
 
 
-def _job(ctx: Context, job_id: str) -> dict[str, Any]:
+def _job(ctx: Context, job_id: str) -> JobState:
     job = ctx.store.get_job(job_id)
     if job is None:
         raise ControlError(f"job {job_id!r} no longer exists")
-    return job
+    return JobState.from_record(job)
 
 
 def _wait_attempts_done(ctx: Context, job_id: str, epoch: int, timeout: float = RUNNING_WAIT_SECONDS) -> bool:
@@ -313,21 +239,3 @@ def _settle_preempt(ctx: Context, job_id: str) -> None:
     waiting = any(r["action"] in rules.PREEMPTING for r in ctx.store.pending_control(job_id))
     if job.get("preempt") and not waiting:
         update_job(ctx, job_id, expect={"preempt": True}, preempt=False)
-
-
-def _fields(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: record.get(k) for k in _FIELDS}
-
-
-def _audit(ctx: Context, job_id: str, record: Mapping[str, Any], outcome: str, **more: Any) -> None:
-    entry = {"at": utc_now_iso(), **_fields(record), "requestedAt": record.get("requestedAt"),
-             "outcome": outcome, **more}
-    if record.get("broadcastId"):
-        entry["broadcastId"] = record["broadcastId"]
-    ctx.store.append_audit(job_id, ctx.redactor.redact_obj(entry))
-
-
-def _ack(ctx: Context, job_id: str, request: Mapping[str, Any], **details: Any) -> dict[str, Any]:
-    _audit(ctx, job_id, request, "acknowledged", **details)
-    ctx.bus.emit("task.control.recovery.ack", job_id, **_fields(request), **details)
-    return {**request, "state": "acknowledged", **details}

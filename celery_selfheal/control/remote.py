@@ -27,7 +27,8 @@ from celery import Celery
 from celery.worker.control import Panel, control_command, inspect_command
 
 from celery_selfheal.context import Context
-from celery_selfheal.control.apply import apply_pending_controls, request_control
+from celery_selfheal.control.apply import apply_pending_controls
+from celery_selfheal.control.requests import request_control
 from celery_selfheal.errors import SelfHealError
 from celery_selfheal.steps.running import RunningAttempts
 from celery_selfheal.wiring.routing import default_queue, enqueue_from

@@ -1,24 +1,28 @@
-"""Recording attempts and job state: store records, attempt artifacts, history for the controller."""
+"""Reading and merging store records: the job, its steps' entries, budgets, attempt history.
+
+Status changes of a job go through `jobs.transitions`; these are the plain reads and merges
+underneath (and for the fields that are not a status).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from celery_selfheal.artifacts import atomic_write_json
 from celery_selfheal.context import Context
+from celery_selfheal.core.budgets import Budgets, resolve_budgets
+from celery_selfheal.core.job_state import DECIDED_ATTEMPTS
+from celery_selfheal.core.jobfile import JobSpec
 from celery_selfheal.core.model import AttemptOutcome, Detector, FailureClass
 from celery_selfheal.errors import SelfHealError
 from celery_selfheal.events.bus import utc_now_iso
-
-FINISHED = ("succeeded", "failed", "lost", "cancelled")
 
 
 class UnknownJob(SelfHealError):
     """The job id is not in the store."""
 
 
-def load_job(ctx: Context, job_id: str) -> dict[str, Any]:
+def read_job(ctx: Context, job_id: str) -> dict[str, Any]:
     """The job record or `UnknownJob`."""
     job = ctx.store.get_job(job_id)
     if job is None:
@@ -26,14 +30,17 @@ def load_job(ctx: Context, job_id: str) -> dict[str, Any]:
     return job
 
 
-def update_step(ctx: Context, job_id: str, step_index: int, *, epoch: int | None = None, **changes: Any) -> bool:
-    """Merge ``changes`` into one entry of the job's ``steps`` list (one step runs at a time).
-    With ``epoch``, only while the job is still at that epoch (an operator rerun wins)."""
-    job = load_job(ctx, job_id)
+def update_step(ctx: Context, job_id: str, step_index: int, *, epoch: int | None = None,
+                job_changes: Mapping[str, Any] | None = None, **changes: Any) -> bool:
+    """Merge ``changes`` into one entry of the job's ``steps`` list (one step runs at a time), and
+    ``job_changes`` into the job in the same write. With ``epoch``, only while the job is still at
+    that epoch (an operator rerun wins)."""
+    job = read_job(ctx, job_id)
     steps = [dict(s) for s in job["steps"]]
     steps[step_index].update(changes)
     expect = {"epoch": epoch} if epoch is not None else None
-    return ctx.store.update_job(job_id, {"steps": steps, "updatedAt": utc_now_iso()}, expect=expect)
+    return ctx.store.update_job(job_id, {**(job_changes or {}), "steps": steps, "updatedAt": utc_now_iso()},
+                                expect=expect)
 
 
 def update_job(ctx: Context, job_id: str, expect: Mapping[str, Any] | None = None, **changes: Any) -> bool:
@@ -66,40 +73,15 @@ def outcome_of(record: Mapping[str, Any]) -> AttemptOutcome:
 def step_history(ctx: Context, job_id: str, step_index: int, epoch: int) -> list[AttemptOutcome]:
     """Finished attempts of a step in the current epoch, in order (what `decide` reads)."""
     return [outcome_of(a) for a in ctx.store.list_attempts(job_id, step_index)
-            if a.get("status") in ("succeeded", "failed", "lost") and a.get("epoch", 0) == epoch]
+            if a.get("status") in DECIDED_ATTEMPTS and a.get("epoch", 0) == epoch]
 
 
-def write_attempt_artifact(ctx: Context, job_id: str, record: Mapping[str, Any],
-                           retry_context: Mapping[str, Any] | None) -> None:
-    """``state/self_heal/attempt-NNNN-AAAA.json`` with the contract fields and the attempt's events."""
-    arts = ctx.artifacts(job_id)
-    idx, attempt = record["stepIndex"], record["attempt"]
-    events = [e for _, e in ctx.store.list_events(job_id)
-              if e.get("stepIndex") == idx and e.get("attempt") == attempt]
-    doc = {
-        "jobId": job_id,
-        "stepId": record["stepId"],
-        "stepIndex": idx,
-        "attempt": attempt,
-        "round": record.get("round", 0),
-        "epoch": record.get("epoch", 0),
-        "status": record.get("status"),
-        "attemptStrategy": record.get("attemptStrategy"),
-        "strategy": record.get("strategy"),
-        "failureClass": record.get("failureClass"),
-        "failureSignature": record.get("failureSignature"),
-        "detector": record.get("detector"),
-        "exitCode": record.get("exitCode"),
-        "signal": record.get("signal"),
-        "diffHash": record.get("diffHash"),
-        "changedFiles": record.get("changedFiles", []),
-        "wallClockSeconds": record.get("wallClockSeconds"),
-        "idleSeconds": record.get("idleSeconds"),
-        "detectionLagSeconds": record.get("detectionLagSeconds"),
-        "decision": record.get("decision"),
-        "startedAt": record.get("startedAt"),
-        "finishedAt": record.get("finishedAt"),
-        "retryContext": dict(retry_context) if retry_context else None,
-        "events": events,
-    }
-    atomic_write_json(arts.attempt_state_path(idx, attempt), ctx.redactor.redact_obj(doc))
+def spec_of(job: Mapping[str, Any]) -> JobSpec:
+    """The job's (redacted) spec."""
+    return JobSpec.from_dict(job["spec"])
+
+
+def step_budgets(job: Mapping[str, Any], step_index: int) -> Budgets:
+    """Budgets of one step: the job's resolved budgets, then the step's own overrides."""
+    step = spec_of(job).steps[step_index]
+    return resolve_budgets(("job", job["budgets"]), (f"step {step.id!r}", dict(step.overrides)))

@@ -15,8 +15,6 @@ from typing import Any
 
 from celery_selfheal.artifacts import check_safe_id
 from celery_selfheal.core.budgets import (
-    Budgets,
-    budgets_from_dict,
     budgets_to_dict,
     env_overrides,
     resolve_budgets,
@@ -52,18 +50,6 @@ def new_job_id(now: datetime | None = None) -> str:
     """A sortable, unique job id: ``job-YYYYmmdd-HHMMSS-xxxxxx``."""
     now = now or datetime.now(timezone.utc)
     return f"job-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-
-
-def step_budgets(job: Mapping[str, Any], step_index: int) -> Budgets:
-    """Budgets of one step: the job's resolved budgets, then the step's own overrides."""
-    spec = JobSpec.from_dict(job["spec"])
-    step = spec.steps[step_index]
-    return resolve_budgets(("job", job["budgets"]), (f"step {step.id!r}", dict(step.overrides)))
-
-
-def job_budgets(job: Mapping[str, Any]) -> Budgets:
-    """The job-level budgets (config.toml, env, job overrides already folded in)."""
-    return budgets_from_dict(job["budgets"])
 
 
 def check_runtime_has_no_secret(spec: JobSpec, redactor: Redactor, source: str) -> None:
@@ -153,8 +139,3 @@ def initial_step_state(step: StepSpec) -> dict[str, Any]:
     """The per-step status entry of a new job record."""
     return {"stepId": step.id, "stepIndex": step.index, "title": step.title, "status": "pending",
             "attempts": 0, "round": 0}
-
-
-def spec_of(job: Mapping[str, Any]) -> JobSpec:
-    """The job's (redacted) spec."""
-    return JobSpec.from_dict(job["spec"])

@@ -17,6 +17,7 @@ from celery_selfheal.artifacts import atomic_write
 from celery_selfheal.context import Context
 from celery_selfheal.core.budgets import Budgets
 from celery_selfheal.core.envelope import render_envelope
+from celery_selfheal.core.job_state import INITIAL
 from celery_selfheal.core.jobfile import StepSpec
 from celery_selfheal.core.redact import StreamRedactor
 from celery_selfheal.runtime.capped_log import CappedLog
@@ -55,11 +56,21 @@ class AttemptPlan:
     attempt: int
     round: int
     epoch: int
-    #: how this attempt was started: "initial" or a Strategy value
+    #: how this attempt was started: `INITIAL` or a Strategy value
     strategy: str
     budgets: Budgets
     #: the retry envelope (None on a step's first attempt)
     retry_context: Mapping[str, Any] | None = None
+    #: what the job record said when the attempt began (read once, used when it ends)
+    step_count: int = 1
+    resets_used: int = 0
+    queue_retries_used: int = 0
+    objective: str = ""
+
+    @property
+    def recovery_strategy(self) -> str | None:
+        """The contract's ``strategy`` of this attempt's events: None for a first attempt."""
+        return None if self.strategy == INITIAL else self.strategy
 
 
 @dataclass(frozen=True)

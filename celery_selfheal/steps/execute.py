@@ -1,9 +1,9 @@
-"""The body of one step-task execution: fence, prepare the workspace, run one attempt, decide.
+"""One step-task execution, in the order it happens: controls, admission, workspace, attempt, finish.
 
-Celery-free on purpose: it returns a `StepOutcome` and the thin Celery task translates it into
-"continue the chain", ``Task.retry(...)`` or "stop the chain". Recording and deciding after the
-runtime ends lives in `steps.finish`, also used when the worker MainProcess finishes an attempt
-whose pool child was killed by the hard limit.
+Celery-free on purpose: it returns a `StepOutcome` and the thin Celery task (`wiring.tasks`)
+translates it into "continue the chain", ``Task.retry(...)`` or "stop the chain". Whether a
+delivery runs at all is the pure `core.admission.admit`; recording and deciding after the runtime
+ends is `steps.finish`, also used when an attempt's executor died (`steps.lost`).
 """
 
 from __future__ import annotations
@@ -13,29 +13,27 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery_selfheal.context import Context
-from celery_selfheal.core.model import (
-    FailureClass,
-)
+from celery_selfheal.core.admission import Admission, StepDelivery, Verdict, admit
+from celery_selfheal.core.job_state import JobState, StepStatus
+from celery_selfheal.core.model import FailureClass
 from celery_selfheal.errors import ReplayError, WorkspaceError
 from celery_selfheal.events.bus import utc_now_iso
-from celery_selfheal.jobs.records import (
-    next_attempt_number,
-    update_job,
-    update_step,
-)
-from celery_selfheal.jobs.submission import spec_of, step_budgets
-from celery_selfheal.jobs.transitions import fail_job, park
+from celery_selfheal.jobs import transitions
+from celery_selfheal.jobs.records import next_attempt_number, step_budgets, update_step
 from celery_selfheal.steps.attempt import AttemptPlan, run_attempt
-from celery_selfheal.steps.finish import finish_attempt
-from celery_selfheal.steps.outcome import INITIAL, TERMINAL_STATUSES, Enqueue, OutcomeKind, StepOutcome
+from celery_selfheal.steps.finish import fail_step, finish_attempt
+from celery_selfheal.steps.outcome import Enqueue, StepOutcome
 from celery_selfheal.steps.running import OutputToucher, RunningAttempts
 from celery_selfheal.steps.workspace import prepare_workspace
+from celery_selfheal.workspace.git import GitWorkspace
 
 if TYPE_CHECKING:
     from celery_selfheal.cluster.leases import AttemptLease
 
 
 log = logging.getLogger(__name__)
+#: how often a park is retried when an operator changes the job's flags at the same moment
+_PARK_TRIES = 3
 
 
 def preempt_check(ctx: Context, job_id: str, epoch: int) -> Callable[[], bool]:
@@ -49,86 +47,103 @@ def preempt_check(ctx: Context, job_id: str, epoch: int) -> Callable[[], bool]:
     return check
 
 
-def execute_step(
-    ctx: Context,
-    *,
-    job_id: str,
-    step_index: int,
-    epoch: int,
-    strategy: str = INITIAL,
-    retry_context: Mapping[str, Any] | None = None,
-    task_id: str,
-    hostname: str = "",
-    enqueue: Enqueue | None = None,
-    operator: bool = False,
-    lease: AttemptLease | None = None,
-) -> StepOutcome:
-    """Run one attempt of ``step_index`` if the job still wants it, and decide what comes next.
+def execute_step(ctx: Context, delivery: StepDelivery, *, task_id: str, hostname: str = "",
+                 enqueue: Enqueue | None = None, lease: AttemptLease | None = None,
+                 job: Mapping[str, Any] | None = None) -> StepOutcome:
+    """Run one attempt of the delivered step if the job still wants it, and decide what comes next.
 
     ``enqueue(job, step_index, countdown=..., **first_kwargs)`` sends a chain from a step; operator
-    requests that are pending on the job are applied with it before anything runs."""
-    if enqueue is not None and ctx.store.pending_control(job_id):
-        from celery_selfheal.control.apply import apply_pending_controls
-
-        apply_pending_controls(ctx, job_id, enqueue=enqueue)
-    job = ctx.store.get_job(job_id)
-    if job is None:
-        return StepOutcome(OutcomeKind.STOP, step_index, reason=f"unknown job {job_id}")
-    if job.get("epoch") != epoch:
-        return StepOutcome(OutcomeKind.STOP, step_index, reason=f"stale epoch {epoch} (job at {job.get('epoch')})")
-    if job["status"] in TERMINAL_STATUSES:
-        return StepOutcome(OutcomeKind.STOP, step_index, reason=f"job is {job['status']}")
-    if job["steps"][step_index].get("status") == "succeeded":
-        # a duplicate delivery of a finished step (operator reruns reset the step's status first)
-        return StepOutcome(OutcomeKind.STOP, step_index, reason="step already succeeded in this epoch")
-    for _ in range(3):  # park compares-and-sets; a concurrent resume makes us look again
-        if not (job.get("paused") or (job.get("takeover") and strategy != INITIAL and not operator)):
-            break
-        parked = park(ctx, job, step_index, strategy, retry_context)
-        if parked is not None:
-            return parked
-        job = ctx.store.get_job(job_id) or job
-        if job.get("epoch") != epoch or job["status"] in TERMINAL_STATUSES:
-            return StepOutcome(OutcomeKind.STOP, step_index, reason="superseded while parking")
-    spec = spec_of(job)
-    step = spec.steps[step_index]
-    budgets = step_budgets(job, step_index)
-    started = job["status"] in ("queued", "paused") and update_job(
-        ctx, job_id, expect={"status": job["status"], "epoch": epoch}, status="running")
-    if started and job["status"] == "queued":
-        ctx.bus.emit("task.job.started", job_id, epoch=epoch, baselineSha=job.get("baselineSha"),
-                         steps=len(spec.steps))
+    requests pending on the job are applied with it before anything runs. ``job``: the record as the
+    caller just read it (the attempt gate), to save a read when no request was pending."""
+    if enqueue is not None and _apply_controls(ctx, delivery.job_id, enqueue):
+        job = None  # the requests changed the job: read it again
+    state, admission = _admission(ctx, delivery, job)
+    if admission.verdict is not Verdict.RUN or state is None:
+        return StepOutcome.stop(delivery.step_index, admission.reason)
+    transitions.start(ctx, state)
     try:
-        ws = prepare_workspace(ctx, job, step_index, strategy)
+        ws = prepare_workspace(ctx, state, delivery.step_index, delivery.strategy)
     except (ReplayError, WorkspaceError) as exc:
-        return fail_job(ctx, job_id, epoch, step, FailureClass.DETERMINISTIC_REPO, str(exc), retryable=False)
-    if (ctx.store.get_job(job_id) or {}).get("epoch") != epoch:  # an operator rerun began meanwhile
-        return StepOutcome(OutcomeKind.STOP, step_index, reason="superseded while preparing the workspace")
-    attempt = next_attempt_number(ctx, job_id, step_index)
-    step_state = job["steps"][step_index]
-    plan = AttemptPlan(job_id=job_id, step=step, argv=spec.step_runtime(step_index), attempt=attempt,
-                       round=step_state.get("round", 0), epoch=epoch, strategy=strategy, budgets=budgets,
-                       retry_context=retry_context)
-    ctx.store.put_attempt(job_id, step_index, attempt, {
-        "jobId": job_id, "stepId": step.id, "stepIndex": step_index, "attempt": attempt,
-        "round": plan.round, "epoch": epoch, "status": "running", "attemptStrategy": strategy,
+        step = state.spec.steps[delivery.step_index]
+        return fail_step(ctx, delivery.job_id, delivery.epoch, step, FailureClass.DETERMINISTIC_REPO, str(exc),
+                         retryable=False)
+    if (ctx.store.get_job(delivery.job_id) or {}).get("epoch") != delivery.epoch:  # an operator rerun began
+        return StepOutcome.stop(delivery.step_index, "superseded while preparing the workspace")
+    plan = begin_attempt(ctx, state, delivery, task_id=task_id, hostname=hostname, lease=lease)
+    outcome = _run_and_finish(ctx, plan, ws, task_id=task_id, hostname=hostname, lease=lease)
+    if outcome.preempted and enqueue is not None:
+        # preempted by an operator request: apply it now, from the slot we are about to free
+        _apply_controls(ctx, delivery.job_id, enqueue)
+    return outcome
+
+
+def _apply_controls(ctx: Context, job_id: str, enqueue: Enqueue) -> bool:
+    """Apply the job's pending operator requests (True if there were any)."""
+    if not ctx.store.pending_control(job_id):
+        return False
+    from celery_selfheal.control.apply import apply_pending_controls
+
+    apply_pending_controls(ctx, job_id, enqueue=enqueue)
+    return True
+
+
+def _admission(ctx: Context, delivery: StepDelivery,
+               record: Mapping[str, Any] | None) -> tuple[JobState | None, Admission]:
+    """Admit the delivery, parking the job when the admission says so (compare-and-set, so a
+    resume landing at the same moment makes us look again)."""
+    for _ in range(_PARK_TRIES):
+        if record is None:
+            record = ctx.store.get_job(delivery.job_id)
+        state = None if record is None else JobState.from_record(record)
+        admission = admit(state, delivery)
+        if admission.verdict is not Verdict.PARK or state is None:
+            return state, admission
+        if transitions.park(ctx, state, delivery.step_index, delivery.strategy, delivery.retry_context,
+                            reason=admission.reason):
+            return state, Admission(Verdict.STOP, admission.reason)
+        record = None
+    return None, Admission(Verdict.STOP, "superseded while parking")
+
+
+def begin_attempt(ctx: Context, job: JobState, delivery: StepDelivery, *, task_id: str, hostname: str,
+                  lease: AttemptLease | None) -> AttemptPlan:
+    """Number the attempt, store its ``running`` record and mark the step running; returns the plan."""
+    idx, epoch = delivery.step_index, delivery.epoch
+    spec = job.spec
+    step = spec.steps[idx]
+    attempt = next_attempt_number(ctx, delivery.job_id, idx)
+    plan = AttemptPlan(job_id=delivery.job_id, step=step, argv=spec.step_runtime(idx), attempt=attempt,
+                       round=job.steps[idx].round, epoch=epoch, strategy=delivery.strategy,
+                       budgets=step_budgets(job.to_record(), idx), retry_context=delivery.retry_context,
+                       step_count=len(job.steps), resets_used=job.resets_used,
+                       queue_retries_used=job.queue_retries_used, objective=spec.objective)
+    ctx.store.put_attempt(delivery.job_id, idx, attempt, {
+        "jobId": delivery.job_id, "stepId": step.id, "stepIndex": idx, "attempt": attempt,
+        "round": plan.round, "epoch": epoch, "status": "running", "attemptStrategy": delivery.strategy,
         "taskId": task_id, "hostname": hostname, "startedAt": utc_now_iso(),
         **(lease.record_fields() if lease is not None else {}),
     })
-    update_step(ctx, job_id, step_index, status="running", attempts=attempt)
-    update_job(ctx, job_id, currentStep=step_index)
-    ctx.bus.emit("task.step.attempt.started", job_id, epoch=epoch, stepId=step.id, stepIndex=step_index,
-                 attempt=attempt, strategy=None if strategy == INITIAL else strategy, attemptStrategy=strategy,
+    update_step(ctx, delivery.job_id, idx, status=StepStatus.RUNNING.value, attempts=attempt,
+                job_changes={"currentStep": idx})
+    ctx.bus.emit("task.step.attempt.started", delivery.job_id, epoch=epoch, stepId=step.id, stepIndex=idx,
+                 attempt=attempt, strategy=plan.recovery_strategy, attemptStrategy=delivery.strategy,
                  round=plan.round)
+    return plan
+
+
+def _run_and_finish(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, *, task_id: str, hostname: str,
+                    lease: AttemptLease | None) -> StepOutcome:
+    """Run the runtime under the watchdogs and the cancel check, then record and decide."""
     registry = RunningAttempts(ctx.settings.run_dir)
+    idx = plan.step.index
 
     def on_start(pid: int) -> None:
-        registry.register(task_id, {"jobId": job_id, "stepId": step.id, "stepIndex": step_index,
-                                    "attempt": attempt, "epoch": epoch, "pgid": pid, "hostname": hostname,
+        registry.register(task_id, {"jobId": plan.job_id, "stepId": plan.step.id, "stepIndex": idx,
+                                    "attempt": plan.attempt, "epoch": plan.epoch, "pgid": pid, "hostname": hostname,
                                     **(lease.record_fields() if lease is not None else {})})
-        ctx.store.transition_attempt(job_id, step_index, attempt, "running", {"pid": pid})
+        ctx.store.transition_attempt(plan.job_id, idx, plan.attempt, "running", {"pid": pid})
 
-    cancel = preempt_check(ctx, job_id, epoch)
+    cancel = preempt_check(ctx, plan.job_id, plan.epoch)
     try:
         facts = run_attempt(ctx, plan, ws, cancel_check=lease.guard(cancel) if lease is not None else cancel,
                             on_start=on_start, on_activity=OutputToucher(registry, task_id))
@@ -136,11 +151,5 @@ def execute_step(
         registry.unregister(task_id)
     if lease is not None and not lease.confirm():
         # another worker may own the step now: record nothing, the lost-worker sweeper records this attempt
-        return StepOutcome(OutcomeKind.STOP, step_index, reason="attempt lease lost")
-    outcome = finish_attempt(ctx, plan, facts, ws)
-    if facts.result.cancelled and enqueue is not None:
-        # preempted by an operator request: apply it now, from the slot we are about to free
-        from celery_selfheal.control.apply import apply_pending_controls
-
-        apply_pending_controls(ctx, job_id, enqueue=enqueue)
-    return outcome
+        return StepOutcome.stop(idx, "attempt lease lost")
+    return finish_attempt(ctx, plan, facts, ws)

@@ -1,36 +1,30 @@
 """After the runtime ended: record the attempt, ask the controller, checkpoint or schedule the retry.
 
 Shared by the step task and by the paths that finish an attempt whose executor died (Celery's hard
-limit, a lost worker), so every attempt is recorded and decided the same way.
+limit, a lost worker), so every attempt is recorded and decided the same way. What the attempt
+was is built once as a `FinishedAttempt`; this module only writes it out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
 
 from celery_selfheal.context import Context
-from celery_selfheal.core.classify import FailureFacts, classify
-from celery_selfheal.core.envelope import build_envelope, summarize_failure
-from celery_selfheal.core.model import (
-    AttemptOutcome,
-    Decision,
-    DecisionKind,
-    Detector,
-    FailureClass,
-    Strategy,
-)
+from celery_selfheal.core.envelope import build_envelope
+from celery_selfheal.core.job_state import AttemptStatus, JobState, StepStatus
+from celery_selfheal.core.jobfile import StepSpec
+from celery_selfheal.core.model import AttemptOutcome, DecisionKind, FailureClass, Strategy
 from celery_selfheal.core.signature import failure_signature
 from celery_selfheal.core.strategy import decide
 from celery_selfheal.events.bus import utc_now_iso
-from celery_selfheal.jobs.records import step_history, update_job, update_step, write_attempt_artifact
-from celery_selfheal.jobs.submission import spec_of
-from celery_selfheal.jobs.transitions import fail_job, park
+from celery_selfheal.jobs import transitions
+from celery_selfheal.jobs.records import read_job, step_history, update_step
 from celery_selfheal.steps.attempt import AttemptFacts, AttemptPlan
-from celery_selfheal.steps.outcome import INITIAL, OutcomeKind, StepOutcome
+from celery_selfheal.steps.attempt_artifact import write_attempt_artifact
+from celery_selfheal.steps.finished import FinishedAttempt, judge, refused_secret
+from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome
 from celery_selfheal.workspace.checkpoints import write_checkpoint
-from celery_selfheal.workspace.git import Change, GitWorkspace
+from celery_selfheal.workspace.git import GitWorkspace
 
 
 def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: GitWorkspace, *,
@@ -39,50 +33,30 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
 
     ``workspace_lost``: the attempt's workspace is on a lost worker, so a soft reset continues on
     any worker from a workspace rebuilt from the checkpoints (same round: no queue-retry budget)."""
-    r, change, step = facts.result, facts.change, plan.step
-    job_id, idx, epoch = plan.job_id, step.index, plan.epoch
-    record: dict[str, Any] = {
-        "exitCode": r.exit_code, "signal": r.signal, "wallClockSeconds": round(r.wall_seconds, 3),
-        "idleSeconds": round(r.idle_seconds, 3), "diffHash": change.diff_hash,
-        "changedFiles": list(change.changed_files), "finishedAt": utc_now_iso(),
-        "detectionLagSeconds": None if r.detection_lag is None else round(r.detection_lag, 4),
-    }
-    common = {"epoch": epoch, "stepId": step.id, "stepIndex": idx, "attempt": plan.attempt,
-              "attemptStrategy": plan.strategy, "diffHash": change.diff_hash,
-              "wallClockSeconds": record["wallClockSeconds"], "idleSeconds": record["idleSeconds"]}
+    r, idx = facts.result, plan.step.index
     if r.cancelled:
-        ctx.store.transition_attempt(job_id, idx, plan.attempt, "running", {**record, "status": "cancelled"})
-        write_attempt_artifact(ctx, job_id, {**_attempt(ctx, plan), "status": "cancelled"}, plan.retry_context)
-        return StepOutcome(OutcomeKind.STOP, idx, reason="preempted (cancel, new epoch or operator action)")
-    ok = r.detector == Detector.EXIT and r.exit_code == 0
-    cls: FailureClass | None = None
-    signature: str | None = None
-    summary = summarize_failure(r.tail)
-    if not ok:
-        cls = classify(FailureFacts(exit_code=r.exit_code, signal=r.signal, detector=r.detector,
-                                    output_tail=r.tail), ctx.classifiers)
-        signature = failure_signature(f"{r.detector.value} exit={r.exit_code} signal={r.signal}\n{summary}")
-    current = AttemptOutcome(attempt=plan.attempt, ok=ok, failure_class=cls, signature=signature,
-                             diff_hash=change.diff_hash, detector=r.detector, round=plan.round)
-    job = ctx.store.get_job(job_id) or {}
-    history = [*step_history(ctx, job_id, idx, epoch), current]
-    decision = decide(history, plan.budgets, resets_used=job.get("resetsUsed", 0),
-                      queue_retries_used=job.get("queueRetriesUsed", 0))
+        return _cancelled(ctx, plan, facts)
+    ok, cls, signature, summary = judge(plan, r, facts.change, ctx.classifiers)
+    this = AttemptOutcome(attempt=plan.attempt, ok=ok, failure_class=cls, signature=signature,
+                          diff_hash=facts.change.diff_hash, detector=r.detector, round=plan.round)
+    history = [*step_history(ctx, plan.job_id, idx, plan.epoch), this]
+    decision = decide(history, plan.budgets, resets_used=plan.resets_used,
+                      queue_retries_used=plan.queue_retries_used)
     if workspace_lost and decision.kind is DecisionKind.SOFT_RESET:
         decision = replace(decision, strategy=Strategy.QUEUE_RETRY,
                            reason=f"{decision.reason}; workspace lost with its worker, rebuilt from checkpoints")
+    current = FinishedAttempt(plan=plan, result=r, change=facts.change, finished_at=utc_now_iso(),
+                              summary=summary, decision=decision, ok=ok, failure_class=cls, signature=signature)
     if ok:
-        leak = secret_in_change(ctx, change.patch)
-        if leak is not None:
-            # A patch is replayed byte for byte, so it cannot be redacted: refuse to persist it.
-            reason = (f"the step's change contains a secret in {leak}; refusing to checkpoint it "
-                      "(secrets must come from the environment, never be written to the repository)")
-            decision = Decision(DecisionKind.GIVE_UP, reason=reason, detector=Detector.EXIT,
-                                failure_class=FailureClass.DETERMINISTIC_POLICY)
-            return _failed(ctx, plan, decision, record, common, reason, failure_signature(reason),
-                           FailureClass.DETERMINISTIC_POLICY)
-        return _succeeded(ctx, plan, ws, record, common, history, summary, change)
-    return _failed(ctx, plan, decision, record, common, summary, signature or "", cls)
+        leak = secret_in_change(ctx, facts.change.patch)
+        if leak is None:
+            return _succeeded(ctx, current, ws, recovered=any(not h.ok for h in history[:-1]))
+        # A patch is replayed byte for byte, so it cannot be redacted: refuse to persist it.
+        reason = (f"the step's change contains a secret in {leak}; refusing to checkpoint it "
+                  "(secrets must come from the environment, never be written to the repository)")
+        current = replace(current, ok=False, failure_class=FailureClass.DETERMINISTIC_POLICY,
+                          signature=failure_signature(reason), summary=reason, decision=refused_secret(reason))
+    return _failed(ctx, current)
 
 
 def secret_in_change(ctx: Context, patch: bytes) -> str | None:
@@ -96,93 +70,100 @@ def secret_in_change(ctx: Context, patch: bytes) -> str | None:
     return "the patch"
 
 
-def _attempt(ctx: Context, plan: AttemptPlan) -> dict[str, Any]:
-    return ctx.store.get_attempt(plan.job_id, plan.step.index, plan.attempt) or {}
+def fail_step(ctx: Context, job_id: str, epoch: int, step: StepSpec, cls: FailureClass, reason: str, *,
+              retryable: bool, attempt: int | None = None) -> StepOutcome:
+    """End the job as failed at ``step`` (idempotent) and stop the chain."""
+    transitions.fail(ctx, job_id, epoch, step_id=step.id, step_index=step.index, failure_class=cls.value,
+                     reason=reason, retryable=retryable, attempt=attempt)
+    return StepOutcome.stop(step.index, reason)
 
 
-def _succeeded(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, record: dict[str, Any],
-               common: dict[str, Any], history: list[Any], summary: str, change: Change) -> StepOutcome:
+def _cancelled(ctx: Context, plan: AttemptPlan, facts: AttemptFacts) -> StepOutcome:
+    r, change, idx = facts.result, facts.change, plan.step.index
+    ctx.store.transition_attempt(plan.job_id, idx, plan.attempt, "running", {
+        "status": AttemptStatus.CANCELLED.value, "exitCode": r.exit_code, "signal": r.signal,
+        "wallClockSeconds": round(r.wall_seconds, 3), "idleSeconds": round(r.idle_seconds, 3),
+        "diffHash": change.diff_hash, "changedFiles": list(change.changed_files), "finishedAt": utc_now_iso(),
+        "detectionLagSeconds": None if r.detection_lag is None else round(r.detection_lag, 4)})
+    _artifact(ctx, plan)
+    return StepOutcome(OutcomeKind.STOP, idx, reason="preempted (cancel, new epoch or operator action)",
+                       preempted=True)
+
+
+def _artifact(ctx: Context, plan: AttemptPlan) -> None:
+    record = ctx.store.get_attempt(plan.job_id, plan.step.index, plan.attempt) or {}
+    write_attempt_artifact(ctx, plan.job_id, record, plan.retry_context)
+
+
+def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recovered: bool) -> StepOutcome:
+    plan = done.plan
     job_id, step, epoch = plan.job_id, plan.step, plan.epoch
     meta = write_checkpoint(ws, ctx.artifacts(job_id), step_id=step.id, step_index=step.index,
-                            attempt=plan.attempt, summary=ctx.redactor.redact(summary), epoch=epoch,
-                            change=change)
+                            attempt=plan.attempt, summary=ctx.redactor.redact(done.summary), epoch=epoch,
+                            change=done.change)
     ctx.store.record_checkpoint(job_id, step.index, epoch, meta)
     ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
-                                 {**record, "status": "succeeded", "decision": {"kind": "done"}})
-    ctx.bus.emit("task.step.attempt.finished", job_id, **common, exitCode=0,
+                                 done.record_fields(AttemptStatus.SUCCEEDED.value))
+    ctx.bus.emit("task.step.attempt.finished", job_id, **done.event_fields(), exitCode=0,
                  patchSha256=meta.get("patchSha256"), changedFiles=meta.get("changedFiles"))
-    if any(not h.ok for h in history[:-1]):
-        ctx.bus.emit("task.self_heal.recovered", job_id, **common,
-                     strategy=None if plan.strategy == INITIAL else plan.strategy)
-    update_step(ctx, job_id, step.index, epoch=epoch, status="succeeded")
-    write_attempt_artifact(ctx, job_id, _attempt(ctx, plan), plan.retry_context)
-    job = ctx.store.get_job(job_id) or {}
-    if step.index + 1 >= len(job.get("steps", [])):
-        if update_job(ctx, job_id, expect={"epoch": epoch, "status": "running"}, status="succeeded",
-                      terminalReason="succeeded", finishedAt=utc_now_iso()):
-            ctx.bus.emit("task.job.succeeded", job_id, epoch=epoch, stepIndex=step.index, stepId=step.id)
+    if recovered:
+        ctx.bus.emit("task.self_heal.recovered", job_id, **done.event_fields(), strategy=plan.recovery_strategy)
+    last = step.index + 1 >= plan.step_count
+    update_step(ctx, job_id, step.index, epoch=epoch, status=StepStatus.SUCCEEDED.value,
+                job_changes=None if last else {"currentStep": step.index + 1})
+    _artifact(ctx, plan)
+    if last:
+        transitions.succeed(ctx, job_id, epoch, step_id=step.id, step_index=step.index)
         return StepOutcome(OutcomeKind.DONE, step.index, reason="job succeeded")
-    update_job(ctx, job_id, expect={"epoch": epoch}, currentStep=step.index + 1)
     return StepOutcome(OutcomeKind.NEXT, step.index, reason="step succeeded")
 
 
-def _failed(ctx: Context, plan: AttemptPlan, decision: Decision, record: dict[str, Any],
-            common: dict[str, Any], summary: str, signature: str, cls: FailureClass | None) -> StepOutcome:
-    job_id, step, epoch = plan.job_id, plan.step, plan.epoch
-    cls = decision.failure_class or cls or FailureClass.TRANSIENT_RUNTIME
-    detector = decision.detector or Detector.EXIT
-    next_strategy = decision.strategy.value if decision.strategy else None
-    recorded = ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running", {
-        **record, "status": "failed", "failureClass": cls.value, "failureSignature": signature,
-        "detector": detector.value, "strategy": next_strategy,
-        "decision": {"kind": decision.kind.value, "reason": decision.reason, "countdown": decision.countdown},
-    })
-    if not recorded:  # already finished by another path (hard-limit handler, lost-worker recovery)
-        return StepOutcome(OutcomeKind.STOP, step.index, reason="attempt already recorded")
-    fields = {**common, "failureClass": cls.value, "failureSignature": signature, "detector": detector.value,
-              "exitCode": record["exitCode"], "reason": decision.reason}
-    ctx.bus.emit("task.step.attempt.failed", job_id, **fields, strategy=next_strategy)
+def _failed(ctx: Context, done: FinishedAttempt) -> StepOutcome:
+    plan, decision = done.plan, done.decision
+    job_id, step = plan.job_id, plan.step
+    if not ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
+                                        done.record_fields(AttemptStatus.FAILED.value)):
+        # already finished by another path (hard-limit handler, lost-worker recovery)
+        return StepOutcome.stop(step.index, "attempt already recorded")
+    ctx.bus.emit("task.step.attempt.failed", job_id, **done.failure_fields(), strategy=done.next_strategy)
     outcome: StepOutcome
     if decision.kind is DecisionKind.GIVE_UP:
         if decision.retryable:
-            ctx.bus.emit("task.self_heal.exhausted", job_id, **fields)
-        outcome = fail_job(ctx, job_id, epoch, step, cls, decision.reason, retryable=decision.retryable,
-                           attempt=plan.attempt)
+            ctx.bus.emit("task.self_heal.exhausted", job_id, **done.failure_fields())
+        outcome = fail_step(ctx, job_id, plan.epoch, step, done.outcome_class, decision.reason,
+                            retryable=decision.retryable, attempt=plan.attempt)
     else:
-        outcome = _schedule_retry(ctx, plan, decision, cls, detector, summary, signature, record, fields)
-        job = ctx.store.get_job(job_id) or {}
-        if job.get("takeover"):
+        outcome = _schedule_retry(ctx, done)
+        job = JobState.from_record(read_job(ctx, job_id))
+        if job.takeover and transitions.park(ctx, job, step.index, outcome.strategy or Strategy.SOFT_RESET.value,
+                                             outcome.retry_context, reason="takeover: waiting for an operator action"):
             # an operator has taken over: no automatic recovery, wait for their action
-            outcome = park(ctx, job, step.index, outcome.strategy or Strategy.SOFT_RESET.value,
-                           outcome.retry_context, reason="takeover: waiting for an operator action") or outcome
-    write_attempt_artifact(ctx, job_id, _attempt(ctx, plan), plan.retry_context)
+            outcome = StepOutcome.stop(step.index, "takeover: waiting for an operator action")
+    _artifact(ctx, plan)
     return outcome
 
 
-def _schedule_retry(ctx: Context, plan: AttemptPlan, decision: Decision, cls: FailureClass,
-                    detector: Detector, summary: str, signature: str, record: Mapping[str, Any],
-                    fields: Mapping[str, Any]) -> StepOutcome:
+def _schedule_retry(ctx: Context, done: FinishedAttempt) -> StepOutcome:
+    plan, decision = done.plan, done.decision
     job_id, step = plan.job_id, plan.step
     assert decision.strategy is not None
     strategy = decision.strategy
     if decision.kind in (DecisionKind.HARD_RESET, DecisionKind.QUEUE_RETRY):
-        counter = "resetsUsed" if decision.kind is DecisionKind.HARD_RESET else "queueRetriesUsed"
-        job = ctx.store.get_job(job_id) or {}
-        update_job(ctx, job_id, **{counter: job.get(counter, 0) + 1})
-        update_step(ctx, job_id, step.index, round=plan.round + 1, status="retrying")
-        ctx.bus.emit("task.self_heal.escalated", job_id, **{**fields, "strategy": strategy.value})
+        counter, used = (("resetsUsed", plan.resets_used) if decision.kind is DecisionKind.HARD_RESET
+                         else ("queueRetriesUsed", plan.queue_retries_used))
+        update_step(ctx, job_id, step.index, round=plan.round + 1, status=StepStatus.RETRYING.value,
+                    job_changes={counter: used + 1})
+        ctx.bus.emit("task.self_heal.escalated", job_id, **{**done.failure_fields(), "strategy": strategy.value})
     else:
-        update_step(ctx, job_id, step.index, status="retrying")
+        update_step(ctx, job_id, step.index, status=StepStatus.RETRYING.value)
     envelope = build_envelope(
-        objective=spec_of(ctx.store.get_job(job_id) or {}).objective, step=step, attempt=plan.attempt + 1,
-        strategy=strategy, failure_class=cls, detector=detector, failure_summary=summary,
-        failure_signature=signature, changed_files=record.get("changedFiles", []),
-        diff_hash=record.get("diffHash", ""), redact=ctx.redactor.redact)
-    ctx.bus.emit("task.self_heal.triggered", job_id, **{**fields, "strategy": strategy.value,
+        objective=plan.objective, step=step, attempt=plan.attempt + 1, strategy=strategy,
+        failure_class=done.outcome_class, detector=done.detector, failure_summary=done.summary,
+        failure_signature=done.signature or "", changed_files=list(done.change.changed_files),
+        diff_hash=done.change.diff_hash, redact=ctx.redactor.redact)
+    ctx.bus.emit("task.self_heal.triggered", job_id, **{**done.failure_fields(), "strategy": strategy.value,
                                                         "countdown": decision.countdown})
-    # extra: what the task puts in Flower's retry reason (wiring.tasks.retry_message)
     return StepOutcome(OutcomeKind.RETRY, step.index, reason=decision.reason, countdown=decision.countdown,
                        strategy=strategy.value, retry_context=envelope, budgets=plan.budgets,
-                       extra={"stepId": step.id, "attempt": plan.attempt, "detector": detector.value,
-                              "failureClass": cls.value, "maxAttempts": plan.budgets.step_max_attempts,
-                              "attemptInRound": decision.extra.get("attempt_in_round", plan.attempt)})
+                       extra=done.retry_extra())
+

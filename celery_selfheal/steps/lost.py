@@ -15,8 +15,9 @@ from typing import Any
 from celery import Celery
 
 from celery_selfheal.context import Context
+from celery_selfheal.core.job_state import INITIAL
 from celery_selfheal.core.model import Detector
-from celery_selfheal.jobs.submission import spec_of, step_budgets
+from celery_selfheal.jobs.records import spec_of, step_budgets
 from celery_selfheal.runtime.supervisor import RuntimeResult
 from celery_selfheal.steps.attempt import AttemptFacts, AttemptPlan
 from celery_selfheal.steps.finish import finish_attempt
@@ -41,7 +42,9 @@ def finish_lost_attempt(ctx: Context, app: Celery, entry: Mapping[str, Any], *, 
     spec = spec_of(job)
     plan = AttemptPlan(job_id=job_id, step=spec.steps[idx], argv=spec.step_runtime(idx), attempt=attempt,
                        round=record.get("round", 0), epoch=entry["epoch"],
-                       strategy=record.get("attemptStrategy", "initial"), budgets=step_budgets(job, idx))
+                       strategy=record.get("attemptStrategy", INITIAL), budgets=step_budgets(job, idx),
+                       step_count=len(spec.steps), resets_used=job.get("resetsUsed", 0),
+                       queue_retries_used=job.get("queueRetriesUsed", 0), objective=spec.objective)
     lost_worker = detector == Detector.WORKER_LOST.value
     ws = GitWorkspace(ctx.workspace_path(job_id)) if lost_worker else GitWorkspace.open(ctx.workspace_path(job_id))
     result = RuntimeResult(exit_code=None, signal=None, detector=Detector(detector), cancelled=False,

@@ -14,10 +14,8 @@ from typing import Any
 from celery_selfheal.core.budgets import Budgets
 from celery_selfheal.core.model import Strategy
 
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 #: ``enqueue(job, step_index, countdown=0.0, **first_kwargs) -> first task id``
 Enqueue = Callable[..., str]
-INITIAL = "initial"
 
 
 class OutcomeKind(str, enum.Enum):
@@ -41,6 +39,13 @@ class StepOutcome:
     retry_context: Mapping[str, Any] | None = None
     budgets: Budgets | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the attempt was stopped by a cancel, a new epoch or an operator's preempting request
+    preempted: bool = False
+
+    @classmethod
+    def stop(cls, step_index: int, reason: str) -> StepOutcome:
+        """Stop the chain: stale, cancelled, parked, failed or a duplicate."""
+        return cls(OutcomeKind.STOP, step_index, reason=reason)
 
     @property
     def same_worker(self) -> bool:

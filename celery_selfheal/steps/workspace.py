@@ -9,10 +9,10 @@ replay, never silently used.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from celery_selfheal.context import Context
+from celery_selfheal.core.job_state import JobState
 from celery_selfheal.core.model import Strategy
 from celery_selfheal.errors import ReplayError
 from celery_selfheal.workspace.checkpoints import replay, workspace_matches
@@ -30,18 +30,19 @@ def checkpoints_before(ctx: Context, job_id: str, step_index: int) -> list[dict[
     return sorted(cps, key=lambda c: c["stepIndex"])
 
 
-def prepare_workspace(ctx: Context, job: Mapping[str, Any], step_index: int, strategy: str) -> GitWorkspace:
+def prepare_workspace(ctx: Context, job: JobState, step_index: int, strategy: str) -> GitWorkspace:
     """A workspace at the tree after step ``step_index - 1``, rebuilt if needed."""
-    job_id = job["jobId"]
+    job_id = job.job_id
+    baseline = str(job.get("baselineSha"))
     path = ctx.workspace_path(job_id)
     cps = checkpoints_before(ctx, job_id, step_index)
     if strategy != Strategy.HARD_RESET.value and (path / ".git").exists():
         if strategy in (Strategy.SOFT_RESET.value, Strategy.OPERATOR_REQUEST.value):
             ws = GitWorkspace.open(path)
             # base_tree: the last checkpoint's tree, even if the runtime made commits of its own
-            if ws.base_tree() == (cps[-1]["treeAfter"] if cps else ws.rev(f"{job['baselineSha']}^{{tree}}")):
+            if ws.base_tree() == (cps[-1]["treeAfter"] if cps else ws.rev(f"{baseline}^{{tree}}")):
                 return ws
-        elif workspace_matches(path, cps, job["baselineSha"]):
+        elif workspace_matches(path, cps, baseline):
             return GitWorkspace(path)  # workspace_matches just opened and checked it
-    return replay(path, repo=job["repo"], baseline_sha=job["baselineSha"], checkpoints=cps,
+    return replay(path, repo=str(job.get("repo")), baseline_sha=baseline, checkpoints=cps,
                   arts=ctx.artifacts(job_id))

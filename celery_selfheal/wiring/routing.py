@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery, chain
 
-from celery_selfheal.jobs.submission import step_budgets
+from celery_selfheal.jobs.records import step_budgets
 from celery_selfheal.steps.outcome import time_limits
 
 RUN_STEP = "selfheal.run_step"

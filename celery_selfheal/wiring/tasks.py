@@ -1,4 +1,9 @@
-"""The step task: one Celery execution = one attempt of one step (logic lives in `steps.execute`)."""
+"""The step task: one Celery execution = one attempt of one step (logic lives in `steps.execute`).
+
+The task body is `run_step_body`, an importable function of the bound task; the registered task
+only passes its arguments on. It does the Celery side of what the engine decided: the attempt gate,
+``Task.retry`` with the envelope on the right queue, stopping the chain.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,12 @@ from typing import Any
 
 from celery import Celery, Task
 
-from celery_selfheal.cluster.checks import cluster_options
+from celery_selfheal.cluster.checks import ClusterOptions, cluster_options
 from celery_selfheal.cluster.leases import Delivery, GateKind, enter, hand_over_to
 from celery_selfheal.context import Context
+from celery_selfheal.core.job_state import INITIAL
 from celery_selfheal.steps.execute import execute_step
-from celery_selfheal.steps.outcome import INITIAL, OutcomeKind, StepOutcome, time_limits
+from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome, time_limits
 from celery_selfheal.wiring.routing import RUN_STEP, default_queue, enqueue_from, worker_queue
 
 
@@ -39,6 +45,68 @@ def retry_message(outcome: StepOutcome) -> str:
     return f"step {x.get('stepId', outcome.step_index)!r}{of}{failed} -> {outcome.strategy}: {why}"
 
 
+def delivery_of(task: Task, job_id: str, step_index: int, epoch: int, strategy: str,
+                retry_context: dict[str, Any] | None, operator: bool) -> Delivery:
+    """The message being executed, as the attempt gate sees it."""
+    req = task.request
+    return Delivery(job_id=job_id, step_index=step_index, epoch=epoch, task_id=req.id, retries=req.retries,
+                    hostname=req.hostname or "", strategy=strategy, retry_context=retry_context, operator=operator)
+
+
+def run_step_body(task: Task, ctx: Context, delivery: Delivery) -> dict[str, Any]:
+    """One execution of ``selfheal.run_step``: gate, execute, then continue/retry/stop the chain."""
+    opts = cluster_options(ctx.settings.worker)
+    # the attempt lease: one running attempt per job; a redelivered message does nothing (cluster.leases)
+    gate = enter(ctx, delivery, ttl=opts.lease_ttl, busy_wait=opts.busy_wait, sweep_interval=opts.sweep_interval)
+    if gate.kind is GateKind.BUSY:
+        hard_limit, soft_limit = task.request.timelimit or (None, None)
+        raise task.retry(args=(), kwargs=_kwargs(delivery, delivery.strategy, delivery.retry_context,
+                                                 operator=delivery.operator),
+                         countdown=gate.countdown, queue=default_queue(task.app), soft_time_limit=soft_limit,
+                         time_limit=hard_limit, exc=StepRetry(f"waiting: {gate.reason}"))
+    if gate.kind is not GateKind.RUN:
+        task.request.chain = None  # a duplicate delivery, or the job failed at the gate
+        return _result(delivery, "stop", gate.reason)
+    try:
+        outcome = execute_step(ctx, delivery.step, task_id=delivery.task_id, hostname=delivery.hostname,
+                               enqueue=functools.partial(enqueue_from, task.app), lease=gate.lease, job=gate.job)
+        if outcome.kind is OutcomeKind.RETRY:
+            raise retry_step(task, ctx, delivery, outcome, gate.lease, opts)
+    finally:
+        if gate.lease is not None:
+            gate.lease.release()
+    if outcome.kind is OutcomeKind.STOP:
+        task.request.chain = None  # stale, cancelled, parked or failed: the rest of the chain must not run
+    return _result(delivery, outcome.kind.value, outcome.reason)
+
+
+def retry_step(task: Task, ctx: Context, delivery: Delivery, outcome: StepOutcome, lease: Any,
+               opts: ClusterOptions) -> BaseException:
+    """``Task.retry`` of the step with the envelope: soft resets to this worker's own queue, the rest
+    to any worker, with the next attempt's time limits. Returns the exception to raise."""
+    assert outcome.budgets is not None
+    soft, hard = time_limits(outcome.budgets)
+    hostname = task.request.hostname
+    queue = worker_queue(hostname) if outcome.same_worker and hostname else default_queue(task.app)
+    if lease is not None and queue != default_queue(task.app):
+        # if this worker dies before it runs the retry, the sweeper sends it to another one
+        hand_over_to(ctx, lease, delivery, retries=task.request.retries + 1, strategy=outcome.strategy or INITIAL,
+                     retry_context=outcome.retry_context, ttl=outcome.countdown + opts.pending_grace)
+    # args=() explicitly: retry(kwargs=...) would otherwise reuse request.args.
+    return task.retry(args=(), kwargs=_kwargs(delivery, outcome.strategy, outcome.retry_context),
+                      countdown=outcome.countdown, queue=queue, soft_time_limit=soft, time_limit=hard,
+                      exc=StepRetry(retry_message(outcome)))
+
+
+def _kwargs(delivery: Delivery, strategy: str | None, retry_context: Any, **more: Any) -> dict[str, Any]:
+    return {"job_id": delivery.job_id, "step_index": delivery.step_index, "epoch": delivery.epoch,
+            "strategy": strategy, "retry_context": retry_context, **more}
+
+
+def _result(delivery: Delivery, outcome: str, reason: str) -> dict[str, Any]:
+    return {"jobId": delivery.job_id, "stepIndex": delivery.step_index, "outcome": outcome, "reason": reason}
+
+
 def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:
     """Register ``selfheal.run_step`` on ``app`` and return it."""
 
@@ -47,50 +115,7 @@ def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:
               ignore_result=True, serializer="json", shared=False)
     def run_step(self: Task, job_id: str, step_index: int, epoch: int, strategy: str = INITIAL,
                  retry_context: dict[str, Any] | None = None, operator: bool = False) -> dict[str, Any]:
-        ctx = get_context()
-        opts = cluster_options(ctx.settings.worker)
-        delivery = Delivery(job_id=job_id, step_index=step_index, epoch=epoch, task_id=self.request.id,
-                            retries=self.request.retries, hostname=self.request.hostname or "",
-                            strategy=strategy, retry_context=retry_context, operator=operator)
-        # the attempt lease: one running attempt per job; a redelivered message does nothing (leases.py)
-        gate = enter(ctx, delivery, ttl=opts.lease_ttl, busy_wait=opts.busy_wait, sweep_interval=opts.sweep_interval)
-        if gate.kind is GateKind.BUSY:
-            hard_limit, soft_limit = self.request.timelimit or (None, None)
-            raise self.retry(args=(), kwargs={"job_id": job_id, "step_index": step_index, "epoch": epoch,
-                                              "strategy": strategy, "retry_context": retry_context,
-                                              "operator": operator},
-                             countdown=gate.countdown, queue=default_queue(app), soft_time_limit=soft_limit,
-                             time_limit=hard_limit, exc=StepRetry(f"waiting: {gate.reason}"))
-        if gate.kind is not GateKind.RUN:
-            self.request.chain = None  # a duplicate delivery, or the job failed at the gate
-            return {"jobId": job_id, "stepIndex": step_index, "outcome": "stop", "reason": gate.reason}
-        try:
-            outcome = execute_step(ctx, job_id=job_id, step_index=step_index, epoch=epoch,
-                                   strategy=strategy, retry_context=retry_context, task_id=self.request.id,
-                                   hostname=self.request.hostname or "",
-                                   enqueue=functools.partial(enqueue_from, app), operator=operator,
-                                   lease=gate.lease)
-            if outcome.kind is OutcomeKind.RETRY:
-                assert outcome.budgets is not None
-                soft, hard = time_limits(outcome.budgets)
-                hostname = self.request.hostname
-                queue = worker_queue(hostname) if outcome.same_worker and hostname else default_queue(app)
-                if gate.lease is not None and queue != default_queue(app):
-                    # if this worker dies before it runs the retry, the sweeper sends it to another one
-                    hand_over_to(ctx, gate.lease, delivery, retries=self.request.retries + 1,
-                                 strategy=outcome.strategy or INITIAL, retry_context=outcome.retry_context,
-                                 ttl=outcome.countdown + opts.pending_grace)
-                # args=() explicitly: retry(kwargs=...) would otherwise reuse request.args.
-                raise self.retry(args=(), kwargs={"job_id": job_id, "step_index": step_index, "epoch": epoch,
-                                                  "strategy": outcome.strategy,
-                                                  "retry_context": outcome.retry_context},
-                                 countdown=outcome.countdown, queue=queue, soft_time_limit=soft, time_limit=hard,
-                                 exc=StepRetry(retry_message(outcome)))
-        finally:
-            if gate.lease is not None:
-                gate.lease.release()
-        if outcome.kind is OutcomeKind.STOP:
-            self.request.chain = None  # stale, cancelled, parked or failed: the rest of the chain must not run
-        return {"jobId": job_id, "stepIndex": step_index, "outcome": outcome.kind.value, "reason": outcome.reason}
+        return run_step_body(self, get_context(),
+                             delivery_of(self, job_id, step_index, epoch, strategy, retry_context, operator))
 
     return run_step

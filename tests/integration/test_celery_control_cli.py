@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from celery_selfheal.control.apply import request_control
 from celery_selfheal.control.remote import recover, send_apply
+from celery_selfheal.control.requests import request_control
 from tests.conftest import process_alive
 from tests.integration.conftest import Harness, start_worker
 from tests.integration.test_controls import job, running_attempt, wait_for

@@ -16,8 +16,9 @@ import pytest
 
 from celery_selfheal.api import job_status
 from celery_selfheal.context import build_context
-from celery_selfheal.control.apply import apply_pending_controls, request_control
+from celery_selfheal.control.apply import apply_pending_controls
 from celery_selfheal.control.remote import recover
+from celery_selfheal.control.requests import request_control
 from celery_selfheal.errors import ControlError
 from celery_selfheal.settings import load_settings
 from tests.conftest import process_alive
