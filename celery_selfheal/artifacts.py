@@ -68,6 +68,10 @@ class JobArtifacts:
     def patch_path(self, step_index: int) -> Path:
         return self._inside(self.base / "patches" / "steps" / f"step-{step_index:04d}.patch")
 
+    def attempt_patch_path(self, step_index: int, attempt: int) -> Path:
+        """The change a failed attempt left (evidence for the operator; never replayed)."""
+        return self._inside(self.base / "patches" / "attempts" / f"step-{step_index:04d}-attempt-{attempt:04d}.patch")
+
     def step_state_path(self, step_index: int) -> Path:
         return self._inside(self.base / "state" / "steps" / f"step-{step_index:04d}.json")
 

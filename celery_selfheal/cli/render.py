@@ -94,6 +94,8 @@ def status_text(doc: dict[str, Any]) -> str:
                 extra = f" {a.get('detector')} {a.get('failureClass')} -> {a.get('strategy') or 'give up'}"
             lines.append(f"    attempt {a['attempt']} ({a.get('attemptStrategy')}): {a.get('status')}"
                          f" {_secs(a.get('wallClockSeconds'))}{extra}")
+            if a.get("attemptPatch") or a.get("attemptPatchAbsent"):
+                lines.append(f"      change left: {a.get('attemptPatch') or 'no patch: ' + a['attemptPatchAbsent']}")
     for req in doc.get("pendingControl", []):
         lines.append(f"  pending control: {req.get('action')} by {req.get('actor')} ({req.get('reason') or ''})")
     for rec in doc.get("audit", []):

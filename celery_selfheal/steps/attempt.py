@@ -66,6 +66,9 @@ class AttemptPlan:
     resets_used: int = 0
     queue_retries_used: int = 0
     objective: str = ""
+    #: the work tree this attempt started from when it is not the step's base (a soft reset keeps
+    #: the previous attempt's changes): the tree that attempt left
+    start_tree: str | None = None
 
     @property
     def recovery_strategy(self) -> str | None:

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 from celery_selfheal.context import Context
 from celery_selfheal.core.admission import Admission, StepDelivery, Verdict, admit
 from celery_selfheal.core.job_state import JobState, StepStatus
-from celery_selfheal.core.model import FailureClass
+from celery_selfheal.core.model import FailureClass, Strategy
 from celery_selfheal.errors import ReplayError, WorkspaceError
 from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs import transitions
-from celery_selfheal.jobs.records import next_attempt_number, step_budgets, update_step
+from celery_selfheal.jobs.records import step_budgets, update_step
 from celery_selfheal.steps.attempt import AttemptPlan, run_attempt
 from celery_selfheal.steps.finish import fail_step, finish_attempt
 from celery_selfheal.steps.outcome import Enqueue, StepOutcome
@@ -111,12 +111,14 @@ def begin_attempt(ctx: Context, job: JobState, delivery: StepDelivery, *, task_i
     idx, epoch = delivery.step_index, delivery.epoch
     spec = job.spec
     step = spec.steps[idx]
-    attempt = next_attempt_number(ctx, delivery.job_id, idx)
+    earlier = ctx.store.list_attempts(delivery.job_id, idx)
+    attempt = max((a["attempt"] for a in earlier), default=0) + 1
     plan = AttemptPlan(job_id=delivery.job_id, step=step, argv=spec.step_runtime(idx), attempt=attempt,
                        round=job.steps[idx].round, epoch=epoch, strategy=delivery.strategy,
                        budgets=step_budgets(job.to_record(), idx), retry_context=delivery.retry_context,
                        step_count=len(job.steps), resets_used=job.resets_used,
-                       queue_retries_used=job.queue_retries_used, objective=spec.objective)
+                       queue_retries_used=job.queue_retries_used, objective=spec.objective,
+                       start_tree=kept_tree(earlier, delivery.strategy))
     ctx.store.put_attempt(delivery.job_id, idx, attempt, {
         "jobId": delivery.job_id, "stepId": step.id, "stepIndex": idx, "attempt": attempt,
         "round": plan.round, "epoch": epoch, "status": "running", "attemptStrategy": delivery.strategy,
@@ -129,6 +131,15 @@ def begin_attempt(ctx: Context, job: JobState, delivery: StepDelivery, *, task_i
                  attempt=attempt, strategy=plan.recovery_strategy, attemptStrategy=delivery.strategy,
                  round=plan.round)
     return plan
+
+
+def kept_tree(earlier: list[dict[str, Any]], strategy: str) -> str | None:
+    """The tree a workspace-keeping retry starts from: what the previous attempt left."""
+    if strategy not in (Strategy.SOFT_RESET.value, Strategy.OPERATOR_REQUEST.value) or not earlier:
+        return None
+    last = max(earlier, key=lambda a: a["attempt"])
+    tree = last.get("treeAfter")
+    return str(tree) if tree else None
 
 
 def _run_and_finish(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, *, task_id: str, hostname: str,

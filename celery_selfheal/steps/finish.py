@@ -21,6 +21,7 @@ from celery_selfheal.jobs import transitions
 from celery_selfheal.jobs.records import read_job, step_history, update_step
 from celery_selfheal.steps.attempt import AttemptFacts, AttemptPlan
 from celery_selfheal.steps.attempt_artifact import write_attempt_artifact
+from celery_selfheal.steps.evidence import write_attempt_patch
 from celery_selfheal.steps.finished import FinishedAttempt, judge, refused_secret
 from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome
 from celery_selfheal.workspace.checkpoints import write_checkpoint
@@ -56,7 +57,7 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
                   "(secrets must come from the environment, never be written to the repository)")
         current = replace(current, ok=False, failure_class=FailureClass.DETERMINISTIC_POLICY,
                           signature=failure_signature(reason), summary=reason, decision=refused_secret(reason))
-    return _failed(ctx, current)
+    return _failed(ctx, current, ws)
 
 
 def secret_in_change(ctx: Context, patch: bytes) -> str | None:
@@ -118,11 +119,14 @@ def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recover
     return StepOutcome(OutcomeKind.NEXT, step.index, reason="step succeeded")
 
 
-def _failed(ctx: Context, done: FinishedAttempt) -> StepOutcome:
+def _failed(ctx: Context, done: FinishedAttempt, ws: GitWorkspace) -> StepOutcome:
     plan, decision = done.plan, done.decision
     job_id, step = plan.job_id, plan.step
+    evidence = write_attempt_patch(ctx.artifacts(job_id), ws, done.change, step_index=step.index,
+                                   attempt=plan.attempt, start_tree=plan.start_tree,
+                                   secret_in=lambda patch: secret_in_change(ctx, patch), redact=ctx.redactor.redact)
     if not ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
-                                        done.record_fields(AttemptStatus.FAILED.value)):
+                                        {**done.record_fields(AttemptStatus.FAILED.value), **evidence}):
         # already finished by another path (hard-limit handler, lost-worker recovery)
         return StepOutcome.stop(step.index, "attempt already recorded")
     ctx.bus.emit("task.step.attempt.failed", job_id, **done.failure_fields(), strategy=done.next_strategy)

@@ -60,7 +60,8 @@ class FinishedAttempt:
         r, change = self.result, self.change
         fields: dict[str, Any] = {
             "status": status, "exitCode": r.exit_code, "signal": r.signal, **self.timings(),
-            "diffHash": change.diff_hash, "changedFiles": list(change.changed_files), "finishedAt": self.finished_at,
+            "diffHash": change.diff_hash, "changedFiles": list(change.changed_files), "treeAfter": change.tree or None,
+            "finishedAt": self.finished_at,
             "detectionLagSeconds": None if r.detection_lag is None else round(r.detection_lag, 4),
         }
         if self.ok:
