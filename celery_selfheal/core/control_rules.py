@@ -85,30 +85,8 @@ def validate(
     if action not in STEP_ACTIONS and step_index is not None:
         raise ControlError(f"{action} applies to the whole job and takes no step "
                            f"(a step is only for {', '.join(sorted(STEP_ACTIONS))})")
-    ended = status in ("succeeded", "failed")
-    held = paused or status == "paused"
-    if action == "pause":
-        if ended:
-            raise ControlError(f"job has already {status}; there is nothing to pause")
-        if held:
-            raise ControlError("job is already paused")
-        return None
-    if action == "resume":
-        if ended:
-            raise ControlError(f"job has {status}; there is nothing to resume "
-                               "(retry_step, hard_reset_step or resume_from_step revive it)")
-        if not (held or takeover):
-            raise ControlError("job is neither paused nor taken over; there is nothing to resume")
-        return None
-    if action == "takeover":
-        if ended:
-            raise ControlError(f"job has already {status}; there is nothing to take over")
-        if takeover:
-            raise ControlError("job is already taken over")
-        return None
-    if action == "cancel":
-        if ended:
-            raise ControlError(f"job has already {status}; there is nothing to cancel")
+    if action not in STEP_ACTIONS:
+        _check_job_action(action, status=status, paused=paused, takeover=takeover)
         return None
     if status == "queued":
         raise ControlError(f"job has not started yet; {action} needs a step the job has reached")
@@ -126,3 +104,27 @@ def validate(
         raise ControlError(f"{action} only reruns the job's current step, {_name(reached, step_ids)}, "
                            f"not {_name(step_index, step_ids)} (resume_from_step goes back further)")
     return reached
+
+
+def _check_job_action(action: str, *, status: str, paused: bool, takeover: bool) -> None:
+    """pause / resume / takeover / cancel: `ControlError` unless valid in this state."""
+    ended = status in ("succeeded", "failed")
+    held = paused or status == "paused"
+    if action == "pause":
+        if ended:
+            raise ControlError(f"job has already {status}; there is nothing to pause")
+        if held:
+            raise ControlError("job is already paused")
+    elif action == "resume":
+        if ended:
+            raise ControlError(f"job has {status}; there is nothing to resume "
+                               "(retry_step, hard_reset_step or resume_from_step revive it)")
+        if not (held or takeover):
+            raise ControlError("job is neither paused nor taken over; there is nothing to resume")
+    elif action == "takeover":
+        if ended:
+            raise ControlError(f"job has already {status}; there is nothing to take over")
+        if takeover:
+            raise ControlError("job is already taken over")
+    elif ended:  # cancel
+        raise ControlError(f"job has already {status}; there is nothing to cancel")
