@@ -193,6 +193,11 @@ def load_settings(
     state = Path(pick(state_dir, "SELFHEAL_STATE_DIR", "state_dir") or DEFAULT_STATE_DIR).absolute()
     broker = pick(broker_url, "SELFHEAL_BROKER_URL", "broker_url") or "filesystem://"
     store = pick(store_url, "SELFHEAL_STORE_URL", "store_url")
+    if store is None and not broker.startswith(("filesystem://", "redis://", "rediss://")):
+        # a SQLite file beside a RabbitMQ broker would silently split state across hosts
+        raise ConfigError(f"a store URL is required with the broker {broker.split('://', 1)[0]}:// (give "
+                          "SELFHEAL_STORE_URL=redis://HOST:PORT/DB, --store, or [state] store_url)",
+                          where="--broker" if broker_url else "SELFHEAL_BROKER_URL / [state] broker_url")
     if store is None:
         # A cluster broker without a store URL would silently split state across hosts.
         store = broker if broker.startswith(("redis://", "rediss://")) else f"sqlite:///{state / 'selfheal.db'}"
