@@ -66,7 +66,7 @@ class Settings:
     statsd: Mapping[str, Any] = field(default_factory=dict)
     #: ``[redaction]`` table
     redaction: Mapping[str, Any] = field(default_factory=dict)
-    #: ``[worker]`` table (lease and sweep periods, visibility timeout, concurrency)
+    #: ``[worker]`` table (lease and sweep periods, Redis visibility timeout, RabbitMQ consumer timeout)
     worker: Mapping[str, Any] = field(default_factory=dict)
     #: ``[retention]`` table (what ``gc`` removes when)
     retention: Mapping[str, Any] = field(default_factory=dict)

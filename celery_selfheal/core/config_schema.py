@@ -86,7 +86,6 @@ TABLES: dict[str, dict[str, Key]] = {
         "visibility_timeout_seconds": _seconds("Redis visibility_timeout", "SELFHEAL_VISIBILITY_TIMEOUT", low=1),
         "consumer_timeout_seconds": _seconds("the RabbitMQ server's consumer_timeout (default 1800)",
                                              "SELFHEAL_CONSUMER_TIMEOUT", low=1),
-        "concurrency": Key("int", None, "pool processes of a worker", low=1, high=1024),
     },
     "retention": {
         "succeeded_workspace_max_age": Key("duration", None, "age after which `gc` removes the workspaces "
