@@ -14,8 +14,9 @@ from typing import Any
 
 from celery_selfheal.context import Context
 from celery_selfheal.errors import InputError, SelfHealError
-from celery_selfheal.events import TERMINAL_JOB_EVENTS
+from celery_selfheal.events import TERMINAL_JOB_EVENTS, utc_now_iso
 from celery_selfheal.jobs import load_job_file, prepare_job
+from celery_selfheal.recording import update_job
 from celery_selfheal.wiring.control import recover
 from celery_selfheal.wiring.install import SelfHeal
 from celery_selfheal.wiring.routing import enqueue_from
@@ -42,9 +43,9 @@ def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
         enqueue_from(selfheal.app, job, 0)
     except Exception as exc:
         # never leave a queued job whose message was not sent: it would wait forever
-        ctx.store.update_job(job["jobId"], {"status": "failed", "terminalReason": "not_sent",
-                                            "message": ctx.redactor.redact(f"could not send: {exc}")})
         why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        update_job(ctx, job["jobId"], expect={"status": "queued"}, status="failed", terminalReason="not_sent",
+                   retryable=True, finishedAt=utc_now_iso(), message=ctx.redactor.redact(f"could not send: {why}"))
         raise SelfHealError(f"job {job['jobId']} not sent to the broker: {why}") from None
     return job
 

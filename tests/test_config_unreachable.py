@@ -94,3 +94,23 @@ def test_unreachable_service_is_one_line_within_5s(workdir, tmp_path, command, k
         with sqlite3.connect(db) as conn:
             tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
             assert "jobs" not in tables or conn.execute("select count(*) from jobs").fetchone()[0] == 0
+
+
+def test_a_job_whose_message_cannot_be_sent_is_not_left_queued(workdir, tmp_path):
+    """Python API, no CLI pre-check: the send fails after the record was stored -> failed, not_sent."""
+    from celery import Celery
+
+    from celery_selfheal.api import submit
+    from celery_selfheal.errors import SelfHealError
+    from celery_selfheal.settings import load_settings
+    from celery_selfheal.wiring.install import SelfHeal
+
+    settings = load_settings(state_dir=tmp_path / "state", env={
+        "SELFHEAL_BROKER_URL": f"redis://127.0.0.1:{closed_port()}/0", "SELFHEAL_STORE_URL": f"sqlite:///{tmp_path}/s.db"})
+    app = Celery(f"t-{os.getpid()}")
+    app.conf.update(settings.celery_conf(), task_publish_retry=False, broker_connection_timeout=0.5)
+    sh = SelfHeal(app, settings)
+    with pytest.raises(SelfHealError, match=r"^job job-\S+ not sent to the broker: "):
+        submit(sh, workdir / "job.toml")
+    (job,) = sh.context().store.list_jobs()
+    assert (job["status"], job["terminalReason"]) == ("failed", "not_sent")
