@@ -87,6 +87,18 @@ def test_good_values_come_back_canonical(tmp_path):
     assert s.web == {"port": 9000} and s.redaction == {"extra_keys": ("session",)}
 
 
+def test_redaction_keys_are_the_redactor_config_fields(tmp_path):
+    import dataclasses
+
+    from celery_selfheal.context import redaction_config
+    from celery_selfheal.core.redact import RedactionConfig
+
+    assert set(schema.TABLES["redaction"]) == {f.name for f in dataclasses.fields(RedactionConfig)}
+    s = load(tmp_path, "[redaction]\nextra_patterns = ['internal-[0-9a-f]{8}']\nallowlist = ['pub']\n")
+    config = redaction_config(s)
+    assert config.extra_patterns == ("internal-[0-9a-f]{8}",) and config.allowlist == ("pub",)
+
+
 def test_a_short_step_timeout_under_the_default_idle_timeout_is_fine():
     # only a layer that sets both is checked: a later layer may shorten the wall timeout alone
     b = resolve_budgets(("job", {"step_idle_timeout_seconds": 60}), ("step", {"step_timeout_seconds": 1}))
