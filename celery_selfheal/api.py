@@ -15,8 +15,9 @@ from typing import Any
 from celery_selfheal.context import Context
 from celery_selfheal.control.remote import recover
 from celery_selfheal.core.job_state import TERMINAL
-from celery_selfheal.errors import InputError
+from celery_selfheal.errors import InputError, SelfHealError
 from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS
+from celery_selfheal.jobs import transitions
 from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.wiring.install import SelfHeal
 from celery_selfheal.wiring.routing import enqueue_from
@@ -26,7 +27,8 @@ __all__ = ["export_artifacts", "follow_events", "job_status", "list_artifacts", 
 
 def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
     """Validate, store and enqueue a job file; returns the job record. `InputError` on bad input,
-    in which case nothing was stored or sent."""
+    in which case nothing was stored or sent. Check the broker first (`reachability.check_broker`,
+    as the CLI does): a send that still fails marks the stored job failed (``not_sent``)."""
     ctx = selfheal.context()
     path = Path(job_file)
     spec = load_job_file(path)
@@ -37,7 +39,13 @@ def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
         ctx.store.create_job(job)
     except KeyError:
         raise InputError(f"job {job['jobId']!r} already exists", where=f"{job_file}: job.id") from None
-    enqueue_from(selfheal.app, job, 0)
+    try:
+        enqueue_from(selfheal.app, job, 0)
+    except Exception as exc:
+        # never leave a queued job whose message was not sent: it would wait forever
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        transitions.not_sent(ctx, job["jobId"], why)
+        raise SelfHealError(f"job {job['jobId']} not sent to the broker: {why}") from None
     return job
 
 

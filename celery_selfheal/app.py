@@ -7,12 +7,21 @@ reading configuration.
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
 
+from celery_selfheal.errors import ConfigError
 from celery_selfheal.settings import load_settings
 from celery_selfheal.wiring.install import SelfHeal
 
-settings = load_settings()
+try:
+    settings = load_settings()
+except ConfigError as exc:
+    # `celery -A celery_selfheal.app worker` would print the import's traceback (celery wraps every
+    # exception of the -A module); SystemExit passes through it: one line, exit 2, nothing consumed.
+    print(f"selfheal: error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 app = Celery("celery_selfheal")
 app.conf.update(

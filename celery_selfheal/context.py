@@ -40,14 +40,9 @@ class Context:
 
 
 def redaction_config(settings: Settings) -> RedactionConfig:
-    """`RedactionConfig` from the ``[redaction]`` table of config.toml."""
-    table = settings.redaction
-    return RedactionConfig(
-        extra_patterns=tuple(table.get("extra_patterns", ())),
-        extra_env_names=tuple(table.get("extra_env_names", ())),
-        allowlist=tuple(table.get("allowlist", ())),
-        extra_keys=tuple(table.get("extra_keys", ())),
-    )
+    """`RedactionConfig` from the ``[redaction]`` table of config.toml (validated by
+    `core.config_schema`, whose ``[redaction]`` keys are the fields of `RedactionConfig`)."""
+    return RedactionConfig(**{key: tuple(value) for key, value in settings.redaction.items()})
 
 
 def default_sinks(settings: Settings) -> list[EventSink]:

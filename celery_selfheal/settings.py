@@ -9,7 +9,13 @@ broker, the store and the artifact location.
 - ``[selfheal]``: budget defaults (REQ-02 key names), validated by `core.budgets`;
 - ``[state]``: ``state_dir``, ``broker_url``, ``store_url``, ``artifact_root``, ``workspace_root``;
 - ``[statsd]``: ``host``, ``port``, ``prefix``, ``tag_style``, ``enabled``;
-- ``[redaction]``: ``extra_patterns``, ``extra_env_names``, ``allowlist``, ``extra_keys``.
+- ``[redaction]``: ``extra_patterns``, ``extra_env_names``, ``allowlist``, ``extra_keys``;
+- ``[worker]``, ``[retention]``, ``[web]``: see `core.config_schema`, which types and bounds every
+  key of every table but ``[selfheal]``.
+
+Everything is validated here, once per process: a bad key or value in the file or in an env var
+beside it (``STATSD_PORT``, ``SELFHEAL_LEASE_TTL_SECONDS``, ``STEP_TIMEOUT_SECONDS``...) is a
+one-line `ConfigError` naming the file, table and key, or the variable.
 
 Without a broker URL everything is embedded under the state dir (default ``./.selfheal``):
 a ``filesystem://`` broker, a SQLite store, artifacts and workspaces.
@@ -24,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celery_selfheal.core import config_schema as schema
+from celery_selfheal.core.budgets import env_overrides, resolve_budgets, validate_overrides
 from celery_selfheal.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -32,8 +40,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_STATE_DIR = ".selfheal"
-KNOWN_TABLES = {"selfheal", "state", "statsd", "redaction", "worker"}
-STATE_KEYS = {"state_dir", "broker_url", "store_url", "artifact_root", "workspace_root"}
+KNOWN_TABLES = set(schema.KNOWN_TABLES)
+STATE_KEYS = set(schema.TABLES["state"])
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,12 @@ class Settings:
     statsd: Mapping[str, Any] = field(default_factory=dict)
     #: ``[redaction]`` table
     redaction: Mapping[str, Any] = field(default_factory=dict)
-    #: ``[worker]`` table (concurrency, queue)
+    #: ``[worker]`` table (lease and sweep periods, Redis visibility timeout, RabbitMQ consumer timeout)
     worker: Mapping[str, Any] = field(default_factory=dict)
+    #: ``[retention]`` table (what ``gc`` removes when)
+    retention: Mapping[str, Any] = field(default_factory=dict)
+    #: ``[web]`` table (console host, port, token file)
+    web: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def embedded(self) -> bool:
@@ -136,11 +148,10 @@ def read_config(path: Path) -> dict[str, Any]:
                               where=str(path))
         if not isinstance(value, dict):
             raise ConfigError(f"[{table}] must be a table", where=str(path))
-    for key, value in data.get("state", {}).items():
-        if key not in STATE_KEYS:
-            raise ConfigError(f"unknown key {key!r}", where=f"{path}: [state]")
-        if not isinstance(value, str):
-            raise ConfigError(f"must be a string, got {type(value).__name__}", where=f"{path}: state.{key}")
+        if table == "selfheal":
+            data[table] = validate_overrides(value, where=f"{path}: [selfheal]", sep=" ")
+        else:
+            data[table] = schema.validate_table(table, value, where=str(path))
     return data
 
 
@@ -166,6 +177,9 @@ def load_settings(
     env = os.environ if env is None else env
     path = find_config(env, config_path)
     config = read_config(path) if path is not None else {}
+    # every process checks the env overrides too, before it takes any work
+    schema.validate_env(env)
+    resolve_budgets((f"{path or 'config.toml'}: [selfheal]", config.get("selfheal", {})), ("env", env_overrides(env)))
     state_cfg: Mapping[str, str] = config.get("state", {})
 
     def pick(flag: Any, env_name: str, key: str) -> str | None:
@@ -179,6 +193,11 @@ def load_settings(
     state = Path(pick(state_dir, "SELFHEAL_STATE_DIR", "state_dir") or DEFAULT_STATE_DIR).absolute()
     broker = pick(broker_url, "SELFHEAL_BROKER_URL", "broker_url") or "filesystem://"
     store = pick(store_url, "SELFHEAL_STORE_URL", "store_url")
+    if store is None and not broker.startswith(("filesystem://", "redis://", "rediss://")):
+        # a SQLite file beside a RabbitMQ broker would silently split state across hosts
+        raise ConfigError(f"a store URL is required with the broker {broker.split('://', 1)[0]}:// (give "
+                          "SELFHEAL_STORE_URL=redis://HOST:PORT/DB, --store, or [state] store_url)",
+                          where="--broker" if broker_url else "SELFHEAL_BROKER_URL / [state] broker_url")
     if store is None:
         # A cluster broker without a store URL would silently split state across hosts.
         store = broker if broker.startswith(("redis://", "rediss://")) else f"sqlite:///{state / 'selfheal.db'}"
@@ -198,4 +217,6 @@ def load_settings(
         statsd=config.get("statsd", {}),
         redaction=config.get("redaction", {}),
         worker=config.get("worker", {}),
+        retention=config.get("retention", {}),
+        web=config.get("web", {}),
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.redis_server"]
+pytest_plugins = ["tests.redis_server", "tests.rabbitmq_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

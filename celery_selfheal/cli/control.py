@@ -28,7 +28,8 @@ def control(job_id: str, action: str, step_id: str | None, reason: str | None, a
     A rejected request prints one line and exits 2 without changing the job."""
     from celery_selfheal.control.remote import recover
 
-    req = recover(get_selfheal(**loc), job_id, action, step=step_id, reason=reason, actor=actor, via="cli")
+    sh = get_selfheal(**loc, need=("store", "broker"))
+    req = recover(sh, job_id, action, step=step_id, reason=reason, actor=actor, via="cli")
     target = f" step {req['stepId']!r}" if req.get("stepId") else ""
     click.echo(f"{req['requestId']}")
     click.echo(f"accepted: {action}{target} on {job_id} (pending until a worker acknowledges it)", err=True)

@@ -54,9 +54,10 @@ def handle_errors(func: F) -> F:
 
 
 def get_selfheal(state_dir: str | None = None, broker_url: str | None = None, store_url: str | None = None,
-                 config_path: str | None = None) -> Any:
+                 config_path: str | None = None, *, need: tuple[str, ...] = ("store",)) -> Any:
     """The `SelfHeal` to use: the app given by ``celery -A APP`` (if any) or the ready app, with the
-    flags applied on top of env and config.toml."""
+    flags applied on top of env and config.toml. The services in ``need`` (``store``, ``broker``)
+    are checked first: one line within seconds when one is down (`celery_selfheal.reachability`)."""
     from celery_selfheal.context import build_context
     from celery_selfheal.settings import load_settings
 
@@ -80,7 +81,22 @@ def get_selfheal(state_dir: str | None = None, broker_url: str | None = None, st
         if sh.app.main == "celery_selfheal":
             sh.app.conf.update(settings.celery_conf())
         sh.use_context(build_context(settings))
+    check_services(sh, need, broker_flag=bool(broker_url))
     return sh
+
+
+def check_services(sh: Any, need: tuple[str, ...], *, broker_flag: bool = False) -> None:
+    """Fail fast (one line) when a service a command needs does not answer."""
+    from celery_selfheal.reachability import check_broker, check_store
+
+    if not need:
+        return
+    ctx = sh.context()
+    if "store" in need:
+        check_store(ctx.store, shown=ctx.redactor.redact)
+    if "broker" in need:
+        check_broker(sh.app, shown=ctx.redactor.redact,
+                     where="--broker" if broker_flag else "SELFHEAL_BROKER_URL / [state] broker_url")
 
 
 @click.group(name="selfheal", help="Self-healing multi-step Celery jobs.")
@@ -124,7 +140,7 @@ def run(job_file: str, as_json: bool, **loc: Any) -> None:
     """Submit JOB_FILE and follow it live until it ends (exit 0 succeeded, 1 failed/cancelled, 2 invalid)."""
     from celery_selfheal.api import submit
 
-    sh = get_selfheal(**loc)
+    sh = get_selfheal(**loc, need=("store", "broker"))
     job = submit(sh, job_file)
     if not as_json:
         click.echo(f"submitted {job['jobId']} ({len(job['steps'])} steps, state in {sh.settings.state_dir})")
@@ -139,7 +155,7 @@ def submit(job_file: str, **loc: Any) -> None:
     """Submit JOB_FILE and print the job id."""
     from celery_selfheal.api import submit as do_submit
 
-    job = do_submit(get_selfheal(**loc), job_file)
+    job = do_submit(get_selfheal(**loc, need=("store", "broker")), job_file)
     click.echo(job["jobId"])
 
 
@@ -163,7 +179,7 @@ def follow(job_id: str, as_json: bool, **loc: Any) -> None:
 @handle_errors
 def worker(celery_args: tuple[str, ...], **loc: Any) -> None:
     """Start a worker for the configured app (extra options go to ``celery worker``)."""
-    sh = get_selfheal(**loc)
+    sh = get_selfheal(**loc, need=())  # a worker waits for its broker (broker_connection_retry_on_startup)
     sh.settings.ensure_dirs()
     args = list(celery_args)
     if not any(a.startswith(("-P", "--pool")) for a in args):

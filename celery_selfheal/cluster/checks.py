@@ -10,6 +10,8 @@ env                                 ``[worker]`` key                 default  me
                                                                               expired leases
 ``SELFHEAL_VISIBILITY_TIMEOUT``     ``visibility_timeout_seconds``   (none)   Redis ``visibility_timeout``
                                                                               (Celery's 3600 s if unset)
+``SELFHEAL_CONSUMER_TIMEOUT``       ``consumer_timeout_seconds``     1800     the RabbitMQ server's
+                                                                              ``consumer_timeout``
 ==================================  ===============================  =======  ==========================
 
 A dead worker's attempt is picked up by another worker within ``ttl + sweep_interval`` (25 s by
@@ -31,6 +33,8 @@ DEFAULT_LEASE_TTL = 20.0
 DEFAULT_SWEEP_INTERVAL = 5.0
 #: Redis transport default (kombu) when ``visibility_timeout`` is not set
 CELERY_VISIBILITY_TIMEOUT = 3600.0
+#: RabbitMQ's default ``consumer_timeout`` (30 min since 3.8.17) when ``consumer_timeout_seconds`` is unset
+RABBITMQ_CONSUMER_TIMEOUT = 1800.0
 #: soft-reset backoff cap of the strategy controller (core.strategy.SOFT_RESET_BACKOFF_MAX)
 SOFT_RESET_COUNTDOWN_MAX = 60.0
 
@@ -38,6 +42,7 @@ _KEYS = {
     "lease_ttl_seconds": "SELFHEAL_LEASE_TTL_SECONDS",
     "sweep_interval_seconds": "SELFHEAL_SWEEP_INTERVAL_SECONDS",
     "visibility_timeout_seconds": "SELFHEAL_VISIBILITY_TIMEOUT",
+    "consumer_timeout_seconds": "SELFHEAL_CONSUMER_TIMEOUT",
 }
 
 
@@ -51,6 +56,8 @@ class ClusterOptions:
     sweep_interval: float = DEFAULT_SWEEP_INTERVAL
     #: Redis ``visibility_timeout`` to set on the app (None: keep the app's or Celery's default)
     visibility_timeout: float | None = None
+    #: the RabbitMQ server's ``consumer_timeout``: longer steps are acknowledged when they start
+    consumer_timeout: float = RABBITMQ_CONSUMER_TIMEOUT
 
     @property
     def renew_every(self) -> float:
@@ -94,7 +101,8 @@ def cluster_options(worker_table: Mapping[str, Any], env: Mapping[str, str] | No
             found[key] = _number(worker_table[key], f"config: worker.{key}")
     opts = ClusterOptions(lease_ttl=found.get("lease_ttl_seconds", DEFAULT_LEASE_TTL),
                           sweep_interval=found.get("sweep_interval_seconds", DEFAULT_SWEEP_INTERVAL),
-                          visibility_timeout=found.get("visibility_timeout_seconds"))
+                          visibility_timeout=found.get("visibility_timeout_seconds"),
+                          consumer_timeout=found.get("consumer_timeout_seconds", RABBITMQ_CONSUMER_TIMEOUT))
     if opts.lease_ttl < 0.5:
         raise ConfigError(f"must be at least 0.5, got {opts.lease_ttl:g}", where="lease_ttl_seconds")
     return opts
@@ -103,6 +111,24 @@ def cluster_options(worker_table: Mapping[str, Any], env: Mapping[str, str] | No
 def is_redis_url(url: str) -> bool:
     """True for the URLs of the Redis broker/store."""
     return url.startswith(("redis://", "rediss://", "unix://", "sentinel://"))
+
+
+def is_amqp_url(url: str) -> bool:
+    """True for RabbitMQ (AMQP) broker URLs."""
+    return url.startswith(("amqp://", "amqps://", "pyamqp://", "librabbitmq://"))
+
+
+def acks_at_start(broker_url: str, hard_limit: float | None, opts: ClusterOptions) -> bool:
+    """Whether a step message is acknowledged when its attempt starts rather than when it ends.
+
+    RabbitMQ closes the channel of a consumer holding an unacknowledged delivery longer than its
+    ``consumer_timeout`` (and Celery's worker stops on that error), so a step whose hard limit is not
+    well below it is acknowledged at once; its attempt lease then guards it: a lost worker's lease
+    expires and the sweeper re-sends the step (`wiring.recovery`). Shorter steps keep ``acks_late``."""
+    if not is_amqp_url(broker_url):
+        return False
+    # a margin for the server's check period and the time between delivery and start
+    return hard_limit is None or hard_limit >= opts.consumer_timeout - min(60.0, opts.consumer_timeout / 10)
 
 
 def configure_app(conf: Any, broker_url: str, opts: ClusterOptions) -> None:
@@ -151,6 +177,8 @@ def startup_warnings(*, broker_url: str, store_url: str, transport_options: Mapp
     if not acks_on_failure_or_timeout:
         out.append("task_acks_on_failure_or_timeout is off: with acks_late a step killed by the hard time "
                    "limit is redelivered forever")
+    if is_amqp_url(broker_url):
+        return out + _amqp_warnings(budgets, opts)
     if not is_redis_url(broker_url):
         return out
     if not is_redis_url(store_url):
@@ -168,4 +196,22 @@ def startup_warnings(*, broker_url: str, store_url: str, transport_options: Mapp
     if countdown >= visibility:
         out.append(f"retry countdowns up to {countdown:g}s are not below the Redis visibility_timeout "
                    f"{visibility:g}s: a waiting retry is redelivered to a second worker")
+    return out
+
+
+def _amqp_warnings(budgets: Budgets, opts: ClusterOptions) -> list[str]:
+    from celery_selfheal.steps.outcome import time_limits
+
+    out: list[str] = []
+    _, hard = time_limits(budgets)
+    where = "[worker] consumer_timeout_seconds / SELFHEAL_CONSUMER_TIMEOUT"
+    if acks_at_start("amqp://", hard, opts):
+        out.append(f"hard time limit {hard:g}s (step_timeout_seconds + grace) is not well below the RabbitMQ "
+                   f"consumer_timeout {opts.consumer_timeout:g}s ({where}; set it to the server's value): such "
+                   "steps are acknowledged when they start, and a worker lost mid-step is recovered through "
+                   "its lease rather than by redelivery")
+    countdown = max(budgets.queue_retry_backoff_max_seconds, SOFT_RESET_COUNTDOWN_MAX)
+    if countdown >= opts.consumer_timeout:
+        out.append(f"retry countdowns up to {countdown:g}s are not below the RabbitMQ consumer_timeout "
+                   f"{opts.consumer_timeout:g}s ({where}): a worker holding a waiting retry loses its channel")
     return out

@@ -67,7 +67,14 @@ STEP_KEYS: frozenset[str] = frozenset(
 #: budget key -> environment variable that overrides it
 ENV_VARS: dict[str, str] = {key: key.upper() for key in BUDGET_KEYS}
 
-# key -> (python type, lower bound, bound inclusive). Plain data so the rules read as a table.
+#: the largest number of seconds a budget may hold: ten years. Countdowns become datetimes in
+#: Celery's scheduler (``1e12`` s would overflow them); nothing sensible waits longer.
+MAX_SECONDS = 10 * 365 * 86400.0
+#: the largest count a budget may hold (attempts, resets, retries)
+MAX_COUNT = 10_000
+
+# key -> (python type, lower bound, bound inclusive). Plain data so the rules read as a table;
+# the upper bound is MAX_COUNT for integers and MAX_SECONDS for seconds.
 _RULES: dict[str, tuple[type, float, bool]] = {
     "step_max_attempts": (int, 1, True),
     "step_timeout_seconds": (float, 0, False),
@@ -106,6 +113,9 @@ def _check_value(key: str, value: Any, *, where: str) -> int | float:
     if value < low or (value == low and not inclusive):
         op = ">=" if inclusive else ">"
         raise ConfigError(f"must be {op} {low:g}, got {value!r}", where=where)
+    high = MAX_COUNT if kind is int else MAX_SECONDS
+    if value > high:
+        raise ConfigError(f"must be <= {high:g}, got {value!r}", where=where)
     return int(value) if kind is int else float(value)
 
 
@@ -125,12 +135,13 @@ def validate_overrides(
     where: str,
     allowed: Collection[str] = BUDGET_KEYS,
     sep: str = ".",
+    pairs: bool = True,
 ) -> dict[str, int | float]:
     """Check a mapping of budget overrides and return it with canonical types.
 
     Raises :class:`ConfigError` with ``where=f"{where}{sep}{key}"`` for an unknown key, a key not
-    in ``allowed``, a wrong type (``bool`` is not an integer), a non-finite number or a value
-    below its bound.
+    in ``allowed``, a wrong type (``bool`` is not an integer), a non-finite number, a value
+    outside its bounds, or (``pairs``) an idle timeout above the wall timeout set beside it.
     """
     if not isinstance(values, Mapping):
         raise ConfigError(f"must be a table of budget keys, got {type(values).__name__}", where=where)
@@ -142,7 +153,19 @@ def validate_overrides(
         if key not in allowed:
             raise ConfigError(f"not allowed here; only: {', '.join(sorted(allowed))}", where=at)
         out[key] = _check_value(key, value, where=at)
+    if pairs:
+        _check_layer(out, where=lambda key: f"{where}{sep}{key}")
     return out
+
+
+def _check_layer(values: Mapping[str, int | float], *, where: Any) -> None:
+    """Rules between keys that one layer sets together (a later layer may change either one: a
+    step's short ``step_timeout_seconds`` under the default idle timeout is fine)."""
+    idle, wall = values.get("step_idle_timeout_seconds"), values.get("step_timeout_seconds")
+    if idle is not None and wall is not None and idle > wall:
+        raise ConfigError(f"must be <= step_timeout_seconds ({wall:g}) set beside it, got {idle:g}: an idle "
+                          "timeout longer than the wall timeout never fires",
+                          where=where("step_idle_timeout_seconds"))
 
 
 def env_overrides(env: Mapping[str, str], *, where: str = "env") -> dict[str, int | float]:
@@ -165,6 +188,7 @@ def env_overrides(env: Mapping[str, str], *, where: str = "env") -> dict[str, in
             expected = "an integer" if kind is int else "a number"
             raise ConfigError(f"must be {expected}, got {raw!r}", where=at) from None
         out[key] = _check_value(key, value, where=at)
+    _check_layer(out, where=lambda key: f"{where} {ENV_VARS[key]}")
     return out
 
 
@@ -177,7 +201,11 @@ def resolve_budgets(*layers: tuple[str, Mapping[str, Any]]) -> Budgets:
     merged: dict[str, int | float] = budgets_to_dict(Budgets())
     origin: dict[str, str] = dict.fromkeys(merged, "defaults")
     for name, values in layers:
-        for key, value in validate_overrides(values, where=name).items():
+        # A layer holding every key is a resolved record (a job's stored budgets): it was checked
+        # layer by layer when it was made, and its idle/wall pair may come from different layers.
+        full = isinstance(values, Mapping) and set(values) >= set(BUDGET_KEYS)
+        checked = validate_overrides(values, where=name, pairs=not full)
+        for key, value in checked.items():
             merged[key] = value
             origin[key] = name
     _check_together(merged, where=lambda key: f"{origin[key]}.{key}")

@@ -69,6 +69,14 @@ def fail(ctx: Context, job_id: str, epoch: int, *, step_id: str, step_index: int
     return True
 
 
+def not_sent(ctx: Context, job_id: str, why: str) -> bool:
+    """queued → failed (``not_sent``, retryable) for a job whose first message could not be sent:
+    a queued job nobody will ever run must not wait forever."""
+    return update_job(ctx, job_id, expect={"status": JobStatus.QUEUED.value},
+                      **outcome_fields(JobStatus.FAILED, reason="not_sent", retryable=True,
+                                       message=ctx.redactor.redact(f"could not send: {why}")))
+
+
 def cancel(ctx: Context, job: JobState, request: Mapping[str, Any]) -> bool:
     """Any live status → cancelled (running/retrying steps too); ``task.job.cancelled``."""
     steps = [s.to_record() for s in job.steps]

@@ -111,8 +111,10 @@ def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:
     """Register ``selfheal.run_step`` on ``app`` and return it."""
 
     # shared=False: a shared task would be copied into every later app, bound to this app's context.
+    # Request: long steps on RabbitMQ are acknowledged at start (wiring/step_request.py)
     @app.task(bind=True, name=RUN_STEP, max_retries=None, acks_late=True, reject_on_worker_lost=True,
-              ignore_result=True, serializer="json", shared=False)
+              ignore_result=True, serializer="json", shared=False,
+              Request="celery_selfheal.wiring.step_request:StepRequest")
     def run_step(self: Task, job_id: str, step_index: int, epoch: int, strategy: str = INITIAL,
                  retry_context: dict[str, Any] | None = None, operator: bool = False) -> dict[str, Any]:
         return run_step_body(self, get_context(),

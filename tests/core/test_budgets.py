@@ -144,6 +144,11 @@ def test_resolution_order_property(layers):
         else layer
         for layer in layers
     ]
+    # a layer that sets both timeouts keeps idle <= wall (the pair rule, tested below)
+    layers = [{**layer, "step_idle_timeout_seconds": min(layer["step_idle_timeout_seconds"],
+                                                         layer["step_timeout_seconds"])}
+              if {"step_idle_timeout_seconds", "step_timeout_seconds"} <= set(layer) else layer
+              for layer in layers]
     b = resolve_budgets(*((f"layer{i}", layer) for i, layer in enumerate(layers)))
     for key in BUDGET_KEYS:
         setters = [layer[key] for layer in layers if key in layer]
