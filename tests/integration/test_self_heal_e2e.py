@@ -235,6 +235,7 @@ def test_selfheal_worker_command_starts_a_prefork_worker(tmp_path: Path) -> None
     import signal
     import subprocess
     import sys
+    import threading
 
     from celery_selfheal.embedded.local_worker import worker_running
     from celery_selfheal.settings import load_settings
@@ -243,13 +244,25 @@ def test_selfheal_worker_command_starts_a_prefork_worker(tmp_path: Path) -> None
     proc = subprocess.Popen([str(Path(sys.executable).parent / "selfheal"), "worker", "--state-dir", str(state),
                              "-c", "1", "--without-mingle", "--without-gossip"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            lines.append(raw.decode(errors="replace"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         settings = load_settings(state_dir=state, env={})
-        deadline = time.monotonic() + 30
-        while not worker_running(settings):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout and proc.stdout.read()
+        deadline = time.monotonic() + 60
+        # wait for the condition itself: the lock held and the banner printed (a busy machine is slow)
+        while not (worker_running(settings) and any("(prefork)" in line for line in lines)):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
             time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out = proc.communicate(timeout=30)[0].decode()
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert "(prefork)" in out, out  # the banner names the pool
