@@ -168,11 +168,12 @@ class SQLiteStore(StateStore):
     def page_jobs(self, *, status: str | None = None, limit: int = 50,
                   before: int | None = None) -> tuple[list[Record], int | None]:
         # the status filter repeats the index expression exactly, so SQLite uses jobs_by_status
-        where, args = ["seq < ?"], [before if before is not None else 2**63 - 1]
+        where: list[str] = ["seq < ?"]
+        args: list[object] = [before if before is not None else 2**63 - 1]
         if status is not None:
             where.append("json_extract(data, '$.status') = ?")
             args.append(status)
-        rows = self._db().execute(f"select seq, data from jobs where {' and '.join(where)} "  # noqa: S608
+        rows = self._db().execute(f"select seq, data from jobs where {' and '.join(where)} "
                                   "order by seq desc limit ?", (*args, max(limit, 0) + 1)).fetchall()
         page = rows[:max(limit, 0)]
         nxt = page[-1][0] if len(rows) > len(page) and page else None
