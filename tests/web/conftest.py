@@ -138,3 +138,6 @@ def wait_for(pred: Any, what: str, timeout: float = 30.0) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+from tests.web.browser import browser  # noqa: E402,F401  (the fixture, for the console tests)

@@ -87,8 +87,16 @@ function renderAudit(doc) {
     el("td", {}, shortTime(c.finishedAt)))));
 }
 
+async function loadArtifacts() {
+  const arts = await api(BASE + "/artifacts");
+  document.getElementById("artifacts").replaceChildren(...arts.artifacts.map((a) =>
+    el("li", {}, el("a", { href: BASE + "/artifacts/" + a.path.split("/").map(encodeURIComponent).join("/") }, a.path),
+      ` (${a.size} bytes)`)));
+}
+
 async function refresh() {
   refreshTimer = null;
+  loadArtifacts().catch(() => {});
   try {
     view = await api(BASE + "/view");
   } catch (err) {
@@ -100,8 +108,10 @@ async function refresh() {
   renderTimeline(doc, view.summaries);
   renderControls(doc, view.actions);
   renderAudit(doc);
-  const running = doc.steps.flatMap((s) => s.attempts).filter((a) => a.status === "running").pop();
-  logAttempt = running || null;
+  // the running attempt, else the latest one: what the agent printed last
+  const attempts = doc.steps.flatMap((s) => s.attempts).filter((a) => a.startedAt);
+  attempts.sort((x, y) => (x.startedAt < y.startedAt ? -1 : 1));
+  logAttempt = attempts.filter((a) => a.status === "running").pop() || attempts.pop() || null;
   const over = TERMINAL.includes(doc.status) && (doc.pendingControl || []).length === 0;
   if (over && source) { source.close(); source = null; setLive("job ended"); }
   if (!over && !source) follow();
@@ -141,20 +151,24 @@ function follow() {
   source.onopen = () => setLive("live");
 }
 
+let logShown = null;
+
 async function tailLog() {
   const pre = document.getElementById("log");
   const title = document.getElementById("log-title");
-  if (logAttempt) {
+  const att = logAttempt;
+  // a running attempt is polled every second; a finished one is read once more after it ended
+  const key = att ? `${att.stepIndex}:${att.attempt}:${att.status}` : null;
+  if (att && (att.status === "running" || key !== logShown)) {
     try {
-      const body = await api(`${BASE}/steps/${logAttempt.stepIndex}/attempts/${logAttempt.attempt}/log?tail=8192`);
-      title.textContent = `step ${logAttempt.stepId} attempt ${logAttempt.attempt}`;
+      const body = await api(`${BASE}/steps/${att.stepIndex}/attempts/${att.attempt}/log?tail=8192`);
+      title.textContent = `step ${att.stepId} attempt ${att.attempt} (${att.status})`;
       pre.textContent = body;
       pre.scrollTop = pre.scrollHeight;
+      logShown = key;
     } catch (err) {
       if (err.status !== 404) title.textContent = err.message;
     }
-  } else if (title.textContent.indexOf("(ended)") < 0 && pre.textContent) {
-    title.textContent += " (ended)";
   }
   setTimeout(tailLog, 1000);
 }
@@ -193,10 +207,6 @@ async function start() {
     const list = document.getElementById("events");
     for (const ev of backlog.events) list.prepend(eventItem(ev.seq, ev));
     lastSeq = backlog.last;
-    const arts = await api(BASE + "/artifacts");
-    document.getElementById("artifacts").replaceChildren(...arts.artifacts.map((a) =>
-      el("li", {}, el("a", { href: BASE + "/artifacts/" + a.path.split("/").map(encodeURIComponent).join("/") }, a.path),
-        ` (${a.size} bytes)`)));
   } catch (err) {
     document.getElementById("page-error").textContent = err.message;
   }
