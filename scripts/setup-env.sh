@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 need=()
 command -v git >/dev/null 2>&1 || need+=(git)
 if [ "${SELFHEAL_NEED_REDIS:-0}" = 1 ]; then command -v redis-server >/dev/null 2>&1 || need+=(redis-server); fi
+# the console's browser tests: Debian's Chromium and its matching chromedriver (no browser download)
+if [ "${SELFHEAL_NEED_BROWSER:-0}" = 1 ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need[*]} with apt-get" >&2

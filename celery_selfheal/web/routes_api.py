@@ -51,8 +51,9 @@ def _job_or_404(request: Request) -> tuple[Any, str]:
 def jobs(request: Request) -> Response:
     """``GET /api/jobs?status=S&limit=N&cursor=C``."""
     ctx = request.app.state.selfheal.context()
-    rows, nxt = api.list_jobs(ctx, status=request.query_params.get("status") or None,
-                              limit=_int(request, "limit", 50, low=1), cursor=request.query_params.get("cursor"))
+    query = request.query_params
+    rows, nxt = api.list_jobs(ctx, status=query.get("status") or None, limit=_int(request, "limit", 50, low=1),
+                              cursor=query.get("cursor") or None)
     return JSONResponse({"jobs": rows, "next": nxt})
 
 
