@@ -8,11 +8,15 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
+
+import uvicorn
 
 from celery_selfheal.control import default_actor
 from celery_selfheal.errors import InputError
 from celery_selfheal.web.auth import Tokens, load_tokens
+from celery_selfheal.web.sse import Feeds
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -52,8 +56,6 @@ def login_url(host: str, port: int, tokens: Tokens) -> str:
 def serve(selfheal: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           token_file: str | None = None) -> None:
     """Run the console in this process until interrupted."""
-    import uvicorn
-
     from celery_selfheal.web.app import build_app
 
     tokens = console_tokens(selfheal, host, token_file)
@@ -63,5 +65,23 @@ def serve(selfheal: Any, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     store = selfheal.context().redactor.redact(selfheal.settings.store_url)
     print(f"selfheal web: store {store}, tokens from {tokens.source}; open {login_url(host, port, tokens)}",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning", lifespan="off",
-                timeout_graceful_shutdown=3)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning", lifespan="off",
+                            timeout_graceful_shutdown=3)
+    try:
+        ConsoleServer(config, app.state.feeds).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it stopped on: exit as run/follow do
+        print("selfheal web: stopped", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+class ConsoleServer(uvicorn.Server):
+    """uvicorn's server, ending the SSE streams as soon as it is asked to stop (else it would wait
+    for them, then cancel them with a traceback in the log)."""
+
+    def __init__(self, config: uvicorn.Config, feeds: Feeds) -> None:
+        super().__init__(config)
+        self.feeds = feeds
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.feeds.close()
+        super().handle_exit(sig, frame)

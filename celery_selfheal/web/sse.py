@@ -58,6 +58,26 @@ class Feeds:
     def __init__(self, ctx: Context, *, poll: float = POLL_SECONDS, keepalive: float = KEEPALIVE_SECONDS) -> None:
         self.ctx, self.poll, self.keepalive = ctx, poll, keepalive
         self._feeds: dict[str, Feed] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        """End every stream now (the server is shutting down; from any thread). Without this,
+        uvicorn would wait for the streams, then cancel them with a traceback in the log."""
+        def close_in_loop() -> None:
+            self.closed = True
+            for feed in list(self._feeds.values()):
+                feed.notify()
+
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(close_in_loop)
+        else:
+            self.closed = True
+
+    @property
+    def followed(self) -> dict[str, int]:
+        """Clients per followed job (for tests and benchmarks)."""
+        return {job_id: feed.clients for job_id, feed in self._feeds.items()}
 
     async def stream(self, job_id: str, after: int) -> AsyncIterator[str]:
         """The SSE text of the job's events after ``after``, live, until the job has ended."""
@@ -74,7 +94,7 @@ class Feeds:
                 for seq, event in batch:
                     cursor = seq
                     yield f"id: {seq}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
-                if feed.finished and cursor >= feed.last:
+                if (feed.finished and cursor >= feed.last) or self.closed:
                     return
                 if not batch:
                     waiter = feed.changed
@@ -94,6 +114,7 @@ class Feeds:
         return [item for item in feed.buffer if item[0] > cursor]
 
     def _join(self, job_id: str, last: int) -> Feed:
+        self._loop = asyncio.get_running_loop()
         feed = self._feeds.get(job_id)
         if feed is None or feed.finished:  # a finished feed may be for a job revived since
             feed = self._feeds[job_id] = Feed(job_id=job_id, last=last)
@@ -111,7 +132,7 @@ class Feeds:
     async def _run(self, feed: Feed) -> None:
         """Poll the store for the feed until nobody follows it or the job is over."""
         quiet, ended = 0.0, False
-        while not feed.finished:
+        while not feed.finished and not self.closed:
             batch = await run_in_threadpool(self.ctx.store.list_events, feed.job_id, feed.last)
             if batch:
                 feed.buffer.extend(batch)

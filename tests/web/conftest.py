@@ -36,6 +36,7 @@ class Console:
     url: str
     tokens: Tokens
     selfheal: Any
+    app: Any
 
     def token(self, name: str = ALICE) -> str:
         return str(self.tokens.by_name[name])
@@ -61,8 +62,8 @@ def run_console(selfheal: Any, tokens: Tokens | None = None, **app_kw: Any) -> I
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(build_app(selfheal, tokens, **app_kw), log_level="warning", access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=1)
+    app = build_app(selfheal, tokens, **app_kw)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -72,8 +73,9 @@ def run_console(selfheal: Any, tokens: Tokens | None = None, **app_kw: Any) -> I
             raise AssertionError("the console did not start")
         time.sleep(0.02)
     try:
-        yield Console(url=f"http://127.0.0.1:{port}", tokens=tokens, selfheal=selfheal)
+        yield Console(url=f"http://127.0.0.1:{port}", tokens=tokens, selfheal=selfheal, app=app)
     finally:
+        app.state.feeds.close()
         server.should_exit = True
         thread.join(15)
         sock.close()

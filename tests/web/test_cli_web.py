@@ -8,10 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
+
+from celery_selfheal.store import open_store
 
 SELFHEAL = [str(Path(sys.executable).parent / "selfheal")]
 
@@ -94,11 +97,31 @@ def test_token_file_names_are_the_actors(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("# operators\nops-anna:anna-token-0123456789\nops-ben:ben-token-0123456789\n")
     proc, log, port = start(tmp_path, "--host", "127.0.0.1", "--token-file", str(tokens))
+    store = open_store(f"sqlite:///{tmp_path}/state/selfheal.db")
+    store.create_job({"jobId": "quiet", "status": "running", "epoch": 0, "steps": [], "spec": {}})
+    opened = threading.Event()
+
+    def follow() -> None:  # a client following a quiet job while the console is stopped
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http, \
+                http.stream("GET", "/api/jobs/quiet/events/stream",
+                            headers={"Authorization": "Bearer anna-token-0123456789"}) as resp:
+            opened.set()
+            for _ in resp.iter_lines():
+                pass
+
+    reader = threading.Thread(target=follow, daemon=True)
     try:
         assert "anna-token" not in log.read_text() and f"http://127.0.0.1:{port}/login" in log.read_text()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
             assert http.get("/api/jobs", headers={"Authorization": "Bearer ben-token-0123456789"}).status_code == 200
             assert http.get("/api/jobs", headers={"Authorization": "Bearer ben-token-01234567"}).status_code == 401
+        reader.start()
+        assert opened.wait(10)
     finally:
-        assert stop(proc) in (0, 130, -2)
-    assert "Traceback" not in log.read_text()
+        started = time.monotonic()
+        code = stop(proc)
+        assert code == 130, log.read_text()
+    assert time.monotonic() - started < 5  # the open stream does not hold the shutdown
+    reader.join(10)
+    assert not reader.is_alive()
+    assert "Traceback" not in log.read_text(), log.read_text()

@@ -54,6 +54,8 @@ def test_sse_follows_a_job_healing_live_on_two_consoles(harness: Any, make_repo)
         streams = [pool.submit(sse, h, f"/api/jobs/{job_id}/events/stream") for h in (h1, h2)]
         got = [s.result(timeout=90) for s in streams]  # each ends by itself when the job has ended
         stored = h1.get(f"/api/jobs/{job_id}/events").json()["events"]
+        wait_for(lambda: not one.app.state.feeds.followed and not two.app.state.feeds.followed,
+                 "the feeds to go once their clients left")
     for events, _ in got:
         assert [seq for seq, _ in events] == [e["seq"] for e in stored] == list(range(1, len(stored) + 1))
         names = [e["event"] for _, e in events]
