@@ -192,6 +192,39 @@ def start_worker(settings: Settings, tmp: Path, concurrency: int) -> subprocess.
     return proc
 
 
+class RawFollowers:
+    """``n`` SSE clients on raw sockets, read by one selector thread that only drains them: the
+    clients' own cost stays out of the measurement (browsers would be on other machines)."""
+
+    def __init__(self, console: Console, job_id: str, n: int) -> None:
+        import selectors
+
+        self.sel = selectors.DefaultSelector()
+        request = (f"GET /api/jobs/{job_id}/events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n").encode()
+        for _ in range(n):
+            sock = socket.create_connection(("127.0.0.1", console.port))
+            sock.sendall(request)
+            sock.setblocking(False)
+            self.sel.register(sock, selectors.EVENT_READ)
+        self.open, self.bytes = n, 0
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while self.open:
+            for key, _ in self.sel.select(timeout=1):
+                data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                self.bytes += len(data)
+                if not data or data.endswith(b"0\r\n\r\n"):  # the chunked stream's end
+                    self.sel.unregister(key.fileobj)
+                    key.fileobj.close()  # type: ignore[union-attr]
+                    self.open -= 1
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+
 def bench_followers(tmp: Path, runs: int, clients: int = 50, steps: int = 8) -> dict[str, float]:
     from celery_selfheal.api import submit
     from tests.integration.conftest import client_selfheal, stop_worker
@@ -209,20 +242,18 @@ def bench_followers(tmp: Path, runs: int, clients: int = 50, steps: int = 8) -> 
                                     "steps": [{"id": "warmup", "instructions": "x", "runtime": ["sleep", "3"]}]
                                     + [{"id": f"s{i}", "instructions": "x"} for i in range(steps)]}))
 
+    cpu: list[float] = []
+
     def one(n_clients: int) -> float:
         job_id = submit(sh, job_file)["jobId"]
-        threads = []
-        for _ in range(n_clients):
-            ready = threading.Event()
-            t = threading.Thread(target=sse_reader, args=(console, job_id, 0, [], ready), daemon=True)
-            t.start()
-            threads.append((t, ready))
-        for _, ready in threads:
-            ready.wait(10)
+        followers = RawFollowers(console, job_id, n_clients) if n_clients else None
+        cpu0 = console.cpu_seconds()
         while (ctx.store.get_job(job_id) or {}).get("status") not in ("succeeded", "failed"):
             time.sleep(0.05)
-        for t, _ in threads:
-            t.join(30)
+        if followers:
+            followers.join(30)
+            assert followers.open == 0 and followers.bytes > 0
+            cpu.append(console.cpu_seconds() - cpu0)
         atts = [a for a in ctx.store.list_attempts(job_id) if a["stepIndex"] >= 1]
         first, last = min(a["startedAt"] for a in atts), max(a["finishedAt"] for a in atts)
         from datetime import datetime
@@ -238,7 +269,7 @@ def bench_followers(tmp: Path, runs: int, clients: int = 50, steps: int = 8) -> 
             loaded.append(one(clients))
         b, m = statistics.median(base), statistics.median(loaded)
         return {"per_step_0_clients_ms": b * 1000, f"per_step_{clients}_clients_ms": m * 1000,
-                "change_pct": (m - b) / b * 100}
+                "change_pct": (m - b) / b * 100, "console_cpu_s": statistics.median(cpu)}
     finally:
         console.stop()
         stop_worker(worker)
@@ -365,7 +396,7 @@ def main() -> None:
         if r:
             print(f"per-step time: {r['per_step_0_clients_ms']:.0f} ms with 0 SSE clients, "
                   f"{r['per_step_50_clients_ms']:.0f} ms with 50 ({r['change_pct']:+.1f} %; "
-                  f"medians of {args.runs} jobs)",
+                  f"medians of {args.runs} jobs); console CPU {r['console_cpu_s']:.2f} s per followed job",
                   flush=True)
         if not args.skip_browser and "pause" in only:
             r = bench_pause_ack(tmp, args.runs)

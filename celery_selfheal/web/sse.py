@@ -35,13 +35,19 @@ BUFFER = 2000
 Event = tuple[int, dict[str, Any]]
 
 
+def frame(seq: int, event: dict[str, Any]) -> str:
+    """One SSE message: ``id: SEQ`` and ``data: JSON``."""
+    return f"id: {seq}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+
+
 @dataclass
 class Feed:
     """The shared view of one job's event stream."""
 
     job_id: str
     last: int
-    buffer: collections.deque[Event] = field(default_factory=lambda: collections.deque(maxlen=BUFFER))
+    #: (seq, SSE frame) of the latest events, encoded once for all the feed's clients
+    buffer: collections.deque[tuple[int, str]] = field(default_factory=lambda: collections.deque(maxlen=BUFFER))
     finished: bool = False  # the job is over for good (api.job_finished)
     clients: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -87,13 +93,14 @@ class Feeds:
             yield f"retry: 2000\n: following job {job_id} after {after}\n\n"
             cursor = after
             while True:
-                batch = backlog or self._since(feed, cursor)
+                batch = [(seq, frame(seq, event)) for seq, event in backlog] or self._since(feed, cursor)
                 backlog = []
                 if batch is None:  # fell behind the buffer: read the store
-                    batch = await run_in_threadpool(self.ctx.store.list_events, job_id, cursor)
-                for seq, event in batch:
-                    cursor = seq
-                    yield f"id: {seq}\ndata: {json.dumps(event, separators=(',', ':'))}\n\n"
+                    found = await run_in_threadpool(self.ctx.store.list_events, job_id, cursor)
+                    batch = [(seq, frame(seq, event)) for seq, event in found]
+                if batch:  # one write per wake-up, not one per event
+                    cursor = batch[-1][0]
+                    yield "".join(text for _, text in batch)
                 if (feed.finished and cursor >= feed.last) or self.closed:
                     return
                 if not batch:
@@ -106,7 +113,7 @@ class Feeds:
             self._leave(feed)
 
     @staticmethod
-    def _since(feed: Feed, cursor: int) -> list[Event] | None:
+    def _since(feed: Feed, cursor: int) -> list[tuple[int, str]] | None:
         if cursor >= feed.last:
             return []
         if not feed.buffer or feed.buffer[0][0] > cursor + 1:
@@ -135,7 +142,7 @@ class Feeds:
         while not feed.finished and not self.closed:
             batch = await run_in_threadpool(self.ctx.store.list_events, feed.job_id, feed.last)
             if batch:
-                feed.buffer.extend(batch)
+                feed.buffer.extend((seq, frame(seq, event)) for seq, event in batch)
                 feed.last, quiet = batch[-1][0], 0.0
                 ended = ended or any(e.get("event") in TERMINAL_JOB_EVENTS for _, e in batch)
             else:
