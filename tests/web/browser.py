@@ -53,13 +53,13 @@ def browser() -> Iterator[Any]:
 
 def until(driver: Any, predicate: Callable[[Any], Any], what: str, timeout: float = 30.0) -> Any:
     """Wait for ``predicate(driver)`` to be truthy (conditions, never guessed delays)."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 
     deadline = time.monotonic() + timeout
     while True:
         try:
             value = predicate(driver)
-        except StaleElementReferenceException:  # the page re-rendered that part meanwhile
+        except (StaleElementReferenceException, NoAlertPresentException):  # re-rendered / not there yet
             value = None
         if value:
             return value

@@ -164,3 +164,21 @@ def test_hostile_job_text_and_output_stay_text(browser: Any, harness: Any, make_
         until(browser, lambda d: by_css(d, f'tr[data-job-id="{job_id}"]'), "the job in the list")
         assert XSS_OBJECTIVE in text_of(browser, f'tr[data-job-id="{job_id}"]')
         assert not by_css(browser, "#pwn-objective") and browser.execute_script("return window.__xss") is None
+
+
+def test_cancel_asks_for_confirmation(browser: Any, harness: Any, make_repo) -> None:
+    job_id = harness.submit(write_job(harness.tmp, make_repo(), [{"id": "long", "instructions": "sleep 30"}],
+                                      kill_grace_seconds=0.5))
+    with run_console(harness.selfheal) as console:
+        login(browser, console)
+        browser.get(f"{console.url}/jobs/{job_id}")
+        until(browser, lambda d: by_css(d, ".step tr.attempt.running"), "the step running on the page")
+        browser.find_element("id", "action-cancel").click()
+        until(browser, lambda d: d.switch_to.alert, "the confirmation").dismiss()
+        assert not harness.ctx.store.list_control(job_id)  # dismissed: nothing was asked
+        browser.find_element("id", "action-cancel").click()
+        until(browser, lambda d: d.switch_to.alert, "the confirmation").accept()
+        until(browser, lambda d: text_of(d, "#job-status") == "cancelled", "the job cancelled", timeout=60)
+        until(browser, lambda d: "task.job.cancelled" in event_names(d), "the cancel in the feed")
+        for action in ("pause", "cancel", "retry_step", "resume_from_step"):
+            assert browser.find_element("id", f"action-{action}").get_attribute("disabled") is not None, action
