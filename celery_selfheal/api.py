@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,12 @@ from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.wiring.install import SelfHeal
 from celery_selfheal.wiring.routing import enqueue_from
 
-__all__ = ["export_artifacts", "follow_events", "job_status", "list_artifacts", "recover", "require_job", "submit"]
+#: the fields of one ``selfheal jobs --json`` line and one ``/api/jobs`` row, in this order
+JOB_ROW_KEYS = ("jobId", "status", "currentStep", "createdAt", "updatedAt", "finishedAt", "objective")
+#: the largest page `list_jobs` returns
+MAX_PAGE = 1000
+__all__ = ["export_artifacts", "follow_events", "job_finished", "job_status", "list_artifacts", "list_jobs",
+           "recover", "require_job", "submit"]
 
 
 def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
@@ -80,6 +86,49 @@ def job_status(ctx: Context, job_id: str) -> dict[str, Any]:
     }
 
 
+def list_jobs(ctx: Context, status: str | None = None, limit: int = 50,
+              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest jobs first, optionally only those with ``status``: rows of `JOB_ROW_KEYS`, and the
+    cursor of the next page (None after the last). `InputError` for a bad status, limit or cursor."""
+    from celery_selfheal.core.control_rules import STATUSES
+
+    if status is not None and status not in STATUSES:
+        raise InputError(f"unknown status {status!r} (use one of: {', '.join(STATUSES)})", where="status")
+    if not 1 <= limit <= MAX_PAGE:
+        raise InputError(f"limit must be between 1 and {MAX_PAGE}, not {limit}", where="limit")
+    before = None
+    if cursor is not None:
+        if not cursor.isdigit() or len(cursor) > 18:
+            raise InputError(f"invalid cursor {cursor[:40]!r} (use the value of 'next' from the previous page)",
+                             where="cursor")
+        before = int(cursor)
+    records, nxt = ctx.store.page_jobs(status=status, limit=limit, before=before)
+    return [job_row(job) for job in records], None if nxt is None else str(nxt)
+
+
+def job_row(job: dict[str, Any]) -> dict[str, Any]:
+    """One row of `list_jobs` from a job record."""
+    row = {k: job.get(k) for k in JOB_ROW_KEYS}
+    row["objective"] = (job.get("spec") or {}).get("objective")
+    return row
+
+
+def job_finished(ctx: Context, job_id: str, min_age: float = 0.0) -> bool:
+    """True once the job has ended for good: a terminal status and no operator request pending that
+    could revive it (retry_step, resume_from_step...), at least ``min_age`` seconds ago (by its
+    ``finishedAt``). Followers stop there."""
+    job = ctx.store.get_job(job_id) or {}
+    if job.get("status") not in TERMINAL or ctx.store.pending_control(job_id):
+        return False
+    if min_age <= 0:
+        return True
+    try:
+        finished = datetime.fromisoformat(str(job.get("finishedAt")).replace("Z", "+00:00"))
+    except ValueError:
+        return True  # no (readable) finishedAt: nothing better to wait for
+    return (datetime.now(timezone.utc) - finished).total_seconds() >= min_age
+
+
 def follow_events(ctx: Context, job_id: str, *, after: int = 0, until_terminal: bool = True,
                   poll: float = 0.1, timeout: float | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield the job's events as they are persisted; stop after the job ends (if asked)."""
@@ -92,11 +141,8 @@ def follow_events(ctx: Context, job_id: str, *, after: int = 0, until_terminal: 
         for seq, event in batch:
             yield seq, event
         ended = ended or any(e["event"] in TERMINAL_JOB_EVENTS for _, e in batch)
-        if until_terminal and ended:
-            job = ctx.store.get_job(job_id) or {}
-            # a pending operator request (retry_step, resume_from_step...) may revive it: keep following
-            if job.get("status") in TERMINAL and not ctx.store.pending_control(job_id):
-                return
+        if until_terminal and ended and job_finished(ctx, job_id):
+            return
         if deadline is not None and time.monotonic() > deadline:
             return
         if not batch:

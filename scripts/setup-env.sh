@@ -8,6 +8,11 @@ command -v git >/dev/null 2>&1 || need+=(git)
 if [ "${SELFHEAL_NEED_REDIS:-0}" = 1 ]; then command -v redis-server >/dev/null 2>&1 || need+=(redis-server); fi
 # tests run Debian's scripts directly (tests/rabbitmq_server.py), not the /usr/sbin wrappers
 if [ "${SELFHEAL_NEED_RABBITMQ:-0}" = 1 ]; then [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server); fi
+# the console's browser tests: Debian's Chromium and its matching chromedriver (no browser download)
+if [ "${SELFHEAL_NEED_BROWSER:-0}" = 1 ]; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need[*]} with apt-get" >&2

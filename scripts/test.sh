@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite with real parts: git repos, redis-server, rabbitmq-server, prefork Celery workers, UDP.
+# The whole test suite with real parts: git repos, redis-server, rabbitmq-server, prefork Celery workers, UDP, headless Chromium.
 # Installs what is missing (as root via apt-get), makes .venv, runs pytest. Extra args go to pytest.
 # pytest's exit 5 (nothing collected) is a failure here, never a pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SELFHEAL_NEED_REDIS=1 SELFHEAL_NEED_RABBITMQ=1 SELFHEAL_EXTRAS=test bash scripts/setup-env.sh
+SELFHEAL_NEED_REDIS=1 SELFHEAL_NEED_RABBITMQ=1 SELFHEAL_NEED_BROWSER=1 SELFHEAL_EXTRAS=test bash scripts/setup-env.sh
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

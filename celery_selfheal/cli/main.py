@@ -237,6 +237,20 @@ def artifacts(job_id: str, export_dir: str | None, **loc: Any) -> None:
         click.echo(f"{size:>10}  {rel}")
 
 
+@selfheal.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (a non-loopback one needs a token).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="Lines NAME:TOKEN (NAME is the audit's actor).")
+@location_options
+@handle_errors
+def web(host: str, port: int, token_file: str | None, **loc: Any) -> None:
+    """The operator console and HTTP control API (default http://127.0.0.1:8765)."""
+    from celery_selfheal.web.server import serve
+
+    serve(get_selfheal(**loc), host=host, port=port, token_file=token_file)
+
+
 def main() -> None:
     """Console-script entry point."""
     selfheal(prog_name="selfheal")

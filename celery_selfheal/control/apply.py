@@ -143,8 +143,13 @@ def _cancel(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqueue
         job = _job(ctx, job_id)
         if job.terminal:
             return ack(ctx, job_id, request, effect=f"job had already {job.status}")
-        if transitions.cancel(ctx, job, request):
-            return ack(ctx, job_id, request, effect="job cancelled")
+        acked: list[dict[str, Any]] = []
+
+        def ack_first(acked: list[dict[str, Any]] = acked) -> None:  # the ack comes before the terminal event
+            acked.append(ack(ctx, job_id, request, effect="job cancelled"))
+
+        if transitions.cancel(ctx, job, request, before_event=ack_first):
+            return acked[0]
     raise RuntimeError("the job kept changing while it was cancelled")
 
 

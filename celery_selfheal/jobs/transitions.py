@@ -8,7 +8,7 @@ from the winner. Terminal transitions all set the same fields (`state.OUTCOME_FI
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery_selfheal.context import Context
@@ -77,8 +77,11 @@ def not_sent(ctx: Context, job_id: str, why: str) -> bool:
                                        message=ctx.redactor.redact(f"could not send: {why}")))
 
 
-def cancel(ctx: Context, job: JobState, request: Mapping[str, Any]) -> bool:
-    """Any live status → cancelled (running/retrying steps too); ``task.job.cancelled``."""
+def cancel(ctx: Context, job: JobState, request: Mapping[str, Any],
+           before_event: Callable[[], object] | None = None) -> bool:
+    """Any live status → cancelled (running/retrying steps too); ``task.job.cancelled``.
+    ``before_event`` runs once the change is made and before the terminal event, so that what it
+    emits (the request's ack) comes before the event followers stop at."""
     steps = [s.to_record() for s in job.steps]
     for s in steps:
         if s["status"] in (StepStatus.RUNNING.value, StepStatus.RETRYING.value):
@@ -86,6 +89,8 @@ def cancel(ctx: Context, job: JobState, request: Mapping[str, Any]) -> bool:
     if not update_job(ctx, job.job_id, expect={"epoch": job.epoch, "status": job.status},
                       **outcome_fields(JobStatus.CANCELLED, reason="cancelled"), **_unparked(), steps=steps):
         return False
+    if before_event is not None:
+        before_event()
     current = job.current_step
     ctx.bus.emit("task.job.cancelled", job.job_id, epoch=job.epoch, stepIndex=current,
                  stepId=job.steps[current].step_id, actor=request.get("actor"), reason=request.get("reason"),

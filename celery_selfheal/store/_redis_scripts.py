@@ -16,10 +16,13 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-#: KEYS: job key, jobs zset, jobs counter. ARGV: job JSON, job id. Returns 1 if created.
+#: KEYS: job key, jobs zset, jobs counter, zset of the job's status. ARGV: job JSON, job id.
+#: Returns 1 if created.
 CREATE_JOB = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
-redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[2])
+local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[2], seq, ARGV[2])
+redis.call('ZADD', KEYS[4], seq, ARGV[2])
 return 1
 """
 

@@ -41,6 +41,15 @@ class StateStore(abc.ABC):
     def list_jobs(self, limit: int = 100) -> list[Record]:
         """Most recently created first."""
 
+    @abc.abstractmethod
+    def page_jobs(self, *, status: str | None = None, limit: int = 50,
+                  before: int | None = None) -> tuple[list[Record], int | None]:
+        """One page of jobs, most recently created first: those created before position ``before``
+        (None: from the newest) and, when ``status`` is given, with that status now. Returns the
+        records and the ``before`` of the next page (None when this page is the last). Both
+        backends answer from an index (creation order, and status then creation order), so a
+        page costs the same with 10 or 100,000 jobs."""
+
     # -- attempts ---------------------------------------------------------------------------
     @abc.abstractmethod
     def put_attempt(self, job_id: str, step_index: int, attempt: int, record: Record) -> None:

@@ -131,9 +131,13 @@ class RedisStore(StateStore):
         return bool(self._r().transaction(txn, key, value_from_callable=True))
 
     # -- jobs -------------------------------------------------------------------------------
+    def _by_status(self, status: Any) -> str:
+        """The zset of the jobs whose status is ``status`` (score: creation order, as in ``jobs``)."""
+        return f"{self.prefix}jobs:status:{status}"
+
     def create_job(self, job: Record) -> None:
         job_id = job["jobId"]
-        keys = [self._job(job_id), f"{self.prefix}jobs", f"{self.prefix}jobs:seq"]
+        keys = [self._job(job_id), f"{self.prefix}jobs", f"{self.prefix}jobs:seq", self._by_status(job.get("status"))]
         if not self._lua().create_job(keys=keys, args=[codec.dumps(job), job_id]):
             raise KeyError(job_id)
 
@@ -143,8 +147,23 @@ class RedisStore(StateStore):
 
     def update_job(self, job_id: str, changes: Record, *, expect: Record | None = None) -> bool:
         codec.dumps(changes)  # refuse non-JSON input before touching anything
-        return self._update(self._job(job_id), None,
-                            lambda job: codec.merged(job, changes) if codec.matches(job, expect) else None)
+        key, jobs = self._job(job_id), f"{self.prefix}jobs"
+
+        def txn(pipe: Any) -> bool:
+            raw = pipe.get(key)
+            job = None if raw is None else codec.loads(raw)
+            if job is None or not codec.matches(job, expect):
+                return False
+            old, new = job.get("status"), changes.get("status", job.get("status"))
+            seq = pipe.zscore(jobs, job_id) if old != new else None
+            pipe.multi()
+            pipe.set(key, codec.merged(job, changes))
+            if seq is not None:  # keep the per-status index of page_jobs in step, in the same MULTI
+                pipe.zrem(self._by_status(old), job_id)
+                pipe.zadd(self._by_status(new), {job_id: seq})
+            return True
+
+        return bool(self._r().transaction(txn, key, value_from_callable=True))
 
     def list_jobs(self, limit: int = 100) -> list[Record]:
         if limit <= 0:
@@ -152,6 +171,18 @@ class RedisStore(StateStore):
         ids = self._r().zrevrange(f"{self.prefix}jobs", 0, limit - 1)
         raws = self._r().mget([self._job(job_id) for job_id in ids]) if ids else []
         return [codec.loads(raw) for raw in raws if raw is not None]
+
+    def page_jobs(self, *, status: str | None = None, limit: int = 50,
+                  before: int | None = None) -> tuple[list[Record], int | None]:
+        if limit <= 0:
+            return [], None
+        index = f"{self.prefix}jobs" if status is None else self._by_status(status)
+        top = f"({before}" if before is not None else "+inf"
+        found = self._r().zrevrangebyscore(index, top, "-inf", start=0, num=limit + 1, withscores=True)
+        page = found[:limit]
+        raws = self._r().mget([self._job(job_id) for job_id, _ in page]) if page else []
+        records = [codec.loads(raw) for raw in raws if raw is not None]
+        return records, (int(page[-1][1]) if len(found) > limit else None)
 
     # -- attempts ---------------------------------------------------------------------------
     def put_attempt(self, job_id: str, step_index: int, attempt: int, record: Record) -> None:

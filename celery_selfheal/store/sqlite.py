@@ -59,6 +59,7 @@ class SQLiteStore(StateStore):
             seq integer primary key autoincrement,
             job_id text not null unique,
             data text not null);
+        create index if not exists jobs_by_status on jobs (json_extract(data, '$.status'), seq);
         create table if not exists attempts (
             job_id text not null, step_index integer not null, attempt integer not null,
             data text not null,
@@ -163,6 +164,20 @@ class SQLiteStore(StateStore):
     def list_jobs(self, limit: int = 100) -> list[Record]:
         rows = self._db().execute("select data from jobs order by seq desc limit ?", (limit,))
         return [codec.loads(data) for (data,) in rows]
+
+    def page_jobs(self, *, status: str | None = None, limit: int = 50,
+                  before: int | None = None) -> tuple[list[Record], int | None]:
+        # the status filter repeats the index expression exactly, so SQLite uses jobs_by_status
+        where: list[str] = ["seq < ?"]
+        args: list[object] = [before if before is not None else 2**63 - 1]
+        if status is not None:
+            where.append("json_extract(data, '$.status') = ?")
+            args.append(status)
+        rows = self._db().execute(f"select seq, data from jobs where {' and '.join(where)} "
+                                  "order by seq desc limit ?", (*args, max(limit, 0) + 1)).fetchall()
+        page = rows[:max(limit, 0)]
+        nxt = page[-1][0] if len(rows) > len(page) and page else None
+        return [codec.loads(data) for _, data in page], nxt
 
     # -- attempts ---------------------------------------------------------------------------
     def put_attempt(self, job_id: str, step_index: int, attempt: int, record: Record) -> None:

@@ -362,3 +362,30 @@ def test_redis_store_survives_a_restart_with_persistence(redis_server_factory: C
     server.restart()
     assert store.append_event("j1", {"n": 2}) == 2  # same store object: reconnects on its own
     assert store.get_job("j1") == job() and store.update_job("j1", {"status": "running"})
+
+
+# -- job pages (list_jobs of the API: `selfheal jobs`, /api/jobs) ---------------------------------
+def test_page_jobs_newest_first_with_cursor_and_status_filter(store: StateStore) -> None:
+    for n in range(7):
+        store.create_job(job(f"p{n}", status="queued"))
+    for n in (1, 4, 5):
+        assert store.update_job(f"p{n}", {"status": "running"})
+    assert store.update_job("p5", {"status": "failed"})
+    assert store.update_job("p0", {"epoch": 3})  # no status change: the index is unchanged
+    seen, before = [], None
+    while True:
+        rows, before = store.page_jobs(limit=3, before=before)
+        seen.append([r["jobId"] for r in rows])
+        if before is None:
+            break
+    assert seen == [["p6", "p5", "p4"], ["p3", "p2", "p1"], ["p0"]]
+    assert [r["jobId"] for r in store.page_jobs(status="running", limit=10)[0]] == ["p4", "p1"]
+    assert [r["jobId"] for r in store.page_jobs(status="failed")[0]] == ["p5"]
+    rows, nxt = store.page_jobs(status="queued", limit=2)
+    assert [r["jobId"] for r in rows] == ["p6", "p3"] and nxt is not None
+    rows, nxt = store.page_jobs(status="queued", limit=2, before=nxt)
+    assert [r["jobId"] for r in rows] == ["p2", "p0"] and nxt is None
+    assert store.page_jobs(status="cancelled") == ([], None)
+    assert store.page_jobs(limit=0) == ([], None)
+    assert not store.update_job("p4", {"status": "succeeded"}, expect={"status": "queued"})
+    assert [r["jobId"] for r in store.page_jobs(status="running")[0]] == ["p4", "p1"]
