@@ -12,8 +12,8 @@ from typing import Any
 
 from celery_selfheal.attempt import AttemptFacts, AttemptPlan
 from celery_selfheal.context import Context
-from celery_selfheal.core.classify import FailureFacts, classify
-from celery_selfheal.core.envelope import build_envelope, summarize_failure
+from celery_selfheal.core.classify import FailureFacts, classification_reason, classify
+from celery_selfheal.core.envelope import attempt_summary, build_envelope, summarize_failure
 from celery_selfheal.core.model import (
     AttemptOutcome,
     Decision,
@@ -48,7 +48,7 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
         "detectionLagSeconds": None if r.detection_lag is None else round(r.detection_lag, 4),
     }
     common = {"epoch": epoch, "stepId": step.id, "stepIndex": idx, "attempt": plan.attempt,
-              "attemptStrategy": plan.strategy, "diffHash": change.diff_hash,
+              "attemptStrategy": None if plan.strategy == INITIAL else plan.strategy, "diffHash": change.diff_hash,
               "wallClockSeconds": record["wallClockSeconds"], "idleSeconds": record["idleSeconds"]}
     if r.cancelled:
         ctx.store.transition_attempt(job_id, idx, plan.attempt, "running", {**record, "status": "cancelled"})
@@ -57,10 +57,11 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
     ok = r.detector == Detector.EXIT and r.exit_code == 0
     cls: FailureClass | None = None
     signature: str | None = None
-    summary = summarize_failure(r.tail)
+    summary = summarize_failure(r.tail) if ok else attempt_summary(
+        r.detector, r.tail, note=r.note, idle_seconds=r.idle_seconds, wall_seconds=r.wall_seconds)
+    facts_ = FailureFacts(exit_code=r.exit_code, signal=r.signal, detector=r.detector, output_tail=r.tail)
     if not ok:
-        cls = classify(FailureFacts(exit_code=r.exit_code, signal=r.signal, detector=r.detector,
-                                    output_tail=r.tail), ctx.classifiers)
+        cls = classify(facts_, ctx.classifiers)
         signature = failure_signature(f"{r.detector.value} exit={r.exit_code} signal={r.signal}\n{summary}")
     current = AttemptOutcome(attempt=plan.attempt, ok=ok, failure_class=cls, signature=signature,
                              diff_hash=change.diff_hash, detector=r.detector, round=plan.round)
@@ -68,6 +69,8 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
     history = [*step_history(ctx, job_id, idx, epoch), current]
     decision = decide(history, plan.budgets, resets_used=job.get("resetsUsed", 0),
                       queue_retries_used=job.get("queueRetriesUsed", 0))
+    if cls is not None and not cls.retryable:  # not retried: say what decided it
+        decision = replace(decision, reason=f"{decision.reason}: {classification_reason(facts_, cls)}")
     if workspace_lost and decision.kind is DecisionKind.SOFT_RESET:
         decision = replace(decision, strategy=Strategy.QUEUE_RETRY,
                            reason=f"{decision.reason}; workspace lost with its worker, rebuilt from checkpoints")
@@ -140,7 +143,7 @@ def _failed(ctx: Context, plan: AttemptPlan, decision: Decision, record: dict[st
     if not recorded:  # already finished by another path (hard-limit handler, lost-worker recovery)
         return StepOutcome(OutcomeKind.STOP, step.index, reason="attempt already recorded")
     fields = {**common, "failureClass": cls.value, "failureSignature": signature, "detector": detector.value,
-              "exitCode": record["exitCode"], "reason": decision.reason}
+              "exitCode": record["exitCode"], "signal": record["signal"], "reason": decision.reason}
     ctx.bus.emit("task.step.attempt.failed", job_id, **fields, strategy=next_strategy)
     outcome: StepOutcome
     if decision.kind is DecisionKind.GIVE_UP:

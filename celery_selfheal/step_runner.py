@@ -118,7 +118,8 @@ def execute_step(
     update_step(ctx, job_id, step_index, status="running", attempts=attempt)
     update_job(ctx, job_id, currentStep=step_index)
     ctx.bus.emit("task.step.attempt.started", job_id, epoch=epoch, stepId=step.id, stepIndex=step_index,
-                 attempt=attempt, strategy=None if strategy == INITIAL else strategy, attemptStrategy=strategy,
+                 attempt=attempt, strategy=None if strategy == INITIAL else strategy,
+                 attemptStrategy=None if strategy == INITIAL else strategy,
                  round=plan.round)
     registry = RunningAttempts(ctx.settings.run_dir)
 

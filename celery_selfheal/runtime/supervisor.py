@@ -13,23 +13,19 @@ import codecs
 import contextlib
 import os
 import selectors
-import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from celery_selfheal.core.model import Detector
+from celery_selfheal.core.output_loop import LoopMatch, OutputLoopDetector, describe_loop
 from celery_selfheal.runtime.capped_log import CappedLog
-from celery_selfheal.runtime.process_group import (
-    group_alive,
-    kill_process_group,
-    signal_group,
-    start_group_child_preexec,
-)
+from celery_selfheal.runtime.containment import MARKER_VAR, Guard, end_attempt, new_marker
+from celery_selfheal.runtime.process_group import start_group_child_preexec
 
 _CHUNK = 64 * 1024
 _TAIL_CHARS = 8192
@@ -58,6 +54,9 @@ class RuntimeSpec:
     idle_timeout: float
     #: seconds between SIGTERM and SIGKILL when ending the process group
     kill_grace: float = 5.0
+    #: end the attempt when the same block of output lines occurs this many times in a row
+    #: (detector OUTPUT_LOOP); 0 disables
+    output_loop_limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,18 +86,25 @@ class RuntimeResult:
     output_bytes: int
     #: the last ~8 KiB of (redacted) output
     tail: str
+    #: OUTPUT_LOOP only: what the supervisor saw (the repeated block, once; passed through
+    #: ``redact_text``)
+    note: str = ""
 
 
 class _Stream:
     """One output pipe: incremental UTF-8 decoding, then the optional stream redactor."""
 
-    def __init__(self, fd: int, redactor: Any | None) -> None:
+    def __init__(self, fd: int, redactor: Any | None, tap: Callable[[str, int], object] | None) -> None:
         self.fd = fd
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._redactor = redactor
+        self._tap = tap
 
     def text(self, data: bytes, *, final: bool = False) -> str:
         text = self._decoder.decode(data, final=final)
+        if self._tap is not None and text:
+            # the loop detector reads the decoded text before the redactor holds part of it back
+            self._tap(text, self.fd)
         if self._redactor is None:
             return text
         out: str = self._redactor.feed(text) if text else ""
@@ -131,9 +137,12 @@ class _Run:
         self.max_idle = 0.0
         self._waiter_fds: tuple[int, int] | None = None
         self._pidfd: int | None = None
+        self.marker = str(spec.env.get(MARKER_VAR, ""))
+        self.loops = OutputLoopDetector(spec.output_loop_limit, clock=clock) if spec.output_loop_limit else None
+        tap = self.loops.feed if self.loops is not None else None
         for pipe in (proc.stdout, proc.stderr):
             assert pipe is not None
-            stream = _Stream(pipe.fileno(), redact_stream() if redact_stream else None)
+            stream = _Stream(pipe.fileno(), redact_stream() if redact_stream else None, tap)
             self.sel.register(stream.fd, selectors.EVENT_READ, stream)
             self.streams.append(stream)
         self._prompt = memoryview(spec.stdin_text.encode("utf-8"))
@@ -210,18 +219,20 @@ class _Run:
             if self.on_output is not None:
                 self.on_output(text)
 
+    @property
+    def loop(self) -> LoopMatch | None:
+        """The output loop found so far, if any."""
+        return self.loops.match if self.loops is not None else None
+
     def terminate(self) -> None:
-        """TERM the group, keep reading its output during the grace, KILL what is left."""
-        pgid = self.proc.pid
-        if not group_alive(pgid) or not signal_group(pgid, signal.SIGTERM):
-            return
-        deadline = time.monotonic() + self.spec.kill_grace
-        while time.monotonic() < deadline:
-            self.pump(min(_KILL_POLL, deadline - time.monotonic()))
+        """TERM the group and every marked process (`runtime.containment`), keep reading output
+        during the grace, KILL what is left."""
+
+        def wait(seconds: float) -> None:
+            self.pump(seconds)
             self.proc.poll()  # reap the leader so it does not count as alive
-            if not group_alive(pgid):
-                return
-        kill_process_group(pgid, grace=0.0, term_signal=signal.SIGKILL)
+
+        end_attempt(self.marker, self.proc.pid, grace=self.spec.kill_grace, wait=wait)
 
     def drain(self) -> None:
         """Read what is left in the pipes, bounded in time."""
@@ -261,6 +272,7 @@ def run_runtime(
     cancel_poll: float = 0.25,
     on_start: Callable[[int], None] | None = None,
     on_output: Callable[[str], None] | None = None,
+    redact_text: Callable[[str], str] = str,
     clock: Callable[[], float] = time.monotonic,
 ) -> RuntimeResult:
     """Run ``spec`` in its own process group until it exits, times out or is cancelled.
@@ -272,9 +284,18 @@ def run_runtime(
     as Celery's soft time limit) kills the group, closes ``log`` and is re-raised; otherwise the
     caller keeps ``log`` open (to add a footer) and closes it. A command that cannot be started
     gives exit code 127 and the reason in ``tail`` and the log.
+
+    Containment (`runtime.containment`): the runtime's environment gets a fresh
+    ``SELFHEAL_ATTEMPT_MARKER``; whenever the attempt ends (success too) the group *and* every
+    process carrying the marker are ended, and a guard process does the same if this process
+    dies. With ``spec.output_loop_limit`` the output is watched for a repeated block of lines
+    (detector OUTPUT_LOOP, ended as a timeout; ``note`` quotes the block through ``redact_text``).
     """
     if not spec.argv:
         return _not_started(log, "selfheal: cannot start runtime: empty command")
+    marker = new_marker()
+    spec = replace(spec, env={**spec.env, MARKER_VAR: marker})
+    guard = Guard(marker, grace=spec.kill_grace)  # started first: the runtime is never unguarded
     try:
         proc = subprocess.Popen(
             list(spec.argv), cwd=spec.cwd, env=dict(spec.env), stdin=subprocess.PIPE,
@@ -282,9 +303,11 @@ def run_runtime(
             preexec_fn=start_group_child_preexec, close_fds=True,
         )
     except OSError as err:
+        guard.release()
         reason = err.strerror or str(err)
         where = f" (cwd {spec.cwd})" if not Path(spec.cwd).is_dir() else ""
         return _not_started(log, f"selfheal: cannot start runtime {spec.argv[0]!r}{where}: {reason}")
+    guard.watch(proc.pid)
     run: _Run | None = None
     try:
         if on_start is not None:
@@ -292,21 +315,23 @@ def run_runtime(
         run = _Run(proc, spec, log, redact_stream, on_output, clock)
         detector, lag, cancelled = _watch(run, cancel_check, cancel_poll)
         end = clock()
-        # Also when the leader exited by itself: nothing of its group may outlive the attempt.
+        # Also when the leader exited by itself: nothing the attempt started may outlive it.
         run.terminate()
         run.drain()
         rc = proc.wait()
     except BaseException:
         try:
-            kill_process_group(proc.pid, grace=spec.kill_grace)
+            end_attempt(marker, proc.pid, grace=spec.kill_grace)
             if run is not None:
                 run.close(notify=False)  # the callback may be what raised
             else:
                 _close_pipes(proc)
             proc.wait()
         finally:
+            guard.release()
             log.close()
         raise
+    guard.release()
     run.close()
     if detector is Detector.EXIT and rc < 0:
         detector = Detector.SIGNAL
@@ -315,6 +340,7 @@ def run_runtime(
         cancelled=cancelled, pid=proc.pid, wall_seconds=end - run.start,
         idle_seconds=end - run.last_output, max_idle_seconds=max(run.max_idle, end - run.last_output),
         detection_lag=lag, output_bytes=run.output_bytes, tail=log.tail_text(_TAIL_CHARS),
+        note=redact_text(describe_loop(run.loop)) if detector is Detector.OUTPUT_LOOP and run.loop else "",
     )
 
 
@@ -338,3 +364,5 @@ def _watch(run: _Run, cancel_check: Callable[[], bool] | None,
             next_cancel = clock() + cancel_poll
         if run.pump(min(first, next_cancel) - now):
             return Detector.EXIT, None, False
+        if run.loop is not None:
+            return Detector.OUTPUT_LOOP, None, False
