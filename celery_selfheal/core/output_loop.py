@@ -98,6 +98,7 @@ class OutputLoopDetector:
         self._credit = self._burst = 0.05
         self._last = clock()
         self._committed = self._window
+        self._gap = False
         self._resync()
 
     def _resync(self) -> None:
@@ -116,6 +117,10 @@ class OutputLoopDetector:
         if self._committed <= 0 and self._credit <= 0:
             self._skip(text, stream)
             return None
+        if self._gap:  # examining again after a gap: a whole window, whatever it costs
+            self._gap = False
+            self._resync()
+            self._committed = self._window
         parts = (self._pending.get(stream, "") + text).split("\n")
         self._pending[stream] = parts.pop()[:MAX_LINE_CHARS * 4]
         for line in parts:
@@ -131,8 +136,7 @@ class OutputLoopDetector:
             return
         self.lines_skipped += text.count("\n")
         self._pending[stream] = text[cut + 1:][:MAX_LINE_CHARS * 4]
-        self._resync()
-        self._committed = self._window  # once examining again, examine a whole window
+        self._gap = True
 
     def _line(self, raw: str) -> bool:
         line = clean_line(raw[:MAX_LINE_CHARS * 4])[:MAX_LINE_CHARS]
