@@ -80,7 +80,8 @@ def test_two_streams_keep_their_own_partial_lines() -> None:
 @settings(max_examples=200, deadline=None)
 @given(block=st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\x1b"),
                               min_size=1, max_size=30).filter(lambda s: s.strip()), min_size=1, max_size=5),
-       limit=st.integers(2, 10), prefix=st.lists(st.text(st.characters(blacklist_characters="\n\r"), max_size=20), max_size=5),
+       limit=st.integers(2, 10),
+       prefix=st.lists(st.text(st.characters(blacklist_characters="\n\r"), max_size=20), max_size=5),
        chunk=st.integers(1, 64))
 def test_any_block_repeated_limit_times_is_found(block: list[str], limit: int, prefix: list[str],
                                                   chunk: int) -> None:

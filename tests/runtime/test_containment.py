@@ -65,7 +65,7 @@ def test_setsid_daemon_is_ended_after_the_step_exits(tmp_path: Path, code: int) 
 def test_setsid_daemon_is_ended_on_cancel_and_on_wall_timeout(tmp_path: Path) -> None:
     for how in ("cancel", "wall"):
         pidfile = tmp_path / f"pids-{how}"
-        spawned = lambda: len(leftovers(pidfile)) == 2  # noqa: E731
+        spawned = lambda pidfile=pidfile: len(leftovers(pidfile)) == 2  # noqa: E731
         kw: dict[str, object] = ({"cancel_check": spawned, "cancel_poll": 0.05} if how == "cancel"
                                  else {"wall": 1.0})
         result = run(tmp_path, [sys.executable, DAEMONIZE, str(pidfile), "0", "--stay", "60"], **kw)
