@@ -84,7 +84,7 @@ class LoopMatch:
 class OutputLoopDetector:
     """Fed output chunks (:meth:`feed`), reports the first :class:`LoopMatch`, then stays matched."""
 
-    def __init__(self, limit: int, *, max_period: int = 16, cpu_share: float = 0.05,
+    def __init__(self, limit: int, *, max_period: int = 16, cpu_share: float = 0.03,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         if limit == 1 or limit < 0 or max_period < 1:
             raise ValueError("limit must be 0 (off) or >= 2 and max_period >= 1")
@@ -95,7 +95,7 @@ class OutputLoopDetector:
         self.match: LoopMatch | None = None
         self._window = max_period * (limit + 1)
         self._pending: dict[int, str] = {}
-        self._credit = self._burst = 0.05
+        self._credit = self._burst = 0.02
         self._last = clock()
         self._committed = self._window
         self._gap = False
@@ -123,8 +123,13 @@ class OutputLoopDetector:
             self._committed = self._window
         parts = (self._pending.get(stream, "") + text).split("\n")
         self._pending[stream] = parts.pop()[:MAX_LINE_CHARS * 4]
-        for line in parts:
+        for i, line in enumerate(parts):
             if self._line(line):
+                break
+            if self._committed <= 0 and i % 16 == 15 and self._credit <= self.clock() - now:
+                # over budget within a big chunk: skip its other lines (a gap, as in _skip)
+                self.lines_skipped += len(parts) - i - 1
+                self._gap = True
                 break
         self._credit -= self.clock() - now
         return self.match
