@@ -115,14 +115,23 @@ class Guard:
         """Name the runtime's process group."""
         self._send(f"pgid {pgid}")
 
-    def release(self, *, timeout: float = 2.0) -> None:
-        """The attempt ended and was cleaned up: let the guard do a last marker sweep and exit."""
+    def release(self) -> None:
+        """The attempt ended and was cleaned up: let the guard do a last marker sweep and exit.
+
+        Not waited for (its interpreter may still be starting): reaped by a later release."""
         self._send("done")
         if self._w is not None:
             os.close(self._w)
             self._w = None
         if self._proc is not None:
-            # still sweeping a stubborn leftover after ``timeout``: let it finish on its own
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=timeout)
+            _released.append(self._proc)
             self._proc = None
+        _reap()
+
+
+#: guards told to exit and not reaped yet (polled, not waited for: one may still be starting)
+_released: list[subprocess.Popen[bytes]] = []
+
+
+def _reap() -> None:
+    _released[:] = [p for p in _released if p.poll() is None]

@@ -38,12 +38,13 @@ def marked_pids(marker: str, *, exclude: int = 0) -> list[int]:
             continue
         try:
             with open(f"/proc/{name}/environ", "rb") as fh:
-                env = b"\0" + fh.read() + b"\0"
+                if needle not in b"\0" + fh.read() + b"\0":
+                    continue
             with open(f"/proc/{name}/stat", "rb") as fh:
                 stat = fh.read()
         except OSError:  # exited meanwhile, or another user's process (not ours to end)
             continue
-        if needle in env and stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X"):
+        if stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X"):
             found.append(int(name))
     return found
 
