@@ -13,18 +13,25 @@ Mechanism, and why:
 - **A guard process per attempt** (`runtime.guard`) in its own session, holding a pipe from the
   supervising process: when that process dies without running any code of ours (SIGKILL of the
   whole worker group, the OOM killer, Celery's hard time limit), the kernel closes the pipe and
-  the guard ends the group and every marked process within ``kill_grace`` + a scan (about 0.1 s).
+  the guard ends the group and every marked process within ``kill_grace`` + a scan (milliseconds).
+- **``PR_SET_CHILD_SUBREAPER`` in prefork pool children** (:func:`become_subreaper`, called at
+  ``worker_process_init``): an orphaned descendant is re-parented to the pool child instead of
+  init, so one that cleared its environment *and* left the group is still found, as a child of
+  ours started after the attempt's leader, ended with the attempt and reaped. Only where one
+  process runs one attempt at a time: in a threads/solo pool an orphan cannot be attributed.
 
 Not chosen: a cgroup (the cleanest: ``cgroup.kill`` ends everything) needs a writable, delegated
-cgroup v2 tree, which unprivileged workers and most containers do not have; ``PR_SET_CHILD_SUBREAPER``
-keeps orphans as our children, but cannot tell which attempt an orphan came from when one process
-runs several attempts, and dies with the process that set it, which is exactly the case of issue 17.
+cgroup v2 tree, which unprivileged workers and most containers do not have, and a per-attempt
+cgroup would need setting up and removing around every attempt; the marker gives the same reach
+without privileges. The subreaper alone is not enough either: it dies with the process that set
+it, which is exactly the case of a killed worker, and it cannot tell concurrent attempts apart.
 
 What still escapes: a descendant that both clears its environment (``env -i``) and leaves the
-process group; a process started on the runtime's behalf by another service (``systemd-run``,
-``at``, a Docker daemon, ``ssh`` to another host); a process of another user (setuid) whose
-environment we may not read; and a guard killed on purpose together with its worker (``kill -9``
-of the guard's own pid). Linux only: elsewhere only the process group is ended.
+process group, outside a prefork pool child (threads/solo pools, or once the pool child is dead:
+the guard has only the marker and the group to go by); a process started on the runtime's behalf
+by another service (``systemd-run``, ``at``, a Docker daemon, ``ssh`` to another host); a process
+of another user (setuid) whose environment we may not read; and a guard killed on purpose
+together with its worker (``kill -9`` of the guard's own pid). Linux only: elsewhere only the process group is ended.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from celery_selfheal.runtime import guard as _guard
@@ -63,23 +70,91 @@ def attempt_alive(marker: str, pgid: int) -> bool:
     return group_alive(pgid) or bool(marked_pids(marker))
 
 
-def end_attempt(marker: str, pgid: int, *, grace: float,
-                wait: Callable[[float], object] | None = None) -> None:
+def end_attempt(marker: str, pgid: int, *, grace: float, wait: Callable[[float], object] | None = None,
+                adopted_since: int | None = None, keep: Collection[int] = ()) -> None:
     """TERM the group and every marked process, up to ``grace`` seconds, then KILL what is left.
 
-    ``wait(seconds)`` is called while waiting (the supervisor keeps reading output in it)."""
+    ``wait(seconds)`` is called while waiting (the supervisor keeps reading output in it). In a
+    subreaper (:func:`become_subreaper`), also the orphans adopted since ``adopted_since`` (the
+    leader's start, in clock ticks) other than ``keep``, which are then reaped."""
     if not _LINUX:
         from celery_selfheal.runtime.process_group import kill_process_group
 
         kill_process_group(pgid, grace=grace)
         return
-    _guard.sweep(marker, pgid, grace, group_alive=group_alive, wait=wait or _sleep)
+    extra: Callable[[], list[int]] = list
+    if _subreaper and adopted_since is not None:
+        def extra() -> list[int]:
+            return adopted(adopted_since, {pgid, *keep})
+    _guard.sweep(marker, pgid, grace, group_alive=group_alive, wait=wait or _sleep, extra=extra)
+    if _subreaper:
+        reap_adopted({pgid, *keep, *(p.pid for p in _released)})
 
 
 def _sleep(seconds: float) -> None:
     import time
 
     time.sleep(seconds)
+
+
+#: from <linux/prctl.h>
+_PR_SET_CHILD_SUBREAPER = 36
+_subreaper = False
+
+
+def become_subreaper() -> bool:
+    """Make this process the subreaper of its descendants (Linux >= 3.4): an orphaned descendant
+    (double fork) is re-parented here instead of to init, so one that also cleared its
+    environment is still found, as an adopted child started after the attempt's leader, and ended
+    with the attempt. Only for a process that runs one attempt at a time (a prefork pool child):
+    with several, an orphan cannot be told apart. True if it is now a subreaper."""
+    global _subreaper
+    from celery_selfheal.runtime.process_group import _prctl
+
+    if _prctl is None or _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        return False
+    _subreaper = True
+    return True
+
+
+def _stat_fields(pid: str) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2:].split()  # state ppid pgrp ... starttime is index 19
+
+
+def start_ticks(pid: int) -> int:
+    """When ``pid`` started, in clock ticks since boot (0 if unknown)."""
+    fields = _stat_fields(str(pid))
+    return int(fields[19]) if fields and len(fields) > 19 else 0
+
+
+def _children(pred: Callable[[list[bytes]], bool]) -> list[int]:
+    me = str(os.getpid()).encode()
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(name)
+            if fields and len(fields) > 19 and fields[1] == me and pred(fields):
+                out.append(int(name))
+    return out
+
+
+def adopted(since: int, exclude: Collection[int]) -> list[int]:
+    """Live children of ours started at or after ``since`` (ticks), other than ``exclude``."""
+    return [pid for pid in _children(lambda f: f[0] not in (b"Z", b"X") and int(f[19]) >= since)
+            if pid not in exclude]
+
+
+def reap_adopted(exclude: Collection[int]) -> None:
+    """Reap our zombie children other than ``exclude`` (what the subreaper adopted and we ended)."""
+    for pid in _children(lambda f: f[0] == b"Z"):
+        if pid not in exclude:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
 
 class Guard:
@@ -110,6 +185,11 @@ class Guard:
         if self._w is not None:
             with contextlib.suppress(OSError):
                 os.write(self._w, line.encode() + b"\n")
+
+    @property
+    def pid(self) -> int:
+        """The guard's pid (0 when there is none)."""
+        return self._proc.pid if self._proc is not None else 0
 
     def watch(self, pgid: int) -> None:
         """Name the runtime's process group."""

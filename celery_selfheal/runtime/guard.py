@@ -59,12 +59,13 @@ def _group_members(pgid: int) -> bool:
     return True
 
 
-def signal_all(marker: str, pgid: int, sig: int) -> int:
-    """Send ``sig`` to the group and every marked process; the number of marked processes."""
+def signal_all(marker: str, pgid: int, sig: int, extra: Callable[[], list[int]] = list) -> int:
+    """Send ``sig`` to the group, every marked process and the pids ``extra()`` names; the number
+    of processes signalled outside the group."""
     if _group_members(pgid):
         with contextlib.suppress(OSError):
             os.killpg(pgid, sig)
-    pids = marked_pids(marker, exclude=os.getpid())
+    pids = set(marked_pids(marker, exclude=os.getpid())) | set(extra())
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, sig)
@@ -72,20 +73,21 @@ def signal_all(marker: str, pgid: int, sig: int) -> int:
 
 
 def sweep(marker: str, pgid: int, grace: float, *, group_alive: Callable[[int], bool] = _group_members,
-          wait: Callable[[float], object] = time.sleep) -> None:
+          wait: Callable[[float], object] = time.sleep, extra: Callable[[], list[int]] = list) -> None:
     """TERM everything of the attempt, wait up to ``grace`` for it to go, KILL what is left.
 
     ``group_alive`` and ``wait`` let a supervisor that owns the leader count its zombie as gone
-    and keep reading output while it waits."""
-    if not signal_all(marker, pgid, signal.SIGTERM) and not group_alive(pgid):
+    and keep reading output while it waits; ``extra()`` names more processes of the attempt (the
+    orphans a subreaper adopted)."""
+    if not signal_all(marker, pgid, signal.SIGTERM, extra) and not group_alive(pgid):
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         wait(min(_POLL, max(deadline - time.monotonic(), 0.0)))
-        if not group_alive(pgid) and not marked_pids(marker, exclude=os.getpid()):
+        if not group_alive(pgid) and not marked_pids(marker, exclude=os.getpid()) and not extra():
             return
     for _ in range(50):  # a process may fork while we kill: repeat until nothing is left
-        if not signal_all(marker, pgid, signal.SIGKILL):
+        if not signal_all(marker, pgid, signal.SIGKILL, extra):
             return
         time.sleep(_POLL)
 

@@ -24,7 +24,7 @@ from typing import Any
 from celery_selfheal.core.model import Detector
 from celery_selfheal.core.output_loop import LoopMatch, OutputLoopDetector, describe_loop
 from celery_selfheal.runtime.capped_log import CappedLog
-from celery_selfheal.runtime.containment import MARKER_VAR, Guard, end_attempt, new_marker
+from celery_selfheal.runtime.containment import MARKER_VAR, Guard, end_attempt, new_marker, start_ticks
 from celery_selfheal.runtime.process_group import start_group_child_preexec
 
 _CHUNK = 64 * 1024
@@ -138,6 +138,8 @@ class _Run:
         self._waiter_fds: tuple[int, int] | None = None
         self._pidfd: int | None = None
         self.marker = str(spec.env.get(MARKER_VAR, ""))
+        self.started_ticks = start_ticks(proc.pid)
+        self.keep: tuple[int, ...] = ()  # our own children that are not the attempt's (its guard)
         self.loops = OutputLoopDetector(spec.output_loop_limit, clock=clock) if spec.output_loop_limit else None
         tap = self.loops.feed if self.loops is not None else None
         for pipe in (proc.stdout, proc.stderr):
@@ -232,7 +234,8 @@ class _Run:
             self.pump(seconds)
             self.proc.poll()  # reap the leader so it does not count as alive
 
-        end_attempt(self.marker, self.proc.pid, grace=self.spec.kill_grace, wait=wait)
+        end_attempt(self.marker, self.proc.pid, grace=self.spec.kill_grace, wait=wait,
+                    adopted_since=self.started_ticks, keep=self.keep)
 
     def drain(self) -> None:
         """Read what is left in the pipes, bounded in time."""
@@ -313,6 +316,7 @@ def run_runtime(
         if on_start is not None:
             on_start(proc.pid)
         run = _Run(proc, spec, log, redact_stream, on_output, clock)
+        run.keep = (guard.pid,)
         detector, lag, cancelled = _watch(run, cancel_check, cancel_poll)
         end = clock()
         # Also when the leader exited by itself: nothing the attempt started may outlive it.
@@ -321,7 +325,8 @@ def run_runtime(
         rc = proc.wait()
     except BaseException:
         try:
-            end_attempt(marker, proc.pid, grace=spec.kill_grace)
+            end_attempt(marker, proc.pid, grace=spec.kill_grace, keep=(guard.pid,),
+                        adopted_since=run.started_ticks if run is not None else None)
             if run is not None:
                 run.close(notify=False)  # the callback may be what raised
             else:
