@@ -4,20 +4,22 @@ process group on timeout, cancel or shutdown (REQ-04).
 One thread, one ``selectors`` loop over the child's stdout, stderr, stdin (the prompt is written
 non-blocking) and a pidfd that becomes readable when the leader exits. The select timeout is the
 time to the nearest deadline (wall, last output + idle, next cancel poll), so a timeout is noticed
-within about a millisecond of its threshold instead of at the next coarse poll.
+within about a millisecond of its threshold instead of at the next coarse poll. The output-loop
+detector (`core.output_loop`) is fed each decoded chunk as it is read, so a loop ends the attempt
+(detector ``output_loop``) at the chunk that completes its last repetition. Ending an attempt ends
+everything it started, also what left the group (`runtime.containment`).
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import selectors
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,9 @@ from celery_selfheal.core.output_loop import LoopMatch, OutputLoopDetector, desc
 from celery_selfheal.runtime.capped_log import CappedLog
 from celery_selfheal.runtime.containment import MARKER_VAR, Guard, end_attempt, new_marker, start_ticks
 from celery_selfheal.runtime.process_group import start_group_child_preexec
+from celery_selfheal.runtime.spec import OutputStream, RuntimeResult, RuntimeSpec
+
+__all__ = ["RuntimeResult", "RuntimeSpec", "run_runtime"]
 
 _CHUNK = 64 * 1024
 _TAIL_CHARS = 8192
@@ -34,83 +39,6 @@ _TAIL_CHARS = 8192
 _DRAIN_SECONDS = 1.0
 #: how often the kill phase re-checks whether the group is gone while it keeps reading output
 _KILL_POLL = 0.02
-
-
-@dataclass(frozen=True)
-class RuntimeSpec:
-    """What to run for one attempt."""
-
-    #: the runtime command (no shell)
-    argv: Sequence[str]
-    #: working directory (the workspace)
-    cwd: Path
-    #: full environment of the child; the caller builds it
-    env: Mapping[str, str]
-    #: the prompt, written to stdin which is then closed
-    stdin_text: str
-    #: seconds from start until the attempt is killed
-    wall_timeout: float
-    #: seconds without any stdout/stderr chunk until the attempt is killed
-    idle_timeout: float
-    #: seconds between SIGTERM and SIGKILL when ending the process group
-    kill_grace: float = 5.0
-    #: end the attempt when the same block of output lines occurs this many times in a row
-    #: (detector OUTPUT_LOOP); 0 disables
-    output_loop_limit: int = 0
-
-
-@dataclass(frozen=True)
-class RuntimeResult:
-    """How an attempt's runtime ended."""
-
-    #: exit status of the leader; None when a signal ended it
-    exit_code: int | None
-    #: signal that ended the leader (ours or foreign)
-    signal: int | None
-    #: EXIT (exited by itself, any code), SIGNAL (foreign signal), WALL_TIMEOUT or IDLE_TIMEOUT;
-    #: on cancel, EXIT or SIGNAL as the leader ended, with ``cancelled`` set
-    detector: Detector
-    #: the attempt ended because ``cancel_check()`` returned True
-    cancelled: bool
-    #: pid of the leader, also the pgid of its group (0 if it never started)
-    pid: int
-    #: seconds from start until the end was detected (the kill phase is not included)
-    wall_seconds: float
-    #: seconds since the last output chunk when the end was detected
-    idle_seconds: float
-    #: the longest silence between start, output chunks and the end
-    max_idle_seconds: float
-    #: timeouts only: seconds between the threshold instant and its detection
-    detection_lag: float | None
-    #: bytes of output written to the log during the attempt
-    output_bytes: int
-    #: the last ~8 KiB of (redacted) output
-    tail: str
-    #: OUTPUT_LOOP only: what the supervisor saw (the repeated block, once; passed through
-    #: ``redact_text``)
-    note: str = ""
-
-
-class _Stream:
-    """One output pipe: incremental UTF-8 decoding, then the optional stream redactor."""
-
-    def __init__(self, fd: int, redactor: Any | None, tap: Callable[[str, int], object] | None) -> None:
-        self.fd = fd
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._redactor = redactor
-        self._tap = tap
-
-    def text(self, data: bytes, *, final: bool = False) -> str:
-        text = self._decoder.decode(data, final=final)
-        if self._tap is not None and text:
-            # the loop detector reads the decoded text before the redactor holds part of it back
-            self._tap(text, self.fd)
-        if self._redactor is None:
-            return text
-        out: str = self._redactor.feed(text) if text else ""
-        if final:
-            out += self._redactor.flush()
-        return out
 
 
 def _not_started(log: CappedLog, message: str) -> RuntimeResult:
@@ -131,7 +59,7 @@ class _Run:
                  clock: Callable[[], float]) -> None:
         self.proc, self.spec, self.log, self.on_output, self.clock = proc, spec, log, on_output, clock
         self.sel = selectors.DefaultSelector()
-        self.streams: list[_Stream] = []
+        self.streams: list[OutputStream] = []
         self.output_bytes = 0
         self.start = self.last_output = clock()
         self.max_idle = 0.0
@@ -144,7 +72,7 @@ class _Run:
         tap = self.loops.feed if self.loops is not None else None
         for pipe in (proc.stdout, proc.stderr):
             assert pipe is not None
-            stream = _Stream(pipe.fileno(), redact_stream() if redact_stream else None, tap)
+            stream = OutputStream(pipe.fileno(), redact_stream() if redact_stream else None, tap)
             self.sel.register(stream.fd, selectors.EVENT_READ, stream)
             self.streams.append(stream)
         self._prompt = memoryview(spec.stdin_text.encode("utf-8"))
@@ -199,7 +127,7 @@ class _Run:
             self.sel.unregister(self.proc.stdin.fileno())
             self.proc.stdin.close()
 
-    def _read(self, stream: _Stream) -> None:
+    def _read(self, stream: OutputStream) -> None:
         try:
             data = os.read(stream.fd, _CHUNK)
         except BlockingIOError:
