@@ -81,3 +81,14 @@ def test_worker_sigkilled_as_a_group_leaves_nothing_of_its_attempt(cluster: Clus
     assert job["status"] == "succeeded"
     assert [a["detector"] for a in cluster.store.list_attempts(job_id) if a["status"] == "failed"] == ["worker_lost"]
     print(f"leftovers gone {gone_after:.2f} s after the worker's SIGKILL")
+
+
+def test_the_retry_prompt_after_an_idle_timeout_says_what_happened(harness: Harness, make_repo) -> None:
+    job_id = harness.submit(harness.job_file(
+        make_repo(), [{"id": "implement", "instructions": "silent@1\nwrite out.txt: done"}],
+        step_idle_timeout_seconds=1.0, soft_reset_backoff_seconds=0.1))
+    assert harness.wait(job_id)["status"] == "succeeded"
+    doc = json.loads(Path(harness.ctx.artifacts(job_id).attempt_state_path(0, 2)).read_text())
+    summary = doc["retryContext"]["failure"]["summary"]
+    assert summary.startswith("idle timeout: no output for 1 s after "), summary
+    assert "last output: 'thinking'" in summary.splitlines()[0]
