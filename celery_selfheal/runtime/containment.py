@@ -10,10 +10,11 @@ Mechanism, and why:
   outlives the process tree (an orphan re-parented to init still carries it), unlike a ppid walk.
 - **The process group** as before (TERM, grace, KILL): it also covers a child that cleared its
   environment but stayed in the group.
-- **A guard process per attempt** (`runtime.guard`) in its own session, holding a pipe from the
-  supervising process: when that process dies without running any code of ours (SIGKILL of the
-  whole worker group, the OOM killer, Celery's hard time limit), the kernel closes the pipe and
-  the guard ends the group and every marked process within ``kill_grace`` + a scan (milliseconds).
+- **A guard process** (`runtime.guard`, one per supervising process, told about each attempt) in
+  its own session, holding a pipe from the supervising process: when that process dies without
+  running any code of ours (SIGKILL of the whole worker group, the OOM killer, Celery's hard time
+  limit), the kernel closes the pipe and the guard ends the group and every marked process of
+  each attempt still running, within ``kill_grace`` + a scan (milliseconds).
 - **``PR_SET_CHILD_SUBREAPER`` in prefork pool children** (:func:`become_subreaper`, called at
   ``worker_process_init``): an orphaned descendant is re-parented to the pool child instead of
   init, so one that cleared its environment *and* left the group is still found, as a child of
@@ -42,6 +43,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -62,7 +64,7 @@ def new_marker() -> str:
 
 def marked_pids(marker: str) -> list[int]:
     """Live processes carrying ``marker`` (empty off Linux)."""
-    return _guard.marked_pids(marker, exclude=os.getpid()) if _LINUX else []
+    return _guard.marked_pids([marker], exclude=os.getpid()) if _LINUX else []
 
 
 def attempt_alive(marker: str, pgid: int) -> bool:
@@ -86,9 +88,9 @@ def end_attempt(marker: str, pgid: int, *, grace: float, wait: Callable[[float],
     if _subreaper and adopted_since is not None:
         def extra() -> list[int]:
             return adopted(adopted_since, {pgid, *keep})
-    _guard.sweep(marker, pgid, grace, group_alive=group_alive, wait=wait or _sleep, extra=extra)
+    _guard.sweep([marker], [pgid], grace, group_alive=group_alive, wait=wait or _sleep, extra=extra)
     if _subreaper:
-        reap_adopted({pgid, *keep, *(p.pid for p in _released)})
+        reap_adopted({pgid, *keep, Guard.pid()})
 
 
 def _sleep(seconds: float) -> None:
@@ -158,22 +160,34 @@ def reap_adopted(exclude: Collection[int]) -> None:
 
 
 class Guard:
-    """The guard process of one attempt (see module docstring). Never raises: without a guard the
-    attempt still runs, only the death of this process is then not covered (one warning)."""
+    """This process's guard (see `runtime.guard`): one per process, started with its first attempt
+    and told about each attempt over its pipe. Never raises: without a guard an attempt still runs,
+    only the death of this process is then not covered (one warning)."""
 
-    def __init__(self, marker: str, *, grace: float) -> None:
-        self.marker = marker
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._w: int | None = None
-        if not _LINUX:
+    _lock = threading.Lock()
+    _proc: subprocess.Popen[bytes] | None = None
+    _w: int | None = None
+    _owner = 0  # the pid that started it: a forked child starts its own
+    #: marker -> (pgid, grace) of the attempts running here
+    _active: dict[str, tuple[int, float]] = {}
+
+    @classmethod
+    def _ensure(cls) -> None:
+        if cls._owner == os.getpid() and cls._w is not None:
             return
+        if cls._w is not None and cls._owner != os.getpid():
+            # inherited through fork: the parent's guard pipe, not ours to hold open
+            with contextlib.suppress(OSError):
+                os.close(cls._w)
+            cls._active = {}
+        cls._w, cls._proc, cls._owner = None, None, os.getpid()
         r, w = os.pipe()
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", _GUARD_SCRIPT, marker, repr(float(grace))], stdin=r,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                close_fds=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
-            self._w = w
+            cls._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", _GUARD_SCRIPT], stdin=r, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+            cls._w = w
         except OSError as err:
             log.warning("celery-selfheal: no attempt guard (%s); processes of an attempt may outlive "
                         "a killed worker", err)
@@ -181,37 +195,44 @@ class Guard:
         finally:
             os.close(r)
 
-    def _send(self, line: str) -> None:
-        if self._w is not None:
+    @classmethod
+    def _send(cls, line: str) -> None:
+        cls._ensure()
+        if cls._w is None:
+            return
+        try:
+            os.write(cls._w, line.encode() + b"\n")
+        except OSError:  # the guard died (killed by hand): start another, tell it every attempt
             with contextlib.suppress(OSError):
-                os.write(self._w, line.encode() + b"\n")
+                os.close(cls._w)
+            if cls._proc is not None:
+                cls._proc.poll()
+            cls._w = None
+            cls._ensure()
+            lines = "".join(f"+ {m} {p} {g}\n" for m, (p, g) in cls._active.items())
+            if cls._w is not None and lines:
+                with contextlib.suppress(OSError):
+                    os.write(cls._w, lines.encode())
 
-    @property
-    def pid(self) -> int:
+    @classmethod
+    def pid(cls) -> int:
         """The guard's pid (0 when there is none)."""
-        return self._proc.pid if self._proc is not None else 0
+        return cls._proc.pid if cls._proc is not None and cls._owner == os.getpid() else 0
 
-    def watch(self, pgid: int) -> None:
-        """Name the runtime's process group."""
-        self._send(f"pgid {pgid}")
+    @classmethod
+    def attempt(cls, marker: str, pgid: int = 0, *, grace: float) -> None:
+        """Name an attempt (before its runtime starts, ``pgid`` 0), then its process group."""
+        if not _LINUX:
+            return
+        with cls._lock:
+            cls._active[marker] = (pgid, grace)
+            cls._send(f"+ {marker} {pgid} {float(grace)!r}")
 
-    def release(self) -> None:
-        """The attempt ended and was cleaned up: let the guard do a last marker sweep and exit.
-
-        Not waited for (its interpreter may still be starting): reaped by a later release."""
-        self._send("done")
-        if self._w is not None:
-            os.close(self._w)
-            self._w = None
-        if self._proc is not None:
-            _released.append(self._proc)
-            self._proc = None
-        _reap()
-
-
-#: guards told to exit and not reaped yet (polled, not waited for: one may still be starting)
-_released: list[subprocess.Popen[bytes]] = []
-
-
-def _reap() -> None:
-    _released[:] = [p for p in _released if p.poll() is None]
+    @classmethod
+    def release(cls, marker: str) -> None:
+        """The attempt ended and was cleaned up (its group id may be reused from now on)."""
+        if not _LINUX:
+            return
+        with cls._lock:
+            if cls._active.pop(marker, None) is not None:
+                cls._send(f"- {marker}")

@@ -1,19 +1,18 @@
-"""The attempt guard: a tiny process that ends an attempt's processes when its supervisor dies.
+"""The attempt guard: a tiny process that ends the attempts of a process that died.
 
-Run as a script (``python -I -S guard.py MARKER GRACE``, stdlib only, so it starts in tens of
-milliseconds) in its own session, with the read end of a pipe as stdin whose write end only the
-supervising process holds; it is started before the runtime, which is then named on the pipe
-(``pgid N`` line), so there is no moment when a runtime runs unguarded. When that process ends in
-any way, SIGKILL and the OOM killer included, the kernel closes the write end, ``read`` returns
-end-of-file, and the guard ends every process of the attempt: the runtime's process group and
-every process whose environment carries the attempt's marker (``SELFHEAL_ATTEMPT_MARKER``,
-inherited by descendants that left the group with ``setsid`` or a double fork). TERM, up to GRACE
-seconds, then KILL; then it exits. On a normal end the supervisor has already ended everything,
-writes ``done`` (the group's id may be reused from now on, so only the marker is swept) and the
-guard's sweep finds nothing.
+One guard per supervising process (a Celery pool child, or a threads/solo worker), started with its
+first attempt: ``python -I -S guard.py``, stdlib only, in its own session, with the read end of a
+pipe as stdin whose write end only the supervising process holds. That process names each attempt
+before its runtime starts (``+ MARKER 0 GRACE``), then its process group (``+ MARKER PGID GRACE``),
+and says when the attempt has been cleaned up (``- MARKER``). When the process ends in any way,
+SIGKILL and the OOM killer included, the kernel closes the write end, ``read`` returns end-of-file,
+and the guard ends every attempt still named: its runtime's process group and every process whose
+environment carries its marker (``SELFHEAL_ATTEMPT_MARKER``, inherited by descendants that left
+the group with ``setsid`` or a double fork). TERM, up to GRACE seconds, then KILL; then it exits.
+A process that exits normally has no attempt left, and its guard just exits.
 
 Its own session keeps it out of the worker's process group, so a worker killed as a whole group
-(``kill -9 -PGID``) does not take its guards with it. It does not carry the marker itself.
+(``kill -9 -PGID``) does not take its guard with it. It does not carry a marker itself.
 """
 
 from __future__ import annotations
@@ -23,23 +22,26 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 MARKER_VAR = "SELFHEAL_ATTEMPT_MARKER"
 _POLL = 0.02
 
 
-def marked_pids(marker: str, *, exclude: int = 0) -> list[int]:
-    """Pids of live processes whose environment has ``SELFHEAL_ATTEMPT_MARKER=<marker>``."""
-    needle = f"\0{MARKER_VAR}={marker}\0".encode()
-    found = []
+def marked_pids(markers: Collection[str], *, exclude: int = 0) -> list[int]:
+    """Pids of live processes whose environment has ``SELFHEAL_ATTEMPT_MARKER=<m>``, m in ``markers``."""
+    needles = [f"\0{MARKER_VAR}={m}\0".encode() for m in markers]
+    found: list[int] = []
+    if not needles:
+        return found
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == exclude:
             continue
         try:
             with open(f"/proc/{name}/environ", "rb") as fh:
-                if needle not in b"\0" + fh.read() + b"\0":
-                    continue
+                env = b"\0" + fh.read() + b"\0"
+            if not any(n in env for n in needles):
+                continue
             with open(f"/proc/{name}/stat", "rb") as fh:
                 stat = fh.read()
         except OSError:  # exited meanwhile, or another user's process (not ours to end)
@@ -59,44 +61,52 @@ def _group_members(pgid: int) -> bool:
     return True
 
 
-def signal_all(marker: str, pgid: int, sig: int, extra: Callable[[], list[int]] = list) -> int:
-    """Send ``sig`` to the group, every marked process and the pids ``extra()`` names; the number
-    of processes signalled outside the group."""
-    if _group_members(pgid):
-        with contextlib.suppress(OSError):
-            os.killpg(pgid, sig)
-    pids = set(marked_pids(marker, exclude=os.getpid())) | set(extra())
+def signal_all(markers: Collection[str], pgids: Collection[int], sig: int,
+               extra: Callable[[], list[int]] = list) -> int:
+    """Send ``sig`` to the groups, every marked process and the pids ``extra()`` names; the number
+    of processes signalled outside the groups."""
+    for pgid in pgids:
+        if _group_members(pgid):
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, sig)
+    pids = set(marked_pids(markers, exclude=os.getpid())) | set(extra())
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, sig)
     return len(pids)
 
 
-def sweep(marker: str, pgid: int, grace: float, *, group_alive: Callable[[int], bool] = _group_members,
-          wait: Callable[[float], object] = time.sleep, extra: Callable[[], list[int]] = list) -> None:
-    """TERM everything of the attempt, wait up to ``grace`` for it to go, KILL what is left.
+def sweep(markers: Collection[str], pgids: Collection[int], grace: float, *,
+          group_alive: Callable[[int], bool] = _group_members, wait: Callable[[float], object] = time.sleep,
+          extra: Callable[[], list[int]] = list) -> None:
+    """TERM everything of the attempts, wait up to ``grace`` for it to go, KILL what is left.
 
     ``group_alive`` and ``wait`` let a supervisor that owns the leader count its zombie as gone
     and keep reading output while it waits; ``extra()`` names more processes of the attempt (the
     orphans a subreaper adopted)."""
-    if not signal_all(marker, pgid, signal.SIGTERM, extra) and not group_alive(pgid):
+
+    def alive() -> bool:
+        return (any(group_alive(p) for p in pgids) or bool(marked_pids(markers, exclude=os.getpid()))
+                or bool(extra()))
+
+    if not signal_all(markers, pgids, signal.SIGTERM, extra) and not any(group_alive(p) for p in pgids):
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         wait(min(_POLL, max(deadline - time.monotonic(), 0.0)))
-        if not group_alive(pgid) and not marked_pids(marker, exclude=os.getpid()) and not extra():
+        if not alive():
             return
     for _ in range(50):  # a process may fork while we kill: repeat until nothing is left
-        if not signal_all(marker, pgid, signal.SIGKILL, extra):
+        if not signal_all(markers, pgids, signal.SIGKILL, extra) and not any(group_alive(p) for p in pgids):
             return
         time.sleep(_POLL)
 
 
 def main(argv: list[str]) -> int:
-    """Wait for end-of-file on stdin, then sweep (see the module docstring)."""
-    marker, grace = argv[1], float(argv[2])
+    """Follow the attempts named on stdin; at end-of-file sweep those still running."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the terminal is the worker's, not ours
-    pgid, buf = 0, b""
+    active: dict[str, tuple[int, float]] = {}
+    buf = b""
     while True:
         try:
             data = os.read(0, 4096)
@@ -109,11 +119,15 @@ def main(argv: list[str]) -> int:
         buf += data
         *lines, buf = buf.split(b"\n")
         for line in lines:
-            if line.startswith(b"pgid "):
-                pgid = int(line[5:])
-            elif line == b"done":
-                pgid = 0
-    sweep(marker, pgid, grace)
+            if not line.strip():
+                continue
+            op, marker, *args = line.decode("ascii", "replace").split()
+            if op == "+":
+                active[marker] = (int(args[0]), float(args[1]))
+            elif op == "-":
+                active.pop(marker, None)
+    if active:
+        sweep(list(active), [p for p, _ in active.values() if p > 1], max(g for _, g in active.values()))
     return 0
 
 

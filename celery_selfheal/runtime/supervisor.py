@@ -162,6 +162,7 @@ class _Run:
             self.pump(seconds)
             self.proc.poll()  # reap the leader so it does not count as alive
 
+        self.proc.poll()  # a leader that exited is reaped first: an empty group is then seen at once
         end_attempt(self.marker, self.proc.pid, grace=self.spec.kill_grace, wait=wait,
                     adopted_since=self.started_ticks, keep=self.keep)
 
@@ -226,7 +227,7 @@ def run_runtime(
         return _not_started(log, "selfheal: cannot start runtime: empty command")
     marker = new_marker()
     spec = replace(spec, env={**spec.env, MARKER_VAR: marker})
-    guard = Guard(marker, grace=spec.kill_grace)  # started first: the runtime is never unguarded
+    Guard.attempt(marker, grace=spec.kill_grace)  # named first: the runtime is never unguarded
     try:
         proc = subprocess.Popen(
             list(spec.argv), cwd=spec.cwd, env=dict(spec.env), stdin=subprocess.PIPE,
@@ -234,17 +235,17 @@ def run_runtime(
             preexec_fn=start_group_child_preexec, close_fds=True,
         )
     except OSError as err:
-        guard.release()
+        Guard.release(marker)
         reason = err.strerror or str(err)
         where = f" (cwd {spec.cwd})" if not Path(spec.cwd).is_dir() else ""
         return _not_started(log, f"selfheal: cannot start runtime {spec.argv[0]!r}{where}: {reason}")
-    guard.watch(proc.pid)
+    Guard.attempt(marker, proc.pid, grace=spec.kill_grace)
     run: _Run | None = None
     try:
         if on_start is not None:
             on_start(proc.pid)
         run = _Run(proc, spec, log, redact_stream, on_output, clock)
-        run.keep = (guard.pid,)
+        run.keep = (Guard.pid(),)
         detector, lag, cancelled = _watch(run, cancel_check, cancel_poll)
         end = clock()
         # Also when the leader exited by itself: nothing the attempt started may outlive it.
@@ -253,7 +254,7 @@ def run_runtime(
         rc = proc.wait()
     except BaseException:
         try:
-            end_attempt(marker, proc.pid, grace=spec.kill_grace, keep=(guard.pid,),
+            end_attempt(marker, proc.pid, grace=spec.kill_grace, keep=(Guard.pid(),),
                         adopted_since=run.started_ticks if run is not None else None)
             if run is not None:
                 run.close(notify=False)  # the callback may be what raised
@@ -261,10 +262,10 @@ def run_runtime(
                 _close_pipes(proc)
             proc.wait()
         finally:
-            guard.release()
+            Guard.release(marker)
             log.close()
         raise
-    guard.release()
+    Guard.release(marker)
     run.close()
     if detector is Detector.EXIT and rc < 0:
         detector = Detector.SIGNAL

@@ -76,33 +76,42 @@ def test_setsid_daemon_is_ended_on_cancel_and_on_wall_timeout(tmp_path: Path) ->
 
 
 SUPERVISE = """
-import os, sys
+import os, sys, threading
 from pathlib import Path
 from celery_selfheal.runtime.capped_log import CappedLog
 from celery_selfheal.runtime.supervisor import RuntimeSpec, run_runtime
-spec = RuntimeSpec(argv=sys.argv[1:], cwd=Path.cwd(), env=dict(os.environ), stdin_text="",
-                   wall_timeout=600, idle_timeout=600, kill_grace=0.5)
-with CappedLog(Path("sup.log")) as log:
-    run_runtime(spec, log=log)
+def one(k):
+    argv = [a.replace("PIDFILE", f"pids-{k}") for a in sys.argv[2:]]
+    spec = RuntimeSpec(argv=argv, cwd=Path.cwd(), env=dict(os.environ), stdin_text="",
+                       wall_timeout=600, idle_timeout=600, kill_grace=0.5)
+    with CappedLog(Path(f"sup-{k}.log")) as log:
+        run_runtime(spec, log=log)
+threads = [threading.Thread(target=one, args=(k,)) for k in range(int(sys.argv[1]))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
 """
 
 
-def test_guard_ends_everything_when_the_supervisor_is_sigkilled_as_a_group(tmp_path: Path) -> None:
-    pidfile = tmp_path / "pids"
-    sup = subprocess.Popen([sys.executable, "-c", SUPERVISE, sys.executable, DAEMONIZE, str(pidfile), "0",
-                            "--stay", "600"], cwd=tmp_path, start_new_session=True)
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_guard_ends_everything_when_the_supervisor_is_sigkilled_as_a_group(tmp_path: Path, attempts: int) -> None:
+    # one guard per supervising process, however many attempts it runs (threads pool: 2)
+    pidfiles = [tmp_path / f"pids-{k}" for k in range(attempts)]
+    sup = subprocess.Popen([sys.executable, "-c", SUPERVISE, str(attempts), sys.executable, DAEMONIZE, "PIDFILE",
+                            "0", "--stay", "600"], cwd=tmp_path, start_new_session=True)
     try:
-        assert wait_for(lambda: len(leftovers(pidfile)) == 2, 20)
+        assert wait_for(lambda: all(len(leftovers(p)) == 2 for p in pidfiles), 20)
         os.killpg(sup.pid, signal.SIGKILL)  # no code of ours runs in the supervisor now
         sup.wait()
         killed_at = time.monotonic()
-        pids = leftovers(pidfile)
+        pids = [pid for p in pidfiles for pid in leftovers(p)]
         # documented bound: kill_grace (0.5 s here) + a /proc scan
         assert wait_for(lambda: not any(process_alive(p) for p in pids), 0.5 + 2.0), \
             [p for p in pids if process_alive(p)]
         print(f"leftovers gone {time.monotonic() - killed_at:.2f} s after the SIGKILL")
     finally:
-        for pid in leftovers(pidfile):
+        for pid in [pid for p in pidfiles for pid in leftovers(p)]:
             if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
