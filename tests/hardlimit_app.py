@@ -4,17 +4,22 @@ while a runtime group with a grandchild is running."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from celery_selfheal.app import app, selfheal
 from celery_selfheal.core.job_state import JobState
 from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs.records import spec_of
+from celery_selfheal.runtime.capped_log import CappedLog
 from celery_selfheal.runtime.process_group import start_group_child_preexec
+from celery_selfheal.runtime.supervisor import RuntimeSpec, run_runtime
 from celery_selfheal.steps.running import RunningAttempts
 from celery_selfheal.steps.workspace import prepare_workspace
 
@@ -42,4 +47,24 @@ def hang_past_hard_limit(self: Any, job_id: str, pidfile: str) -> None:
     RunningAttempts(ctx.settings.run_dir).register(self.request.id, {
         "jobId": job_id, "stepId": step.id, "stepIndex": 0, "attempt": 1, "epoch": 0, "pgid": runtime.pid})
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the soft limit is swallowed: only the hard limit ends us
+    time.sleep(60)
+
+
+HANG_GUARDED = "tests.hang_with_daemons_past_hard_limit"
+DAEMONIZE = str(Path(__file__).resolve().parent / "runtimes" / "daemonize.py")
+
+
+@app.task(bind=True, name=HANG_GUARDED, soft_time_limit=1, time_limit=2, ignore_result=True, shared=False)
+def hang_with_daemons_past_hard_limit(self: Any, pidfile: str, workdir: str) -> None:
+    """Run a runtime that leaves setsid/double-forked daemons through the real supervisor (in a
+    thread), then hang in "our" code until Celery's hard limit SIGKILLs this pool child."""
+    spec = RuntimeSpec(argv=[sys.executable, DAEMONIZE, pidfile, "0", "--stay", "600"], cwd=Path(workdir),
+                       env=dict(os.environ), stdin_text="", wall_timeout=600, idle_timeout=600, kill_grace=0.5)
+
+    def supervise() -> None:
+        with CappedLog(Path(workdir) / "guarded.log") as log:
+            run_runtime(spec, log=log)
+
+    threading.Thread(target=supervise, daemon=True).start()
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # only the hard limit ends us
     time.sleep(60)

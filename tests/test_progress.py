@@ -391,3 +391,13 @@ def _run_piped_and_follow(tmp_path: Path, job: Path, state: Path) -> None:
                for line in events)
     assert any("step 1 implement: recovered on attempt 2 (soft_reset)" in line for line in events)
     assert lines[-1].startswith(f"job {job_id} SUCCEEDED: 2 steps, 3 attempts, 1 soft_reset")
+
+
+def test_a_failure_by_signal_names_the_signal() -> None:
+    from celery_selfheal.cli.render import describe_event
+
+    e = {"event": "task.step.attempt.failed", "stepId": "build", "stepIndex": 0, "attempt": 1,
+         "detector": "signal", "signal": 9, "failureClass": "transient_runtime", "strategy": "soft_reset"}
+    assert "attempt 1 FAILED by signal SIGKILL (9) -> transient_runtime" in describe_event(e)
+    assert "FAILED by signal ? " in describe_event({**e, "signal": None})
+    assert "FAILED by signal 99 " in describe_event({**e, "signal": 99})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,16 @@ def _step(e: dict[str, Any]) -> str:
 
 def _secs(value: Any) -> str:
     return f"{float(value):.1f}s" if isinstance(value, (int, float)) else "?"
+
+
+def signal_name(number: Any) -> str:
+    """``SIGKILL (9)`` for 9; the number alone when it is not a known signal; ``?`` when absent."""
+    if not isinstance(number, int):
+        return "?"
+    try:
+        return f"{signal.Signals(number).name} ({number})"
+    except ValueError:
+        return str(number)
 
 
 def describe_event(e: dict[str, Any]) -> str:
@@ -44,6 +55,8 @@ def describe_event(e: dict[str, Any]) -> str:
             how = f"idle_timeout (silent {_secs(e.get('idleSeconds'))})"
         elif det == "wall_timeout":
             how = f"wall_timeout (after {_secs(e.get('wallClockSeconds'))})"
+        elif det == "signal":
+            how = f"signal {signal_name(e.get('signal'))}"
         nxt = e.get("strategy") or "give up"
         return f"{_step(e)}: {att} FAILED by {how} -> {e.get('failureClass')}; next: {nxt}"
     if name == "task.self_heal.triggered":

@@ -42,6 +42,10 @@ class Budgets:
     queue_retry_backoff_max_seconds: float = 600.0
     #: grace between TERM and KILL when ending a runtime's process group, in seconds; >= 0
     kill_grace_seconds: float = 5.0
+    #: an attempt whose output repeats the same block of lines this many times in a row (counting
+    #: its first occurrence) is stuck in a loop and ended (detector ``output_loop``); 0 disables,
+    #: else >= 2
+    step_output_loop_limit: int = 8
 
     def __post_init__(self) -> None:
         values = budgets_to_dict(self)
@@ -61,6 +65,7 @@ STEP_KEYS: frozenset[str] = frozenset(
         "step_idle_timeout_seconds",
         "step_no_progress_limit",
         "kill_grace_seconds",
+        "step_output_loop_limit",
     }
 )
 
@@ -86,6 +91,7 @@ _RULES: dict[str, tuple[type, float, bool]] = {
     "queue_retry_backoff_seconds": (float, 0, True),
     "queue_retry_backoff_max_seconds": (float, 0, True),
     "kill_grace_seconds": (float, 0, True),
+    "step_output_loop_limit": (int, 0, True),
 }
 assert set(_RULES) == set(BUDGET_KEYS)
 
@@ -116,6 +122,9 @@ def _check_value(key: str, value: Any, *, where: str) -> int | float:
     high = MAX_COUNT if kind is int else MAX_SECONDS
     if value > high:
         raise ConfigError(f"must be <= {high:g}, got {value!r}", where=where)
+    if key == "step_output_loop_limit" and value == 1:
+        # the first occurrence counts: 1 would call every line a loop
+        raise ConfigError("must be 0 (off) or >= 2, got 1", where=where)
     return int(value) if kind is int else float(value)
 
 

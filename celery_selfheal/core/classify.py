@@ -7,7 +7,7 @@ falls back to ``transient_runtime`` whenever nothing decisive is known.
 
 Precedence of the default classifier, first rule that applies wins:
 
-1. the detector: ``no_progress`` -> stuck_no_progress; ``wall_timeout``, ``idle_timeout``,
+1. the detector: ``no_progress`` and ``output_loop`` -> stuck_no_progress; ``wall_timeout``, ``idle_timeout``,
    ``signal``, ``worker_lost`` (or any signal / negative exit code) -> transient_runtime. The
    runtime was cut off, so whatever it printed last is not its verdict;
 2. sysexits codes: the runtime said explicitly what happened (:data:`EXIT_CODES`);
@@ -113,22 +113,47 @@ class Classifier(Protocol):
     def __call__(self, facts: FailureFacts) -> FailureClass | None: ...
 
 
-def marker_class(output_tail: str) -> FailureClass | None:
-    """The class of the marker found latest in ``output_tail``, or None when none matches."""
+def marker_match(output_tail: str) -> tuple[FailureClass, str] | None:
+    """The class and text of the marker found latest in ``output_tail``, or None."""
     best_end, best = -1, None
     for cls, pattern in _COMPILED:
-        end = -1
+        end, text = -1, ""
         for match in pattern.finditer(output_tail):
-            end = match.end()
+            end, text = match.end(), match.group(0)
         # Strictly greater: on a tie the earlier table row, already kept, wins.
         if end > best_end:
-            best_end, best = end, cls
+            best_end, best = end, (cls, text)
     return best
+
+
+def marker_class(output_tail: str) -> FailureClass | None:
+    """The class of the marker found latest in ``output_tail``, or None when none matches."""
+    found = marker_match(output_tail)
+    return found[0] if found else None
+
+
+_SYSEXITS = {75: "EX_TEMPFAIL", 65: "EX_DATAERR", 77: "EX_NOPERM"}
+
+
+def classification_reason(facts: FailureFacts, cls: FailureClass) -> str:
+    """Why the default rules give ``cls`` (the exit code or the output marker that decided), or a
+    note that a plugin classifier did; shown with deterministic failures, which are not retried."""
+    if default_classifier(facts) is not cls:
+        return f"classified {cls.value} by a plugin classifier"
+    if facts.detector in (Detector.NO_PROGRESS, Detector.OUTPUT_LOOP):
+        return f"detector {facts.detector.value}"
+    if facts.exit_code in EXIT_CODES:
+        return f"exit code {facts.exit_code} ({_SYSEXITS[facts.exit_code]})"
+    found = marker_match(facts.output_tail)
+    if found is not None:
+        marker = " ".join(found[1].split())[:80]
+        return f"output marker {marker!r}"
+    return "no decisive exit code or output marker"
 
 
 def default_classifier(facts: FailureFacts) -> FailureClass:
     """Classify with the built-in rules (see the module docstring for their precedence)."""
-    if facts.detector is Detector.NO_PROGRESS:
+    if facts.detector in (Detector.NO_PROGRESS, Detector.OUTPUT_LOOP):
         return FailureClass.STUCK_NO_PROGRESS
     killed = facts.signal is not None or (facts.exit_code is not None and facts.exit_code < 0)
     if facts.detector in INTERRUPTING_DETECTORS or killed:

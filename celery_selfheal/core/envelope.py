@@ -65,6 +65,25 @@ def summarize_failure(output_tail: str, *, max_lines: int = 40, max_chars: int =
     return marker + body[-room:]
 
 
+def attempt_summary(detector: Detector, output_tail: str, *, note: str = "", idle_seconds: float = 0.0,
+                    wall_seconds: float = 0.0) -> str:
+    """The failure summary of an attempt: what the detector saw, then the end of the output.
+
+    ``output_loop``: the supervisor's ``note`` alone (the repeated block, quoted once, instead of a
+    tail that is the block many times). ``idle_timeout``: how long it was silent, after how much
+    run time, and the last line it printed, then the tail. Otherwise the tail."""
+    if detector is Detector.OUTPUT_LOOP and note:
+        return summarize_failure(note)
+    tail = summarize_failure(output_tail) if output_tail.strip() else ""
+    if detector is Detector.IDLE_TIMEOUT:
+        lines = _clean_lines(output_tail)
+        last = repr(lines[-1][:200]) if lines else "none (the runtime never printed anything)"
+        head = (f"idle timeout: no output for {idle_seconds:.0f} s after {max(wall_seconds - idle_seconds, 0):.1f} s "
+                f"of run time; last output: {last}")
+        return summarize_failure(f"{head}\n{tail}" if tail else head)
+    return tail
+
+
 def build_envelope(
     *,
     objective: str,

@@ -30,6 +30,7 @@ class Detector(str, enum.Enum):
     WALL_TIMEOUT = "wall_timeout"
     IDLE_TIMEOUT = "idle_timeout"
     NO_PROGRESS = "no_progress"
+    OUTPUT_LOOP = "output_loop"
     EXIT = "exit"
     SIGNAL = "signal"
     WORKER_LOST = "worker_lost"

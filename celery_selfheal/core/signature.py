@@ -42,7 +42,7 @@ RULES: tuple[tuple[str, str], ...] = (
     (rf"{_TEMP_ROOT}/[^/\s'\":]+", "<tmp>"),
     # pids
     (r"\bpid\s*[=:]?\s*\d+\b", "pid=<pid>"),
-    (r"\[\d+\]", "[<pid>]"),
+    BRACKET_PID_RULE := (r"\[\d+\]", "[<pid>]"),
     # source locations: file.py:12:5, "line 12"
     (r"(?<=[\w)\]>]):\d+(?::\d+)?\b", ":<loc>"),
     (r"\bline\s+\d+\b", "line <loc>"),
@@ -51,7 +51,7 @@ RULES: tuple[tuple[str, str], ...] = (
     # sha is indistinguishable from a number, and the two must not split one failure in two.
     (r"\b0x[0-9a-f]+\b", "<addr>"),
     # (not when part of a decimal such as 1234567.5: that is the number rule's)
-    (r"(?<!\d\.)\b(?=[a-f]*\d)[0-9a-f]{7,}\b(?!\.\d)", "<n>"),
+    HASH_RULE := (r"(?<!\d\.)\b(?=[a-f]*\d)[0-9a-f]{7,}\b(?!\.\d)", "<n>"),
     # durations: 1.5s, 200ms, 3m, 2 hours
     (
         rf"{_NOT_WORD}\d+(?:\.\d+)?\s?(?:ns|us|µs|ms|s|secs?|seconds?|m|mins?|minutes?"
@@ -59,7 +59,7 @@ RULES: tuple[tuple[str, str], ...] = (
         "<dur>",
     ),
     # every other standalone number (digits inside identifiers such as test_case_2 stay)
-    (rf"{_NOT_WORD}\d+(?:[.,]\d+)*{_END_WORD}", "<n>"),
+    NUMBER_RULE := (rf"{_NOT_WORD}\d+(?:[.,]\d+)*{_END_WORD}", "<n>"),
 )
 
 _COMPILED: tuple[tuple[re.Pattern[str], str], ...] = tuple(

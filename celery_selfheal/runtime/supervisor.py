@@ -4,32 +4,33 @@ process group on timeout, cancel or shutdown (REQ-04).
 One thread, one ``selectors`` loop over the child's stdout, stderr, stdin (the prompt is written
 non-blocking) and a pidfd that becomes readable when the leader exits. The select timeout is the
 time to the nearest deadline (wall, last output + idle, next cancel poll), so a timeout is noticed
-within about a millisecond of its threshold instead of at the next coarse poll.
+within about a millisecond of its threshold instead of at the next coarse poll. The output-loop
+detector (`core.output_loop`) is fed each decoded chunk as it is read, so a loop ends the attempt
+(detector ``output_loop``) at the chunk that completes its last repetition. Ending an attempt ends
+everything it started, also what left the group (`runtime.containment`).
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import selectors
-import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from celery_selfheal.core.model import Detector
+from celery_selfheal.core.output_loop import LoopMatch, OutputLoopDetector, describe_loop
 from celery_selfheal.runtime.capped_log import CappedLog
-from celery_selfheal.runtime.process_group import (
-    group_alive,
-    kill_process_group,
-    signal_group,
-    start_group_child_preexec,
-)
+from celery_selfheal.runtime.containment import MARKER_VAR, Guard, end_attempt, new_marker, start_ticks
+from celery_selfheal.runtime.process_group import start_group_child_preexec
+from celery_selfheal.runtime.spec import OutputStream, RuntimeResult, RuntimeSpec
+
+__all__ = ["RuntimeResult", "RuntimeSpec", "run_runtime"]
 
 _CHUNK = 64 * 1024
 _TAIL_CHARS = 8192
@@ -38,73 +39,6 @@ _TAIL_CHARS = 8192
 _DRAIN_SECONDS = 1.0
 #: how often the kill phase re-checks whether the group is gone while it keeps reading output
 _KILL_POLL = 0.02
-
-
-@dataclass(frozen=True)
-class RuntimeSpec:
-    """What to run for one attempt."""
-
-    #: the runtime command (no shell)
-    argv: Sequence[str]
-    #: working directory (the workspace)
-    cwd: Path
-    #: full environment of the child; the caller builds it
-    env: Mapping[str, str]
-    #: the prompt, written to stdin which is then closed
-    stdin_text: str
-    #: seconds from start until the attempt is killed
-    wall_timeout: float
-    #: seconds without any stdout/stderr chunk until the attempt is killed
-    idle_timeout: float
-    #: seconds between SIGTERM and SIGKILL when ending the process group
-    kill_grace: float = 5.0
-
-
-@dataclass(frozen=True)
-class RuntimeResult:
-    """How an attempt's runtime ended."""
-
-    #: exit status of the leader; None when a signal ended it
-    exit_code: int | None
-    #: signal that ended the leader (ours or foreign)
-    signal: int | None
-    #: EXIT (exited by itself, any code), SIGNAL (foreign signal), WALL_TIMEOUT or IDLE_TIMEOUT;
-    #: on cancel, EXIT or SIGNAL as the leader ended, with ``cancelled`` set
-    detector: Detector
-    #: the attempt ended because ``cancel_check()`` returned True
-    cancelled: bool
-    #: pid of the leader, also the pgid of its group (0 if it never started)
-    pid: int
-    #: seconds from start until the end was detected (the kill phase is not included)
-    wall_seconds: float
-    #: seconds since the last output chunk when the end was detected
-    idle_seconds: float
-    #: the longest silence between start, output chunks and the end
-    max_idle_seconds: float
-    #: timeouts only: seconds between the threshold instant and its detection
-    detection_lag: float | None
-    #: bytes of output written to the log during the attempt
-    output_bytes: int
-    #: the last ~8 KiB of (redacted) output
-    tail: str
-
-
-class _Stream:
-    """One output pipe: incremental UTF-8 decoding, then the optional stream redactor."""
-
-    def __init__(self, fd: int, redactor: Any | None) -> None:
-        self.fd = fd
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._redactor = redactor
-
-    def text(self, data: bytes, *, final: bool = False) -> str:
-        text = self._decoder.decode(data, final=final)
-        if self._redactor is None:
-            return text
-        out: str = self._redactor.feed(text) if text else ""
-        if final:
-            out += self._redactor.flush()
-        return out
 
 
 def _not_started(log: CappedLog, message: str) -> RuntimeResult:
@@ -125,15 +59,20 @@ class _Run:
                  clock: Callable[[], float]) -> None:
         self.proc, self.spec, self.log, self.on_output, self.clock = proc, spec, log, on_output, clock
         self.sel = selectors.DefaultSelector()
-        self.streams: list[_Stream] = []
+        self.streams: list[OutputStream] = []
         self.output_bytes = 0
         self.start = self.last_output = clock()
         self.max_idle = 0.0
         self._waiter_fds: tuple[int, int] | None = None
         self._pidfd: int | None = None
+        self.marker = str(spec.env.get(MARKER_VAR, ""))
+        self.started_ticks = start_ticks(proc.pid)
+        self.keep: tuple[int, ...] = ()  # our own children that are not the attempt's (its guard)
+        self.loops = OutputLoopDetector(spec.output_loop_limit, clock=clock) if spec.output_loop_limit else None
+        tap = self.loops.feed if self.loops is not None else None
         for pipe in (proc.stdout, proc.stderr):
             assert pipe is not None
-            stream = _Stream(pipe.fileno(), redact_stream() if redact_stream else None)
+            stream = OutputStream(pipe.fileno(), redact_stream() if redact_stream else None, tap)
             self.sel.register(stream.fd, selectors.EVENT_READ, stream)
             self.streams.append(stream)
         self._prompt = memoryview(spec.stdin_text.encode("utf-8"))
@@ -188,7 +127,7 @@ class _Run:
             self.sel.unregister(self.proc.stdin.fileno())
             self.proc.stdin.close()
 
-    def _read(self, stream: _Stream) -> None:
+    def _read(self, stream: OutputStream) -> None:
         try:
             data = os.read(stream.fd, _CHUNK)
         except BlockingIOError:
@@ -210,18 +149,22 @@ class _Run:
             if self.on_output is not None:
                 self.on_output(text)
 
+    @property
+    def loop(self) -> LoopMatch | None:
+        """The output loop found so far, if any."""
+        return self.loops.match if self.loops is not None else None
+
     def terminate(self) -> None:
-        """TERM the group, keep reading its output during the grace, KILL what is left."""
-        pgid = self.proc.pid
-        if not group_alive(pgid) or not signal_group(pgid, signal.SIGTERM):
-            return
-        deadline = time.monotonic() + self.spec.kill_grace
-        while time.monotonic() < deadline:
-            self.pump(min(_KILL_POLL, deadline - time.monotonic()))
+        """TERM the group and every marked process (`runtime.containment`), keep reading output
+        during the grace, KILL what is left."""
+
+        def wait(seconds: float) -> None:
+            self.pump(seconds)
             self.proc.poll()  # reap the leader so it does not count as alive
-            if not group_alive(pgid):
-                return
-        kill_process_group(pgid, grace=0.0, term_signal=signal.SIGKILL)
+
+        self.proc.poll()  # a leader that exited is reaped first: an empty group is then seen at once
+        end_attempt(self.marker, self.proc.pid, grace=self.spec.kill_grace, wait=wait,
+                    adopted_since=self.started_ticks, keep=self.keep)
 
     def drain(self) -> None:
         """Read what is left in the pipes, bounded in time."""
@@ -261,6 +204,7 @@ def run_runtime(
     cancel_poll: float = 0.25,
     on_start: Callable[[int], None] | None = None,
     on_output: Callable[[str], None] | None = None,
+    redact_text: Callable[[str], str] = str,
     clock: Callable[[], float] = time.monotonic,
 ) -> RuntimeResult:
     """Run ``spec`` in its own process group until it exits, times out or is cancelled.
@@ -272,9 +216,18 @@ def run_runtime(
     as Celery's soft time limit) kills the group, closes ``log`` and is re-raised; otherwise the
     caller keeps ``log`` open (to add a footer) and closes it. A command that cannot be started
     gives exit code 127 and the reason in ``tail`` and the log.
+
+    Containment (`runtime.containment`): the runtime's environment gets a fresh
+    ``SELFHEAL_ATTEMPT_MARKER``; whenever the attempt ends (success too) the group *and* every
+    process carrying the marker are ended, and a guard process does the same if this process
+    dies. With ``spec.output_loop_limit`` the output is watched for a repeated block of lines
+    (detector OUTPUT_LOOP, ended as a timeout; ``note`` quotes the block through ``redact_text``).
     """
     if not spec.argv:
         return _not_started(log, "selfheal: cannot start runtime: empty command")
+    marker = new_marker()
+    spec = replace(spec, env={**spec.env, MARKER_VAR: marker})
+    Guard.attempt(marker, grace=spec.kill_grace)  # named first: the runtime is never unguarded
     try:
         proc = subprocess.Popen(
             list(spec.argv), cwd=spec.cwd, env=dict(spec.env), stdin=subprocess.PIPE,
@@ -282,31 +235,37 @@ def run_runtime(
             preexec_fn=start_group_child_preexec, close_fds=True,
         )
     except OSError as err:
+        Guard.release(marker)
         reason = err.strerror or str(err)
         where = f" (cwd {spec.cwd})" if not Path(spec.cwd).is_dir() else ""
         return _not_started(log, f"selfheal: cannot start runtime {spec.argv[0]!r}{where}: {reason}")
+    Guard.attempt(marker, proc.pid, grace=spec.kill_grace)
     run: _Run | None = None
     try:
         if on_start is not None:
             on_start(proc.pid)
         run = _Run(proc, spec, log, redact_stream, on_output, clock)
+        run.keep = (Guard.pid(),)
         detector, lag, cancelled = _watch(run, cancel_check, cancel_poll)
         end = clock()
-        # Also when the leader exited by itself: nothing of its group may outlive the attempt.
+        # Also when the leader exited by itself: nothing the attempt started may outlive it.
         run.terminate()
         run.drain()
         rc = proc.wait()
     except BaseException:
         try:
-            kill_process_group(proc.pid, grace=spec.kill_grace)
+            end_attempt(marker, proc.pid, grace=spec.kill_grace, keep=(Guard.pid(),),
+                        adopted_since=run.started_ticks if run is not None else None)
             if run is not None:
                 run.close(notify=False)  # the callback may be what raised
             else:
                 _close_pipes(proc)
             proc.wait()
         finally:
+            Guard.release(marker)
             log.close()
         raise
+    Guard.release(marker)
     run.close()
     if detector is Detector.EXIT and rc < 0:
         detector = Detector.SIGNAL
@@ -315,6 +274,7 @@ def run_runtime(
         cancelled=cancelled, pid=proc.pid, wall_seconds=end - run.start,
         idle_seconds=end - run.last_output, max_idle_seconds=max(run.max_idle, end - run.last_output),
         detection_lag=lag, output_bytes=run.output_bytes, tail=log.tail_text(_TAIL_CHARS),
+        note=redact_text(describe_loop(run.loop)) if detector is Detector.OUTPUT_LOOP and run.loop else "",
     )
 
 
@@ -338,3 +298,5 @@ def _watch(run: _Run, cancel_check: Callable[[], bool] | None,
             next_cancel = clock() + cancel_poll
         if run.pump(min(first, next_cancel) - now):
             return Detector.EXIT, None, False
+        if run.loop is not None:
+            return Detector.OUTPUT_LOOP, None, False

@@ -139,6 +139,7 @@ def run_attempt(
         wall_timeout=plan.budgets.step_timeout_seconds,
         idle_timeout=plan.budgets.step_idle_timeout_seconds,
         kill_grace=plan.budgets.kill_grace_seconds,
+        output_loop_limit=plan.budgets.step_output_loop_limit,
     )
     log_path = arts.log_path(plan.step.index, plan.attempt)
     log = CappedLog(log_path)
@@ -148,7 +149,7 @@ def run_attempt(
 
     try:
         result = run_runtime(spec, log=log, redact_stream=redact_stream, cancel_check=cancel_check,
-                             on_start=on_start)
+                             on_start=on_start, redact_text=ctx.redactor.redact)
     finally:
         log.close()
     return AttemptFacts(result=result, change=ws.current_change(), prompt_file=prompt_file, log_path=log_path)

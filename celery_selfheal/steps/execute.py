@@ -128,7 +128,7 @@ def begin_attempt(ctx: Context, job: JobState, delivery: StepDelivery, *, task_i
     update_step(ctx, delivery.job_id, idx, status=StepStatus.RUNNING.value, attempts=attempt,
                 job_changes={"currentStep": idx})
     ctx.bus.emit("task.step.attempt.started", delivery.job_id, epoch=epoch, stepId=step.id, stepIndex=idx,
-                 attempt=attempt, strategy=plan.recovery_strategy, attemptStrategy=delivery.strategy,
+                 attempt=attempt, strategy=plan.recovery_strategy, attemptStrategy=plan.recovery_strategy,
                  round=plan.round)
     return plan
 

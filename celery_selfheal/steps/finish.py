@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from celery_selfheal.context import Context
+from celery_selfheal.core.classify import classification_reason
 from celery_selfheal.core.envelope import build_envelope
 from celery_selfheal.core.job_state import AttemptStatus, JobState, StepStatus
 from celery_selfheal.core.jobfile import StepSpec
@@ -22,7 +23,7 @@ from celery_selfheal.jobs.records import read_job, step_history, update_step
 from celery_selfheal.steps.attempt import AttemptFacts, AttemptPlan
 from celery_selfheal.steps.attempt_artifact import write_attempt_artifact
 from celery_selfheal.steps.evidence import write_attempt_patch
-from celery_selfheal.steps.finished import FinishedAttempt, judge, refused_secret
+from celery_selfheal.steps.finished import FinishedAttempt, failure_facts, judge, refused_secret
 from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome
 from celery_selfheal.workspace.checkpoints import write_checkpoint
 from celery_selfheal.workspace.git import GitWorkspace
@@ -43,6 +44,8 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
     history = [*step_history(ctx, plan.job_id, idx, plan.epoch), this]
     decision = decide(history, plan.budgets, resets_used=plan.resets_used,
                       queue_retries_used=plan.queue_retries_used)
+    if cls is not None and not cls.retryable:  # not retried: say what decided it
+        decision = replace(decision, reason=f"{decision.reason}: {classification_reason(failure_facts(r), cls)}")
     if workspace_lost and decision.kind is DecisionKind.SOFT_RESET:
         decision = replace(decision, strategy=Strategy.QUEUE_RETRY,
                            reason=f"{decision.reason}; workspace lost with its worker, rebuilt from checkpoints")

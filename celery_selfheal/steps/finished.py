@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_selfheal.core.classify import Classifier, FailureFacts, classify
-from celery_selfheal.core.envelope import summarize_failure
+from celery_selfheal.core.envelope import attempt_summary, summarize_failure
 from celery_selfheal.core.model import Decision, DecisionKind, Detector, FailureClass
 from celery_selfheal.core.signature import failure_signature
 from celery_selfheal.runtime.supervisor import RuntimeResult
@@ -77,13 +77,13 @@ class FinishedAttempt:
         """The fields every event about this attempt carries."""
         p = self.plan
         return {"epoch": p.epoch, "stepId": p.step.id, "stepIndex": p.step.index, "attempt": p.attempt,
-                "attemptStrategy": p.strategy, "diffHash": self.change.diff_hash, **self.timings()}
+                "attemptStrategy": p.recovery_strategy, "diffHash": self.change.diff_hash, **self.timings()}
 
     def failure_fields(self) -> dict[str, Any]:
         """`event_fields` plus what the failure events carry."""
         return {**self.event_fields(), "failureClass": self.outcome_class.value,
                 "failureSignature": self.signature or "", "detector": self.detector.value,
-                "exitCode": self.result.exit_code, "reason": self.decision.reason}
+                "exitCode": self.result.exit_code, "signal": self.result.signal, "reason": self.decision.reason}
 
     def retry_extra(self) -> dict[str, Any]:
         """What the step task puts in Flower's retry reason (`wiring.tasks.retry_message`)."""
@@ -96,14 +96,21 @@ class FinishedAttempt:
 def judge(plan: AttemptPlan, result: RuntimeResult, change: Change,
           classifiers: Sequence[Classifier] = ()) -> tuple[bool, FailureClass | None, str | None, str]:
     """(ok, class, signature, summary) of an ended attempt: exit 0 on its own is success."""
-    summary = summarize_failure(result.tail)
     ok = result.detector == Detector.EXIT and result.exit_code == 0
     if ok:
-        return True, None, None, summary
-    cls = classify(FailureFacts(exit_code=result.exit_code, signal=result.signal, detector=result.detector,
-                                output_tail=result.tail), classifiers)
+        return True, None, None, summarize_failure(result.tail)
+    # a failure's summary says what happened (no output for N s, the repeated block, the signal...)
+    summary = attempt_summary(result.detector, result.tail, note=result.note, idle_seconds=result.idle_seconds,
+                              wall_seconds=result.wall_seconds)
+    cls = classify(failure_facts(result), classifiers)
     signature = failure_signature(f"{result.detector.value} exit={result.exit_code} signal={result.signal}\n{summary}")
     return False, cls, signature, summary
+
+
+def failure_facts(result: RuntimeResult) -> FailureFacts:
+    """What the classifiers read of an ended attempt."""
+    return FailureFacts(exit_code=result.exit_code, signal=result.signal, detector=result.detector,
+                        output_tail=result.tail)
 
 
 def refused_secret(decision_reason: str) -> Decision:

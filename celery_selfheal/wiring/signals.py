@@ -18,6 +18,7 @@ from celery import Celery
 from celery.signals import celeryd_after_setup, task_failure, worker_init, worker_process_init
 
 from celery_selfheal.context import Context
+from celery_selfheal.runtime.containment import become_subreaper
 from celery_selfheal.runtime.process_group import kill_process_group
 from celery_selfheal.steps.running import RunningAttempts
 from celery_selfheal.wiring.routing import worker_queue
@@ -64,6 +65,8 @@ def connect_signals(app: Celery, get_context: Callable[[], Context], reset_conte
 
     @worker_process_init.connect(weak=False)
     def after_fork(**_: Any) -> None:
+        # A pool child runs one attempt at a time: its orphans are that attempt's (containment).
+        become_subreaper()
         # A forked pool child must not share the parent's store connection.
         reset_context()
         ctx = get_context()

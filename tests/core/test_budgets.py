@@ -130,8 +130,9 @@ def test_dict_round_trip():
 
 _INT_KEYS = [k for k in BUDGET_KEYS if isinstance(getattr(Budgets(), k), int)]
 _FLOAT_KEYS = [k for k in BUDGET_KEYS if k not in _INT_KEYS]
+# (step_output_loop_limit: 1 is refused, 0 or >= 2 only)
 _layer = st.dictionaries(st.sampled_from(BUDGET_KEYS), st.integers(1, 50)).map(
-    lambda d: {k: (float(v) if k in _FLOAT_KEYS else v) for k, v in d.items()}
+    lambda d: {k: (float(v) if k in _FLOAT_KEYS else v + (k == "step_output_loop_limit")) for k, v in d.items()}
 )
 
 
@@ -170,3 +171,13 @@ def test_direct_construction_is_validated_and_canonical():
     assert type(b.step_timeout_seconds) is float and type(b.kill_grace_seconds) is float
     with pytest.raises(ConfigError, match=r"^Budgets\.step_max_attempts: must be an integer, got 2\.0$"):
         Budgets(step_max_attempts=2.0)  # type: ignore[arg-type]
+
+
+def test_output_loop_limit_key_env_and_bounds():
+    assert Budgets().step_output_loop_limit == 8
+    assert resolve_budgets(("env", env_overrides({"STEP_OUTPUT_LOOP_LIMIT": "0"}))).step_output_loop_limit == 0
+    assert resolve_budgets(("job", {"step_output_loop_limit": 3})).step_output_loop_limit == 3
+    with pytest.raises(ConfigError, match=r"^env STEP_OUTPUT_LOOP_LIMIT: must be 0 \(off\) or >= 2, got 1"):
+        env_overrides({"STEP_OUTPUT_LOOP_LIMIT": "1"})
+    with pytest.raises(ConfigError, match=r"step_output_loop_limit: must be >= 0"):
+        resolve_budgets(("job", {"step_output_loop_limit": -1}))

@@ -118,3 +118,20 @@ def test_total_and_safe(exit_code, sig, detector, tail):
         assert cls.retryable
     if detector in cut_off:
         assert cls is T
+
+
+def test_classification_reason_names_what_decided() -> None:
+    from celery_selfheal.core.classify import classification_reason
+
+    def facts(code: int | None, tail: str, det: Detector = Detector.EXIT) -> FailureFacts:
+        return FailureFacts(exit_code=code, signal=None, detector=det, output_tail=tail)
+
+    assert classification_reason(facts(77, "x"), FailureClass.DETERMINISTIC_POLICY) == "exit code 77 (EX_NOPERM)"
+    why = classification_reason(facts(1, "boom\nfatal: Not a git repository (or any parent)\n"),
+                                FailureClass.DETERMINISTIC_REPO)
+    assert why == "output marker 'Not a git repository'"
+    assert classification_reason(facts(1, "hm"), FailureClass.DETERMINISTIC_CONTRACT) == \
+        "classified deterministic_contract by a plugin classifier"
+    assert classification_reason(facts(None, "", Detector.OUTPUT_LOOP), FailureClass.STUCK_NO_PROGRESS) == \
+        "detector output_loop"
+    assert classify(facts(None, "", Detector.OUTPUT_LOOP)) is FailureClass.STUCK_NO_PROGRESS

@@ -156,3 +156,21 @@ def test_render_has_readable_sections_and_a_safe_fence():
     assert "`````\n```\nnot the end\n````\n`````" in text  # fence longer than any run inside
     assert all(f"- {c}" in text for c in CONSTRAINTS)
     assert "(no changed files)" in render_envelope(envelope(changed_files=[]))
+
+
+def test_attempt_summary_says_what_the_detector_saw() -> None:
+    from celery_selfheal.core.envelope import attempt_summary
+    from celery_selfheal.core.model import Detector
+
+    idle = attempt_summary(Detector.IDLE_TIMEOUT, "cloning\nwaiting for the lock\n", idle_seconds=300.2,
+                           wall_seconds=312.5)
+    first = idle.splitlines()[0]
+    assert first == ("idle timeout: no output for 300 s after 12.3 s of run time; "
+                     "last output: 'waiting for the lock'")
+    assert idle.endswith("cloning\nwaiting for the lock")
+    silent = attempt_summary(Detector.IDLE_TIMEOUT, "", idle_seconds=5.0, wall_seconds=5.0)
+    assert silent == ("idle timeout: no output for 5 s after 0.0 s of run time; "
+                      "last output: none (the runtime never printed anything)")
+    loop = attempt_summary(Detector.OUTPUT_LOOP, "a\nb\n" * 50, note="output loop: ...\na\nb")
+    assert loop == "output loop: ...\na\nb"
+    assert attempt_summary(Detector.EXIT, "x\ny\n") == "x\ny"

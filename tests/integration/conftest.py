@@ -57,7 +57,10 @@ class Harness:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = self.ctx.store.get_job(job_id)
-            if job and job["status"] in TERMINAL:
+            # the status changes just before the terminal event is stored: wait for both
+            if job and job["status"] in TERMINAL and any(
+                    e["event"].startswith("task.job.") and e["event"] != "task.job.started"
+                    for _, e in self.ctx.store.list_events(job_id)):
                 return dict(job)
             if self.worker.poll() is not None:
                 raise AssertionError(f"worker died: {self.log_path.read_text()[-3000:]}")

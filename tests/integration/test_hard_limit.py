@@ -11,7 +11,7 @@ import pytest
 from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.settings import load_settings
 from tests.conftest import process_alive
-from tests.hardlimit_app import HANG
+from tests.hardlimit_app import HANG, HANG_GUARDED
 from tests.integration._obs import EventCapture
 from tests.integration.conftest import Harness, client_selfheal, start_worker, stop_worker
 
@@ -55,5 +55,28 @@ def test_hard_limit_kills_the_runtime_group_and_the_job_recovers(tmp_path: Path,
         failed = next(e for e in got if e.get("type") == "selfheal-task-step-attempt-failed")
         assert failed["detector"] == "wall_timeout" and failed["attempt"] == 1
         capture.__exit__(None, None, None)
+    finally:
+        stop_worker(proc)
+
+
+def test_hard_limit_ends_the_setsid_daemons_of_the_attempt(tmp_path: Path) -> None:
+    settings = load_settings(state_dir=tmp_path / "state", env={})
+    settings.ensure_dirs()
+    proc = start_worker(settings, tmp_path / "worker.log", concurrency=1, app_module="tests.hardlimit_app")
+    try:
+        sh = client_selfheal(settings)
+        pidfile = tmp_path / "daemons"
+        sh.app.send_task(HANG_GUARDED, args=(str(pidfile), str(tmp_path)), queue="selfheal")
+        deadline = time.monotonic() + 20
+        while len(pidfile.read_text().split() if pidfile.exists() else []) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        daemons = [int(p) for p in pidfile.read_text().split()]
+        assert len(daemons) == 2 and all(process_alive(p) for p in daemons)
+        # hard limit 2 s after the task started, then the guard: grace 0.5 s + a scan
+        deadline = time.monotonic() + 2 + 0.5 + 5
+        while any(process_alive(p) for p in daemons) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(process_alive(p) for p in daemons), "a daemon outlived the hard-limit kill"
+        assert "Hard time limit" in (tmp_path / "worker.log").read_text()
     finally:
         stop_worker(proc)

@@ -4,7 +4,10 @@ attempt N (e.g. ``silent@1``). The retry strategy comes from SELFHEAL_RETRY_CONT
 
   write PATH: TEXT        write a file (relative to the workspace)
   silent[@N]              print one line then hang silently
-  chatty-hang[@N]         keep printing forever (only the wall timeout stops it)
+  chatty-hang[@N]         keep printing progress forever (only the wall timeout stops it)
+  tool-loop[@N]           print the same tool call and the same error forever (an output loop)
+  daemon[@N] PIDFILE      leave a setsid + double-forked daemon and a group child, both ignoring
+                          SIGTERM (daemonize.py), then go on
   grandchild-hang[@N] PIDFILE
                           start a grandchild that ignores SIGTERM, record its pid in PIDFILE, hang
   fail CODE[@N] MESSAGE   print MESSAGE and exit CODE
@@ -97,9 +100,22 @@ def main() -> int:
         elif word == "silent":
             print("thinking", flush=True)
             time.sleep(3600)
+        elif word == "tool-loop":
+            n = 0
+            while True:  # an agent repeating the same tool call and getting the same error
+                n += 1
+                print(f"{time.strftime('%H:%M:%S')} tool_call: read_file(path='src/missing.py')", flush=True)
+                print(f"error: [Errno 2] No such file or directory (took {n * 7 % 90}ms, pid={os.getpid()})",
+                      file=sys.stderr, flush=True)
+                time.sleep(0.05)
+        elif word == "daemon":
+            daemonize = str(Path(__file__).with_name("daemonize.py"))
+            subprocess.run([sys.executable, daemonize, rest.strip(), "0"], check=True)
         elif word == "chatty-hang":
-            while True:
-                print("still working", flush=True)
+            done = 0
+            while True:  # progress that never ends: a counter, so not an output loop
+                done += 1
+                print(f"still working ({done} files checked)", flush=True)
                 time.sleep(0.05)
         elif word == "grandchild-hang":
             child = subprocess.Popen([sys.executable, "-c",
