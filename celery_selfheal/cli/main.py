@@ -99,7 +99,21 @@ def check_services(sh: Any, need: tuple[str, ...], *, broker_flag: bool = False)
                      where="--broker" if broker_flag else "SELFHEAL_BROKER_URL / [state] broker_url")
 
 
-@click.group(name="selfheal", help="Self-healing multi-step Celery jobs.")
+class OneLineErrors(click.Group):
+    """Click's usage errors (a bad option value, a missing argument) as one line on stderr, exit 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.ClickException as exc:
+            fail(" ".join(exc.format_message().split()), exc.exit_code)
+        except click.Abort:
+            fail("aborted", 1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(name="selfheal", cls=OneLineErrors, help="Self-healing multi-step Celery jobs.")
 @click.version_option(package_name="celery-selfheal")
 def selfheal() -> None:
     """Root of the command group (also mounted as ``celery selfheal``)."""
@@ -256,5 +270,6 @@ def main() -> None:
     selfheal(prog_name="selfheal")
 
 
-# `control` lives in its own module and registers itself on the group.
+# `control` and `jobs` live in their own modules and register themselves on the group.
 from celery_selfheal.cli import control as _control_cmd  # noqa: E402,F401
+from celery_selfheal.cli import jobs as _jobs_cmd  # noqa: E402,F401

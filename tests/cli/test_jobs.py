@@ -1,0 +1,62 @@
+"""``selfheal jobs``: newest first, status filter, limit, JSON lines, on both stores (real CLI process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from celery_selfheal.context import build_context
+from celery_selfheal.settings import load_settings
+
+SELFHEAL = str(Path(sys.executable).parent / "selfheal")
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SELFHEAL, *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def seed(env: dict[str, str], n: int) -> list[str]:
+    ctx = build_context(load_settings(env=env), sinks=[])
+    ids = []
+    for i in range(n):
+        job_id = f"job-{i:03d}"
+        ctx.store.create_job({"jobId": job_id, "status": "queued", "epoch": 0, "currentStep": 0,
+                              "spec": {"objective": f"objective {i}\x1b[31m"}, "steps": [],
+                              "createdAt": f"2026-12-01T10:00:{i:02d}.000Z", "updatedAt": "x"})
+        ids.append(job_id)
+    ctx.store.update_job("job-001", {"status": "failed", "finishedAt": "2026-12-01T11:00:00.000Z"})
+    return ids
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+    base["SELFHEAL_STATE_DIR"] = str(tmp_path / "state")
+    if request.param == "redis":
+        base["SELFHEAL_STORE_URL"] = request.getfixturevalue("redis_url")
+    return base
+
+
+def test_jobs_lists_newest_first_with_filter_and_limit(env: dict[str, str]) -> None:
+    seed(env, 5)
+    out = cli(env, "jobs", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["jobId"] for r in rows] == ["job-004", "job-003", "job-002", "job-001", "job-000"]
+    assert set(rows[0]) == {"jobId", "status", "currentStep", "createdAt", "updatedAt", "finishedAt", "objective"}
+    failed = [json.loads(x) for x in cli(env, "jobs", "--json", "--status", "failed").stdout.splitlines()]
+    assert [(r["jobId"], r["finishedAt"]) for r in failed] == [("job-001", "2026-12-01T11:00:00.000Z")]
+    assert len(cli(env, "jobs", "--json", "--limit", "2").stdout.splitlines()) == 2
+    table = cli(env, "jobs").stdout
+    assert table.splitlines()[0].split()[:3] == ["JOB", "STATUS", "STEP"]
+    assert "\x1b" not in table and "objective 4\\x1b[31m" in table  # stored text cannot drive the terminal
+
+
+def test_jobs_rejects_a_bad_status_in_one_line(env: dict[str, str]) -> None:
+    out = cli(env, "jobs", "--status", "bogus")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "bogus" in out.stderr
