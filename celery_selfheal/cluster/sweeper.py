@@ -166,16 +166,21 @@ def worker_budgets(settings: Settings) -> Any:
                            ("env", env_overrides(os.environ)))
 
 
-def connect_recovery(app: Celery, settings: Settings,
+def connect_recovery(app: Celery, get_settings: Settings | Callable[[], Settings],
                      context_factory: Callable[[str], Context] | None = None) -> None:
     """At worker start: apply the visibility timeout, log the start-up warnings, run the sweeper.
-    ``context_factory(hostname)`` builds the sweeper's own context (default: from ``settings``)."""
+    ``context_factory(hostname)`` builds the sweeper's own context (default: from the settings).
+    ``get_settings`` may be a callable: a user's app resolves its settings when it is configured."""
     started: list[Sweeper] = []
+
+    def current() -> Settings:
+        return get_settings() if callable(get_settings) else get_settings
 
     @celeryd_init.connect(weak=False)
     def configure(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any) -> None:
         if getattr(instance, "app", None) is not app:
             return
+        settings = current()
         opts, app_conf = cluster_options(settings.worker), instance.app.conf
         broker_url = str(app_conf.broker_url or settings.broker_url)
         configure_app(app_conf, broker_url, opts)
@@ -191,8 +196,8 @@ def connect_recovery(app: Celery, settings: Settings,
         if getattr(sender, "app", None) is not app:
             return
         hostname = str(getattr(sender, "hostname", "") or "")
-        ctx = context_factory(hostname) if context_factory is not None else build_context(settings)
-        sweeper = Sweeper(app, ctx, hostname, cluster_options(settings.worker))
+        ctx = context_factory(hostname) if context_factory is not None else build_context(current())
+        sweeper = Sweeper(app, ctx, hostname, cluster_options(current().worker))
         sweeper.start()
         started.append(sweeper)
 
