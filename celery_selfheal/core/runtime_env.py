@@ -19,14 +19,13 @@ CELERY_CONTROL_VARS = frozenset({
     "CELERY_BROKER_URL", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL", "CELERY_RESULT_BACKEND",
     "BROKER_URL",
 })
-#: a URL shorter than this (``redis://``, ``filesystem://``) names no server and no secret
-_MIN_URL = 12
 
 
 def without_control_plane(env: Mapping[str, str], urls: Iterable[str]) -> dict[str, str]:
     """``env`` minus non-protocol ``SELFHEAL_*`` names, Celery's broker/backend names and any
     variable whose value equals or contains one of ``urls`` (the broker and store URLs)."""
-    secrets = [u for u in urls if u and len(u) >= _MIN_URL]
+    # a bare scheme (``filesystem://``, the embedded broker) names no server and no secret
+    secrets = [u for u in urls if u and u.partition("://")[2].strip("/")]
     out: dict[str, str] = {}
     for name, value in env.items():
         if name.startswith("SELFHEAL_") and name not in PROTOCOL_VARS:
