@@ -35,7 +35,8 @@ def select_selfheal(*, state_dir: str | None = None, broker_url: str | None = No
 
     ctx = click.get_current_context(silent=True)
     app = getattr(ctx.find_root().obj, "app", None) if ctx is not None else None
-    flags: dict[str, Any] = {"state_dir": state_dir, "broker_url": broker_url, "store_url": store_url, "config_path": config_path}
+    flags: dict[str, Any] = {"state_dir": state_dir, "broker_url": broker_url, "store_url": store_url,
+                             "config_path": config_path}
     user_app = app is not None and app.main not in ANONYMOUS_APPS and app.main != "celery_selfheal"
     sh: Any = None
     if user_app:

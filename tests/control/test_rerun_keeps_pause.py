@@ -6,7 +6,7 @@ from __future__ import annotations
 from celery_selfheal.control.apply import apply_pending_controls
 from celery_selfheal.control.requests import request_control
 from celery_selfheal.steps.outcome import OutcomeKind
-from tests.engine import Engine, engine  # noqa: F401 - the fixture
+from tests.engine import Engine
 
 
 def _request(engine: Engine, job_id: str, action: str, step: str | None = None) -> None:
@@ -14,7 +14,7 @@ def _request(engine: Engine, job_id: str, action: str, step: str | None = None) 
     apply_pending_controls(engine.ctx, job_id, enqueue=engine.enqueue)
 
 
-def test_retry_step_keeps_an_acknowledged_pause(engine: Engine) -> None:  # noqa: F811
+def test_retry_step_keeps_an_acknowledged_pause(engine: Engine) -> None:
     job_id = engine.submit("true", "true")
     engine.run(job_id, 0)
     assert engine.job(job_id)["currentStep"] == 1 and engine.job(job_id)["status"] == "running"
