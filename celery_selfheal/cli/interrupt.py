@@ -19,8 +19,9 @@ import click
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(Exception):
-    """Raised in the main thread by SIGINT or SIGTERM while `interruptible` is active."""
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM while `interruptible` is active (a
+    BaseException, as KeyboardInterrupt: no `except Exception` on the way may swallow it)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
