@@ -33,14 +33,25 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+#: signals received after the first one (while the CLI winds down)
+_later: list[int] = []
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
+    for s in SIGNALS:  # from now on a signal is noted, never raised half-way through the clean-up
+        signal.signal(s, _note)
     raise Interrupted(signum)
+
+
+def _note(signum: int, frame: FrameType | None) -> None:
+    _later.append(signum)
 
 
 @contextmanager
 def interruptible() -> Iterator[None]:
     """SIGINT and SIGTERM raise `Interrupted` inside the block (an inherited SIG_IGN included:
     a CLI started in the background still stops on SIGTERM)."""
+    _later.clear()
     old = {s: signal.signal(s, _raise) for s in SIGNALS}
     try:
         yield
@@ -62,13 +73,21 @@ def follow_hint(sh: Any, job_id: str) -> str:
 
 
 def stop_local_worker(worker: Any | None) -> None:
-    """Stop a local worker this CLI started; Ctrl-C (or SIGTERM) while it stops kills it at once."""
+    """Stop a local worker this CLI started; a (further) Ctrl-C or SIGTERM kills it at once."""
     if worker is None or worker.proc is None or worker.proc.poll() is not None:
         return
-    click.echo("selfheal: stopping the local worker (Ctrl-C again to force)", err=True)
+
+    def force(signum: int, frame: FrameType | None) -> None:
+        _later.append(signum)
+        worker.kill(wait=False)  # no wait here: the main flow is in proc.wait already
+
+    old = {s: signal.signal(s, force) for s in SIGNALS}
     try:
-        with interruptible():
-            worker.stop()
-    except Interrupted:
-        worker.kill()
+        click.echo("selfheal: stopping the local worker (Ctrl-C again to force)", err=True)
+        if _later:  # a second signal came before this handler was in place
+            worker.kill(wait=False)
+        worker.stop()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
     sys.stderr.flush()

@@ -75,16 +75,16 @@ def follow_job(sh: Any, job_id: str, *, as_json: bool, drive_local: bool = True)
     from celery_selfheal.cli.interrupt import Interrupted, interruptible, stop_local_worker
 
     worker: list[Any] = []
-    try:
-        with interruptible():
+    with interruptible():  # until the end: a signal during the clean-up must not raise half-way
+        try:
             code = _follow(sh, job_id, as_json=as_json, drive_local=drive_local, started=worker)
-    except Interrupted as exc:
-        from celery_selfheal.cli.interrupt import follow_hint
+        except Interrupted as exc:
+            from celery_selfheal.cli.interrupt import follow_hint
 
-        click.echo(f"selfheal: interrupted; job {job_id} goes on. Follow it with: {follow_hint(sh, job_id)}",
-                   err=True)
-        code = exc.exit_code
-    stop_local_worker(worker[0] if worker else None)
+            click.echo(f"selfheal: interrupted; job {job_id} goes on. Follow it with: "
+                       f"{follow_hint(sh, job_id)}", err=True)
+            code = exc.exit_code
+        stop_local_worker(worker[0] if worker else None)
     return code
 
 

@@ -101,10 +101,11 @@ class LocalWorker:
                 pass
         self.kill()
 
-    def kill(self) -> None:
+    def kill(self, *, wait: bool = True) -> None:
         """KILL the worker's whole process group at once (a second Ctrl-C)."""
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        if wait:
+            self.proc.wait()
