@@ -21,7 +21,8 @@ from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.wiring.install import SelfHeal
 from celery_selfheal.wiring.routing import enqueue_from
 
-__all__ = ["export_artifacts", "follow_events", "job_status", "list_artifacts", "recover", "require_job", "submit"]
+__all__ = ["export_artifacts", "follow_events", "job_status", "list_artifacts", "missing_artifacts", "recover",
+           "require_job", "submit"]
 
 
 def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
@@ -100,6 +101,20 @@ def list_artifacts(ctx: Context, job_id: str) -> list[tuple[str, int]]:
     require_job(ctx, job_id)
     arts = ctx.artifacts(job_id)
     return [(str(p.relative_to(arts.base)), p.stat().st_size) for p in arts.iter_files()]
+
+
+def missing_artifacts(ctx: Context, job_id: str) -> str | None:
+    """Why a job with checkpoints has no artifacts here: where this process looked and where the
+    store says they were written; None when the store has no checkpoints either."""
+    checkpoints = ctx.store.list_checkpoints(job_id, include_superseded=True)
+    if not checkpoints:
+        return None
+    looked = ctx.artifacts(job_id).base
+    written = sorted({str(c["artifactDir"]) for c in checkpoints if c.get("artifactDir")} - {str(looked)})
+    where = f"; the store says they were written under {', '.join(written)}" if written else ""
+    return (f"no artifacts of job {job_id} under {looked} though the store has {len(checkpoints)} checkpoints"
+            f"{where} (set the artifact root every worker and this command share: SELFHEAL_ARTIFACT_ROOT, "
+            "[state] artifact_root or selfheal_artifact_root)")
 
 
 def export_artifacts(ctx: Context, job_id: str, dest: str | Path) -> Path:

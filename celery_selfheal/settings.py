@@ -32,7 +32,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_STATE_DIR = ".selfheal"
-KNOWN_TABLES = {"selfheal", "state", "statsd", "redaction", "worker"}
+KNOWN_TABLES = {"selfheal", "state", "statsd", "redaction", "worker", "retention"}
 STATE_KEYS = {"state_dir", "broker_url", "store_url", "artifact_root", "workspace_root"}
 
 
@@ -60,6 +60,8 @@ class Settings:
     redaction: Mapping[str, Any] = field(default_factory=dict)
     #: ``[worker]`` table (concurrency, queue)
     worker: Mapping[str, Any] = field(default_factory=dict)
+    #: ``[retention]`` table (``succeeded_workspace_max_age = "7d"``: see `jobs.retention`)
+    retention: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def embedded(self) -> bool:
@@ -211,4 +213,5 @@ def load_settings(
         statsd=config.get("statsd", {}),
         redaction=config.get("redaction", {}),
         worker=config.get("worker", {}),
+        retention=config.get("retention", {}),
     )

@@ -214,8 +214,15 @@ def artifacts(job_id: str, export_dir: str | None, **loc: Any) -> None:
     if export_dir:
         click.echo(str(export_artifacts(ctx, job_id, export_dir)))
         return
-    for rel, size in list_artifacts(ctx, job_id):
+    found = list_artifacts(ctx, job_id)
+    for rel, size in found:
         click.echo(f"{size:>10}  {rel}")
+    if not found:
+        from celery_selfheal.api import missing_artifacts
+
+        why = missing_artifacts(ctx, job_id)
+        if why:
+            fail(why, 1)
 
 
 def main() -> None:
@@ -225,3 +232,4 @@ def main() -> None:
 
 # `control` lives in its own module and registers itself on the group.
 from celery_selfheal.cli import control as _control_cmd  # noqa: E402,F401
+from celery_selfheal.cli import gc as _gc_cmd  # noqa: E402,F401
