@@ -28,7 +28,7 @@ JOB_ROW_KEYS = ("jobId", "status", "currentStep", "createdAt", "updatedAt", "fin
 #: the largest page `list_jobs` returns
 MAX_PAGE = 1000
 __all__ = ["export_artifacts", "follow_events", "job_finished", "job_status", "list_artifacts", "list_jobs",
-           "recover", "require_job", "submit"]
+           "missing_artifacts", "recover", "require_job", "submit"]
 
 
 def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
@@ -154,6 +154,20 @@ def list_artifacts(ctx: Context, job_id: str) -> list[tuple[str, int]]:
     require_job(ctx, job_id)
     arts = ctx.artifacts(job_id)
     return [(str(p.relative_to(arts.base)), p.stat().st_size) for p in arts.iter_files()]
+
+
+def missing_artifacts(ctx: Context, job_id: str) -> str | None:
+    """Why a job with checkpoints has no artifacts here: where this process looked and where the
+    store says they were written; None when the store has no checkpoints either."""
+    checkpoints = ctx.store.list_checkpoints(job_id, include_superseded=True)
+    if not checkpoints:
+        return None
+    looked = ctx.artifacts(job_id).base
+    written = sorted({str(c["artifactDir"]) for c in checkpoints if c.get("artifactDir")} - {str(looked)})
+    where = f"; the store says they were written under {', '.join(written)}" if written else ""
+    return (f"no artifacts of job {job_id} under {looked} though the store has {len(checkpoints)} checkpoints"
+            f"{where} (set the artifact root every worker and this command share: SELFHEAL_ARTIFACT_ROOT, "
+            "[state] artifact_root or selfheal_artifact_root)")
 
 
 def export_artifacts(ctx: Context, job_id: str, dest: str | Path) -> Path:

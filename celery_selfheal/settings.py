@@ -172,10 +172,18 @@ def load_settings(
     store_url: str | None = None,
     config_path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    app_layer: Mapping[str, str] | None = None,
+    default_state_dir: Path | None = None,
+    sqlite_fallback: bool = True,
 ) -> Settings:
-    """Resolve settings from flags (arguments), env, config.toml and defaults, in that order."""
+    """Resolve settings from flags (arguments), env, config.toml and defaults, in that order.
+
+    A user's own app (`celery_selfheal.wiring.app_conf`) adds ``app_layer`` (its ``broker_url`` and
+    ``selfheal_*`` keys, below config.toml), its own ``default_state_dir`` and
+    ``sqlite_fallback=False``: a broker that is neither Redis nor embedded then needs a store URL."""
     env = os.environ if env is None else env
-    path = find_config(env, config_path)
+    layer: Mapping[str, str] = app_layer or {}
+    path = find_config(env, config_path or layer.get("config"))
     config = read_config(path) if path is not None else {}
     # every process checks the env overrides too, before it takes any work
     schema.validate_env(env)
@@ -187,17 +195,20 @@ def load_settings(
             return str(flag)
         if env.get(env_name):
             return env[env_name]
-        value = state_cfg.get(key)
+        value = state_cfg.get(key) or layer.get(key)
         return value or None
 
-    state = Path(pick(state_dir, "SELFHEAL_STATE_DIR", "state_dir") or DEFAULT_STATE_DIR).absolute()
+    state = Path(pick(state_dir, "SELFHEAL_STATE_DIR", "state_dir") or default_state_dir
+                 or DEFAULT_STATE_DIR).absolute()
     broker = pick(broker_url, "SELFHEAL_BROKER_URL", "broker_url") or "filesystem://"
     store = pick(store_url, "SELFHEAL_STORE_URL", "store_url")
     if store is None and not broker.startswith(("filesystem://", "redis://", "rediss://")):
         # a SQLite file beside a RabbitMQ broker would silently split state across hosts
+        where = ("celery-selfheal" if not sqlite_fallback else
+                 "--broker" if broker_url else "SELFHEAL_BROKER_URL / [state] broker_url")
         raise ConfigError(f"a store URL is required with the broker {broker.split('://', 1)[0]}:// (give "
-                          "SELFHEAL_STORE_URL=redis://HOST:PORT/DB, --store, or [state] store_url)",
-                          where="--broker" if broker_url else "SELFHEAL_BROKER_URL / [state] broker_url")
+                          "SELFHEAL_STORE_URL=redis://HOST:PORT/DB, --store, [state] store_url"
+                          + (" or selfheal_store_url in app.conf)" if not sqlite_fallback else ")"), where=where)
     if store is None:
         # A cluster broker without a store URL would silently split state across hosts.
         store = broker if broker.startswith(("redis://", "rediss://")) else f"sqlite:///{state / 'selfheal.db'}"

@@ -390,7 +390,13 @@ def _run_piped_and_follow(tmp_path: Path, job: Path, state: Path) -> None:
     assert any("step 1 implement: attempt 1 FAILED by idle_timeout" in line and "next: soft_reset" in line
                for line in events)
     assert any("step 1 implement: recovered on attempt 2 (soft_reset)" in line for line in events)
-    assert lines[-1].startswith(f"job {job_id} SUCCEEDED: 2 steps, 3 attempts, 1 soft_reset")
+    summary = [i for i, line in enumerate(lines) if line.startswith(f"job {job_id} SUCCEEDED: ")]
+    assert summary and lines[summary[0]].startswith(f"job {job_id} SUCCEEDED: 2 steps, 3 attempts, 1 soft_reset")
+    # then where the result is: the workspace at its final commit, how to take it, the artifacts
+    tail = lines[summary[0] + 1:]
+    assert tail[0].startswith("result: workspace ") and " at commit " in tail[0], tail
+    assert tail[1].strip().startswith("take it: git -C ") and f"refs/heads/selfheal/{job_id}" in tail[1]
+    assert tail[2].strip().startswith(f"artifacts: selfheal artifacts {job_id} --export DIR")
 
 
 def test_a_failure_by_signal_names_the_signal() -> None:

@@ -55,32 +55,13 @@ def handle_errors(func: F) -> F:
 
 def get_selfheal(state_dir: str | None = None, broker_url: str | None = None, store_url: str | None = None,
                  config_path: str | None = None, *, need: tuple[str, ...] = ("store",)) -> Any:
-    """The `SelfHeal` to use: the app given by ``celery -A APP`` (if any) or the ready app, with the
-    flags applied on top of env and config.toml. The services in ``need`` (``store``, ``broker``)
-    are checked first: one line within seconds when one is down (`celery_selfheal.reachability`)."""
-    from celery_selfheal.context import build_context
-    from celery_selfheal.settings import load_settings
+    """The `SelfHeal` to use: the app given by ``celery -A APP`` (configured from its ``app.conf``) or
+    the ready app, with the flags applied on top (`cli.app_select`). The services in ``need``
+    (``store``, ``broker``) are checked first: one line within seconds when one is down
+    (`celery_selfheal.reachability`)."""
+    from celery_selfheal.cli.app_select import select_selfheal
 
-    settings = load_settings(state_dir=state_dir, broker_url=broker_url, store_url=store_url,
-                             config_path=config_path)
-    # Workers we start, and the ready app if imported after this, see the same settings.
-    os.environ.update(settings.as_env())
-    obj = click.get_current_context().find_root().obj
-    app = getattr(obj, "app", None)
-    if app is not None and hasattr(app, "selfheal"):
-        sh = app.selfheal
-    elif app is not None and app.main not in (None, "default", "__main__"):
-        from celery_selfheal.wiring.install import SelfHeal
-
-        sh = SelfHeal(app, settings)
-    else:
-        from celery_selfheal.app import selfheal as sh
-    flags = any((state_dir, broker_url, store_url, config_path))
-    if flags or sh.settings != settings:
-        sh.settings = settings
-        if sh.app.main == "celery_selfheal":
-            sh.app.conf.update(settings.celery_conf())
-        sh.use_context(build_context(settings))
+    sh = select_selfheal(state_dir=state_dir, broker_url=broker_url, store_url=store_url, config_path=config_path)
     check_services(sh, need, broker_flag=bool(broker_url))
     return sh
 
@@ -120,28 +101,45 @@ def selfheal() -> None:
 
 
 def follow_job(sh: Any, job_id: str, *, as_json: bool, drive_local: bool = True) -> int:
-    """Follow a job to its end, starting a local worker on the embedded default; returns exit code."""
+    """Follow a job to its end, starting a local worker on the embedded default; returns exit code.
+    Ctrl-C or SIGTERM: say the job goes on and how to follow it, stop our worker, 130 / 143."""
+    from celery_selfheal.cli.interrupt import Interrupted, interruptible, stop_local_worker
+
+    worker: list[Any] = []
+    with interruptible():  # until the end: a signal during the clean-up must not raise half-way
+        try:
+            code = _follow(sh, job_id, as_json=as_json, drive_local=drive_local, started=worker)
+        except Interrupted as exc:
+            from celery_selfheal.cli.interrupt import follow_hint
+
+            click.echo(f"selfheal: interrupted; job {job_id} goes on. Follow it with: "
+                       f"{follow_hint(sh, job_id)}", err=True)
+            code = exc.exit_code
+        stop_local_worker(worker[0] if worker else None)
+    return code
+
+
+def _follow(sh: Any, job_id: str, *, as_json: bool, drive_local: bool, started: list[Any]) -> int:
     from celery_selfheal.api import follow_events
     from celery_selfheal.cli.progress import Progress
     from celery_selfheal.embedded.local_worker import LocalWorker, worker_running
 
     ctx = sh.context()
-    worker = None
-    if drive_local and ctx.settings.embedded and not worker_running(ctx.settings):
-        worker = LocalWorker(ctx.settings)
-        worker.start()
-    try:
-        job = ctx.store.get_job(job_id) or {}
-        with Progress(as_json=as_json, job_id=job_id, steps=job.get("steps", ()),
-                      run_dir=ctx.settings.run_dir) as progress:
-            for _, event in follow_events(ctx, job_id):
-                progress.event(event)
-        job = ctx.store.get_job(job_id) or {}
-        if not as_json:  # before stopping the local worker: its warm shutdown takes seconds
-            click.echo(Progress.summary(job, ctx.store.list_attempts(job_id)))
-    finally:
-        if worker is not None:
-            worker.stop()
+    if drive_local and ctx.settings.embedded and sh.cli_app and not worker_running(ctx.settings):
+        started.append(LocalWorker(ctx.settings, app_module=sh.cli_app))
+        started[0].start()
+    job = ctx.store.get_job(job_id) or {}
+    with Progress(as_json=as_json, job_id=job_id, steps=job.get("steps", ()),
+                  run_dir=ctx.settings.run_dir) as progress:
+        for _, event in follow_events(ctx, job_id):
+            progress.event(event)
+    job = ctx.store.get_job(job_id) or {}
+    if not as_json:  # before stopping the local worker: its warm shutdown takes seconds
+        from celery_selfheal.cli.result import result_lines
+
+        click.echo(Progress.summary(job, ctx.store.list_attempts(job_id)))
+        for line in result_lines(ctx, job):
+            click.echo(line)
     return 0 if job.get("status") == "succeeded" else 1
 
 
@@ -198,7 +196,7 @@ def worker(celery_args: tuple[str, ...], **loc: Any) -> None:
     args = list(celery_args)
     if not any(a.startswith(("-P", "--pool")) for a in args):
         args = ["--pool", "prefork", *args]
-    app_name = "celery_selfheal.app" if sh.app.main == "celery_selfheal" else sh.app.main
+    app_name = sh.cli_app or sh.app.main
     os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", app_name, "worker", *args])
 
 
@@ -247,8 +245,15 @@ def artifacts(job_id: str, export_dir: str | None, **loc: Any) -> None:
     if export_dir:
         click.echo(str(export_artifacts(ctx, job_id, export_dir)))
         return
-    for rel, size in list_artifacts(ctx, job_id):
+    found = list_artifacts(ctx, job_id)
+    for rel, size in found:
         click.echo(f"{size:>10}  {rel}")
+    if not found:
+        from celery_selfheal.api import missing_artifacts
+
+        why = missing_artifacts(ctx, job_id)
+        if why:
+            fail(why, 1)
 
 
 @selfheal.command()
@@ -270,6 +275,7 @@ def main() -> None:
     selfheal(prog_name="selfheal")
 
 
-# `control` and `jobs` live in their own modules and register themselves on the group.
+# `control`, `jobs` and `gc` live in their own modules and register themselves on the group.
 from celery_selfheal.cli import control as _control_cmd  # noqa: E402,F401
+from celery_selfheal.cli import gc as _gc_cmd  # noqa: E402,F401
 from celery_selfheal.cli import jobs as _jobs_cmd  # noqa: E402,F401

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 #: the failure text of a lost attempt: constant, so that a step that keeps killing its worker has
 #: the same failure signature every time and the controller sees "no progress"
 LOST_REASON = "worker lost: the attempt's lease expired"
+#: seconds between two workspace-retention passes of one worker
+PRUNE_EVERY = float(os.environ.get("SELFHEAL_RETENTION_INTERVAL_SECONDS", "300"))
 
 
 def recover_job(ctx: Context, app: Celery, job_id: str, *, dead_owner: str) -> bool:
@@ -142,11 +145,29 @@ class Sweeper:
         return done
 
     def _run(self) -> None:
+        next_prune = 0.0
         while not self._stop.wait(self.opts.sweep_interval):
             try:
                 self.sweep_once()
             except Exception as exc:  # store unreachable: try again next time
                 log.warning("celery-selfheal: lost-worker sweep failed: %s", exc)
+            if time.monotonic() >= next_prune:  # [retention]: at most every PRUNE_EVERY seconds
+                next_prune = time.monotonic() + PRUNE_EVERY
+                self.prune_once()
+
+    def prune_once(self) -> list[Any]:
+        """Remove this host's workspaces of long-succeeded jobs (``[retention]``), if configured."""
+        from celery_selfheal.jobs.retention import prune_succeeded_workspaces, workspace_max_age
+
+        try:
+            max_age = workspace_max_age(dict(self.ctx.settings.retention))
+            gone = [] if max_age is None else prune_succeeded_workspaces(self.ctx, max_age)
+        except Exception as exc:  # a bad value or the store away: the sweeper goes on
+            log.warning("celery-selfheal: workspace retention failed: %s", exc)
+            return []
+        if gone:
+            log.info("celery-selfheal: removed %d workspaces of succeeded jobs past retention", len(gone))
+        return gone
 
     def start(self) -> None:
         """Start sweeping every ``sweep_interval`` seconds."""
@@ -166,16 +187,21 @@ def worker_budgets(settings: Settings) -> Any:
                            ("env", env_overrides(os.environ)))
 
 
-def connect_recovery(app: Celery, settings: Settings,
+def connect_recovery(app: Celery, get_settings: Settings | Callable[[], Settings],
                      context_factory: Callable[[str], Context] | None = None) -> None:
     """At worker start: apply the visibility timeout, log the start-up warnings, run the sweeper.
-    ``context_factory(hostname)`` builds the sweeper's own context (default: from ``settings``)."""
+    ``context_factory(hostname)`` builds the sweeper's own context (default: from the settings).
+    ``get_settings`` may be a callable: a user's app resolves its settings when it is configured."""
     started: list[Sweeper] = []
+
+    def current() -> Settings:
+        return get_settings() if callable(get_settings) else get_settings
 
     @celeryd_init.connect(weak=False)
     def configure(sender: Any = None, instance: Any = None, conf: Any = None, **_: Any) -> None:
         if getattr(instance, "app", None) is not app:
             return
+        settings = current()
         opts, app_conf = cluster_options(settings.worker), instance.app.conf
         broker_url = str(app_conf.broker_url or settings.broker_url)
         configure_app(app_conf, broker_url, opts)
@@ -191,8 +217,8 @@ def connect_recovery(app: Celery, settings: Settings,
         if getattr(sender, "app", None) is not app:
             return
         hostname = str(getattr(sender, "hostname", "") or "")
-        ctx = context_factory(hostname) if context_factory is not None else build_context(settings)
-        sweeper = Sweeper(app, ctx, hostname, cluster_options(settings.worker))
+        ctx = context_factory(hostname) if context_factory is not None else build_context(current())
+        sweeper = Sweeper(app, ctx, hostname, cluster_options(current().worker))
         sweeper.start()
         started.append(sweeper)
 

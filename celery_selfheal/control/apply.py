@@ -158,8 +158,9 @@ def _rerun(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqueue)
     strategy = RERUN_STRATEGY[action]
     for _ in range(_CAS_TRIES):  # 1. fence: a new epoch stops old messages and the running attempt
         job = _job(ctx, job_id)
-        old_epoch = job.epoch
-        if transitions.revive(ctx, job, k):
+        old_epoch, paused = job.epoch, job.paused
+        # a pause asked for (or in force) survives the rerun: its first attempt parks at once
+        if transitions.revive(ctx, job, k, keep_pause=paused):
             break
     else:
         raise RuntimeError("the job kept changing while it was revived")
@@ -174,7 +175,8 @@ def _rerun(ctx: Context, job_id: str, request: dict[str, Any], enqueue: Enqueue)
     ctx.store.supersede_checkpoints(job_id, k)
     replayed = [c.get("diffHash") for c in ctx.store.list_checkpoints(job_id) if c["stepIndex"] < k]
     retry_context = None if action == "resume_from_step" else _retry_context(ctx, record, k, strategy)
-    acked = ack(ctx, job_id, request, effect=f"step {k} rerun ({strategy})", epoch=old_epoch + 1, strategy=strategy)
+    effect = f"step {k} rerun ({strategy})" + ("; the pause stays: resume to continue" if paused else "")
+    acked = ack(ctx, job_id, request, effect=effect, epoch=old_epoch + 1, strategy=strategy, pauseKept=paused)
     if action == "resume_from_step":
         ctx.bus.emit("task.resume.from_step", job_id, epoch=old_epoch + 1, stepId=request["stepId"],
                      stepIndex=k, strategy=strategy, replayedDiffHashes=replayed, actor=request.get("actor"),

@@ -1,7 +1,9 @@
 """Operator actions through Celery's own control plane, and the task that applies them.
 
 - ``celery -A APP control selfheal_recover JOB_ID ACTION [STEP] [REASON] [ACTOR] [NONCE]``: runs
-  `request_control` in the worker that receives it; replies ``{ok, requestId}`` or ``{ok: false, error}``.
+  `request_control` in the worker that receives it; replies in Celery's convention, so that
+  ``celery control`` prints OK or ERROR and the reason: ``{"ok": MESSAGE, "requestId", …}`` when
+  accepted, ``{"error": REASON, …}`` when rejected (a missing argument included, one line).
 - ``celery -A APP inspect selfheal_active``: the attempts running on each worker (job, step,
   attempt, pid, secondsElapsed, secondsIdle).
 - ``selfheal.apply_control``: the task `request_control` sends so that a job with no step task in
@@ -90,11 +92,22 @@ def _context(app: Celery) -> Context:
     return _fallback[0]()
 
 
-def _recover(state: Any, job_id: str, action: str, step: str | None = None, reason: str | None = None,
-             actor: str | None = None, nonce: str | None = None) -> dict[str, Any]:
+USAGE = "usage: selfheal_recover <job_id> <action> [step|-] [reason] [actor] [nonce]"
+
+
+def accepted(request_id: str, job_id: str, action: str, **more: Any) -> dict[str, Any]:
+    """Celery's reply for an accepted request (``ok`` is the line ``celery control`` prints)."""
+    return {"ok": f"{action} requested for job {job_id} (request {request_id})", "requestId": request_id,
+            "jobId": job_id, "action": action, **more}
+
+
+def _recover(state: Any, job_id: str | None = None, action: str | None = None, step: str | None = None,
+             reason: str | None = None, actor: str | None = None, nonce: str | None = None) -> dict[str, Any]:
     """Request an operator action (pause, resume, takeover, cancel, retry_step, hard_reset_step,
     resume_from_step) on a celery-selfheal job."""
     app, me = state.consumer.app, state.consumer.hostname
+    if not job_id or not action:
+        return {"error": f"missing {'job_id' if not job_id else 'action'}; {USAGE}", "handledBy": me}
     ctx = _context(app)
     step = None if step in _NO_STEP else step
     ident = json.dumps([job_id, action, step, reason, actor, nonce])
@@ -106,26 +119,27 @@ def _recover(state: Any, job_id: str, action: str, step: str | None = None, reas
                               via=f"celery control@{me}", enqueue_apply=functools.partial(send_apply, app),
                               extra={"broadcastId": key})
     except SelfHealError as exc:
-        return {"ok": False, "error": str(exc), "handledBy": me}
-    return {"ok": True, "requestId": req["requestId"], "jobId": job_id, "action": action,
-            "stepId": req.get("stepId"), "handledBy": me}
+        return {"error": str(exc), "jobId": job_id, "action": action, "handledBy": me}
+    return accepted(req["requestId"], job_id, action, stepId=req.get("stepId"), handledBy=me)
 
 
 def _duplicate(ctx: Context, job_id: str, key: str) -> dict[str, Any]:
     """The reply of a worker that got the same broadcast as the one handling it: the winner's outcome."""
     lease = ctx.store.get_lease(key) or {}
-    reply: dict[str, Any] = {"ok": None, "duplicate": True, "handledBy": lease.get("owner")}
+    owner = lease.get("owner")
+    reply: dict[str, Any] = {"duplicate": True, "handledBy": owner}
     deadline = time.monotonic() + DUPLICATE_WAIT
     while ctx.store.get_job(job_id) is not None:
         for rec in reversed(ctx.store.list_audit(job_id)):
             if rec.get("broadcastId") == key and rec.get("outcome") in ("requested", "rejected"):
                 if rec["outcome"] == "rejected":
-                    return {**reply, "ok": False, "error": rec.get("why")}
-                return {**reply, "ok": True, "requestId": rec.get("requestId")}
+                    return {**reply, "error": f"{rec.get('why')} (handled by {owner})"}
+                return {**reply, **accepted(str(rec.get("requestId")), job_id, str(rec.get("action")),
+                                            handledBy=owner)}
         if time.monotonic() > deadline:
-            return reply
+            return {**reply, "ok": f"handled by {owner}"}
         time.sleep(0.02)
-    return {**reply, "ok": False, "error": f"unknown job {job_id!r}"}
+    return {**reply, "error": f"unknown job {job_id!r}"}
 
 
 def _active(state: Any) -> list[dict[str, Any]]:

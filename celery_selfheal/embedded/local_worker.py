@@ -7,6 +7,7 @@ alive. No ping over the broker, no pid files that go stale.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -53,10 +54,12 @@ def worker_running(settings: Settings) -> bool:
 
 
 class LocalWorker:
-    """A prefork worker of the ready app started by the CLI for the embedded default."""
+    """A prefork worker of the ready app (or ``app_module``) started by the CLI for the embedded default."""
 
-    def __init__(self, settings: Settings, *, concurrency: int = 2, loglevel: str = "WARNING") -> None:
+    def __init__(self, settings: Settings, *, concurrency: int = 2, loglevel: str = "WARNING",
+                 app_module: str = "celery_selfheal.app") -> None:
         self.settings = settings
+        self.app_module = app_module
         self.concurrency = concurrency
         self.loglevel = loglevel
         self.proc: subprocess.Popen[bytes] | None = None
@@ -66,7 +69,7 @@ class LocalWorker:
         """Start the worker and wait until it holds its presence lock."""
         self.settings.ensure_dirs()
         env = {**os.environ, **self.settings.as_env()}
-        argv = [sys.executable, "-m", "celery", "-A", "celery_selfheal.app", "worker", "--pool", "prefork",
+        argv = [sys.executable, "-m", "celery", "-A", self.app_module, "worker", "--pool", "prefork",
                 "--concurrency", str(self.concurrency), "--loglevel", self.loglevel,
                 "--hostname", f"selfheal-local-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -84,13 +87,25 @@ class LocalWorker:
                 raise RuntimeError(f"local worker did not start within {timeout:.0f}s; see {self.log_path}")
             time.sleep(0.05)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Warm shutdown (TERM), then KILL the whole group if it does not go."""
+    def stop(self, warm: float = 5.0, cold: float = 5.0) -> None:
+        """Warm shutdown (TERM); a step still running after ``warm`` seconds gets a cold one (QUIT:
+        its unacked message stays for the next worker), then the whole group is KILLed."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        for sig, wait in ((signal.SIGTERM, warm), (signal.SIGQUIT, cold)):
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self, *, wait: bool = True) -> None:
+        """KILL the worker's whole process group at once (a second Ctrl-C)."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        if wait:
             self.proc.wait()

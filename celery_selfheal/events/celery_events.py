@@ -184,7 +184,8 @@ class CeleryEventSink:
         # buffer_while_offline=False: a failed publish raises here instead of growing a buffer
         # nobody flushes; enabled=True: independent of the worker's -E / worker_send_task_events
         self._dispatcher = self.app.events.Dispatcher(
-            self._connection, hostname=hostname, enabled=True, buffer_while_offline=False
+            self._connection, hostname=hostname, enabled=True, buffer_while_offline=False,
+            serializer="json",  # JSON whatever the app's event_serializer (a user's app may differ)
         )
         return self._dispatcher
 

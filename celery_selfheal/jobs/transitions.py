@@ -130,6 +130,7 @@ def revive(ctx: Context, job: JobState, step_index: int, *, keep_pause: bool = F
     park_state = _unparked()
     if keep_pause:
         park_state.pop("paused")
+        park_state.pop("pausedReason")
     return update_job(ctx, job.job_id, expect={"epoch": job.epoch, "status": job.status},
                       epoch=job.epoch + 1, status=JobStatus.RUNNING.value, currentStep=step_index,
                       **park_state, **cleared_outcome())

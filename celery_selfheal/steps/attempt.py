@@ -20,6 +20,7 @@ from celery_selfheal.core.envelope import render_envelope
 from celery_selfheal.core.job_state import INITIAL
 from celery_selfheal.core.jobfile import StepSpec
 from celery_selfheal.core.redact import StreamRedactor
+from celery_selfheal.core.runtime_env import without_control_plane
 from celery_selfheal.runtime.capped_log import CappedLog
 from celery_selfheal.runtime.supervisor import RuntimeResult, RuntimeSpec, run_runtime
 from celery_selfheal.workspace.git import Change, GitWorkspace
@@ -94,9 +95,10 @@ def prompt_text(plan: AttemptPlan) -> str:
 
 
 def runtime_env(base: Mapping[str, str], plan: AttemptPlan, prompt_file: Path,
-                retry_file: Path | None) -> dict[str, str]:
-    """The runtime protocol's env vars on top of the worker's environment."""
-    env = dict(base)
+                retry_file: Path | None, control_urls: tuple[str, ...] = ()) -> dict[str, str]:
+    """The runtime protocol's env vars on top of the worker's environment minus the control plane
+    (`core.runtime_env`: no ``SELFHEAL_*`` URL or path, nothing holding ``control_urls``)."""
+    env = without_control_plane(base, control_urls)
     env.pop("SELFHEAL_RETRY_CONTEXT_FILE", None)
     env.update({
         "SELFHEAL_JOB_ID": plan.job_id,
@@ -134,7 +136,8 @@ def run_attempt(
     spec = RuntimeSpec(
         argv=plan.argv,
         cwd=ws.path,
-        env=runtime_env(os.environ, plan, prompt_file, retry_file),
+        env=runtime_env(os.environ, plan, prompt_file, retry_file,
+                        (ctx.settings.broker_url, ctx.settings.store_url)),
         stdin_text=prompt,
         wall_timeout=plan.budgets.step_timeout_seconds,
         idle_timeout=plan.budgets.step_idle_timeout_seconds,

@@ -105,7 +105,8 @@ def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recover
     meta = write_checkpoint(ws, ctx.artifacts(job_id), step_id=step.id, step_index=step.index,
                             attempt=plan.attempt, summary=ctx.redactor.redact(done.summary), epoch=epoch,
                             change=done.change)
-    ctx.store.record_checkpoint(job_id, step.index, epoch, meta)
+    # the store's copy says where the artifacts went (`selfheal artifacts` names it if they are not found)
+    ctx.store.record_checkpoint(job_id, step.index, epoch, {**meta, "artifactDir": str(ctx.artifacts(job_id).base)})
     ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
                                  done.record_fields(AttemptStatus.SUCCEEDED.value))
     ctx.bus.emit("task.step.attempt.finished", job_id, **done.event_fields(), exitCode=0,

@@ -16,6 +16,8 @@ import abc
 from typing import Any
 
 Record = dict[str, Any]
+#: the statuses `finished_jobs` lists (core.job_state.TERMINAL, spelled out: the store has no core import)
+FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class StateStore(abc.ABC):
@@ -140,6 +142,17 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def expired_leases(self, prefix: str) -> list[tuple[str, Record]]:
         """Leases under ``prefix`` whose time ran out and that nobody released."""
+
+    # -- retention (``selfheal gc``) ----------------------------------------------------------
+    @abc.abstractmethod
+    def finished_jobs(self, before: str, limit: int = 1000) -> list[Record]:
+        """Jobs whose ``status`` is succeeded, failed or cancelled and whose ``finishedAt`` is earlier
+        than ``before`` (ISO-8601 UTC as `events.bus.utc_now_iso` writes it), oldest created first."""
+
+    @abc.abstractmethod
+    def delete_job(self, job_id: str) -> bool:
+        """Remove the job and everything under it: attempts, events, checkpoints, control requests,
+        audit, and its leases (names ending in ``:<job id>``). False if there was no such job."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -45,7 +45,7 @@ from redis.retry import Retry
 
 from celery_selfheal.store import _codec as codec
 from celery_selfheal.store._redis_scripts import Scripts
-from celery_selfheal.store.base import Record, StateStore
+from celery_selfheal.store.base import FINISHED, Record, StateStore
 
 #: clients inherited through fork(): kept referenced so the child never closes the parent's sockets
 _INHERITED: list[redis.Redis] = []
@@ -301,6 +301,33 @@ class RedisStore(StateStore):
         flat = self._lua().expired(keys=self._lease_keys, args=[prefix])
         return [(flat[i], {"owner": flat[i + 1], "expiresAt": float(flat[i + 2]) / 1000})
                 for i in range(0, len(flat), 3)]
+
+    # -- retention --------------------------------------------------------------------------
+    def finished_jobs(self, before: str, limit: int = 1000) -> list[Record]:
+        r, out = self._r(), []
+        ids = r.zrange(f"{self.prefix}jobs", 0, -1)
+        for i in range(0, len(ids), 500):
+            for raw in r.mget([self._job(j) for j in ids[i:i + 500]]):
+                job = codec.loads(raw) if raw is not None else {}
+                if job.get("status") in FINISHED and str(job.get("finishedAt") or "~") < before:
+                    out.append(job)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    def delete_job(self, job_id: str) -> bool:
+        r = self._r()
+        parts = ("", ":attempts", ":events", ":checkpoints", ":checkpoints:old", ":control", ":control:order",
+                 ":audit")
+        leases = [k for k in r.hkeys(self._lease_keys[0]) if k.endswith(":" + job_id)]
+        pipe = r.pipeline(transaction=True)
+        pipe.exists(self._job(job_id))
+        pipe.delete(*[self._job(job_id, part) for part in parts])
+        pipe.zrem(f"{self.prefix}jobs", job_id)
+        if leases:
+            pipe.hdel(self._lease_keys[0], *leases)
+            pipe.zrem(self._lease_keys[1], *leases)
+        return bool(pipe.execute()[0])
 
 
 def _ms(seconds: float) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from celery_selfheal.errors import ConfigError
 from celery_selfheal.store import _codec as codec
-from celery_selfheal.store.base import Record, StateStore
+from celery_selfheal.store.base import FINISHED, Record, StateStore
 
 #: connections inherited through fork(): kept referenced so they are never closed (or garbage
 #: collected) in the child, which could disturb the parent's locks on the same database file.
@@ -319,3 +319,18 @@ class SQLiteStore(StateStore):
             "where substr(name, 1, ?) = ? and expires_at <= ? order by expires_at",
             (len(prefix), prefix, time.time()))
         return [(name, {"owner": owner, "expiresAt": expires}) for name, owner, expires in rows]
+
+    # -- retention --------------------------------------------------------------------------
+    def finished_jobs(self, before: str, limit: int = 1000) -> list[Record]:
+        rows = self._db().execute(
+            "select data from jobs where json_extract(data, '$.status') in (?, ?, ?) "
+            "and json_extract(data, '$.finishedAt') < ? order by seq limit ?", (*FINISHED, before, limit))
+        return [codec.loads(data) for (data,) in rows]
+
+    def delete_job(self, job_id: str) -> bool:
+        with self._write() as db:
+            gone = db.execute("delete from jobs where job_id = ?", (job_id,)).rowcount
+            for table in ("attempts", "events", "checkpoints", "control", "audit"):  # fixed names
+                db.execute(f"delete from {table} where job_id = ?", (job_id,))
+            db.execute("delete from leases where substr(name, ?) = ?", (-(len(job_id) + 1), ":" + job_id))
+        return bool(gone)

@@ -55,7 +55,7 @@ def test_celery_inspect_and_control_commands(harness: Harness, make_repo) -> Non
     r = run(harness, [*CELERY, "control", "selfheal_recover", a, "cancel", "-", "stop it", "ops", *node])
     assert r.returncode == 0, r.stderr
     (reply,) = [v for node in last_json(r.stdout) for v in node.values()]
-    assert reply["ok"] is True and reply["requestId"], reply
+    assert "error" not in reply and reply["requestId"] in reply["ok"], reply
     wait_for(lambda: job(harness, a)["status"] == "cancelled", "the job to be cancelled", timeout=10)
     wait_for(lambda: not process_alive(attempt["pid"]), "the runtime to end", timeout=10)
     audit = harness.ctx.store.list_audit(a)
@@ -66,8 +66,19 @@ def test_celery_inspect_and_control_commands(harness: Harness, make_repo) -> Non
     r = run(harness, [*CELERY, "control", "selfheal_recover", a, "resume", *node])
     assert r.returncode == 0, r.stderr
     (reply,) = [v for node in last_json(r.stdout) for v in node.values()]
-    assert reply["ok"] is False and "job is cancelled" in reply["error"]
+    assert "ok" not in reply and "job is cancelled" in reply["error"], reply
     assert harness.ctx.store.list_audit(a)[-1]["outcome"] == "rejected"
+
+    # without --json: Celery's own rendering says ERROR and the reason, not "OK" and "False"
+    plain = [*CELERY, "control", "selfheal_recover", a, "resume", "-", "again", "ops", "n2", "-d",
+             attempt["hostname"], "--timeout", "20"]
+    r = run(harness, plain)
+    assert "ERROR" in r.stdout and "job is cancelled" in r.stdout and "OK" not in r.stdout, r.stdout
+    # a missing argument: one line naming it and the usage, not a TypeError
+    r = run(harness, [*CELERY, "control", "selfheal_recover", a, *node])
+    (reply,) = [v for node in last_json(r.stdout) for v in node.values()]
+    assert reply["error"].startswith("missing action; usage: selfheal_recover <job_id> <action>"), reply
+    assert "TypeError" not in r.stdout and "\n" not in reply["error"]
 
 
 def test_selfheal_control_cli_and_follow_of_a_revived_job(harness: Harness, make_repo) -> None:
@@ -140,7 +151,7 @@ def test_a_broadcast_to_two_workers_makes_one_request(harness: Harness, make_rep
         handled = [x for x in replies if not x.get("duplicate")]
         dup = [x for x in replies if x.get("duplicate")]
         assert len(handled) == 1 and len(dup) == 1, replies
-        assert handled[0]["ok"] is True and dup[0]["ok"] is True
+        assert "error" not in handled[0] and "error" not in dup[0] and "ok" in dup[0], replies
         assert dup[0]["requestId"] == handled[0]["requestId"]
         assert dup[0]["handledBy"] == handled[0]["handledBy"]
         assert [c["requestId"] for c in harness.ctx.store.list_control(a)] == [handled[0]["requestId"]]

@@ -17,6 +17,7 @@ attempt N (e.g. ``silent@1``). The retry strategy comes from SELFHEAL_RETRY_CONT
   leak-token PATH         write (and print) a GitHub-shaped token made here, as a careless agent would
   sleep[@N] SECONDS       print one line, then sleep (an attempt that takes a while)
   env                     print the SELFHEAL_* env vars
+  dump-env PATH           write the whole environment as JSON to PATH (absolute, outside the workspace)
   play[@N] PATH           play the JSON script at PATH: a list of {"out": TEXT} / {"err": TEXT} (write,
                           flush), {"sleep": S}, {"env": NAME, "form": plain|base64|base64nl|url, "to":
                           "out"|"err", "slice": [A, B]} (write that env var's value so encoded, or
@@ -94,6 +95,8 @@ def main() -> int:
             for k in sorted(os.environ):
                 if k.startswith("SELFHEAL_"):
                     print(f"{k}={os.environ[k]}", flush=True)
+        elif word == "dump-env":
+            Path(rest.strip()).write_text(json.dumps(dict(os.environ)))  # unredacted, outside the workspace
         elif word == "sleep":
             print(f"sleeping {rest}", flush=True)
             time.sleep(float(rest))

@@ -323,6 +323,48 @@ def test_racing_lease_has_one_owner(store: StateStore) -> None:
 
 
 # -- backend specifics -----------------------------------------------------------------------
+# -- retention (selfheal gc) ------------------------------------------------------------------
+def test_finished_jobs_before_a_time(store: StateStore) -> None:
+    store.create_job(job("old-ok", status="succeeded", finishedAt="2026-01-01T00:00:00.000Z"))
+    store.create_job(job("old-failed", status="failed", finishedAt="2026-01-02T00:00:00.000Z"))
+    store.create_job(job("new-cancelled", status="cancelled", finishedAt="2026-03-01T00:00:00.000Z"))
+    store.create_job(job("running", status="running", finishedAt="2025-01-01T00:00:00.000Z"))  # stale field
+    store.create_job(job("paused", status="paused"))
+    store.create_job(job("no-time", status="succeeded"))
+    found = store.finished_jobs("2026-02-01T00:00:00.000Z")
+    assert [j["jobId"] for j in found] == ["old-ok", "old-failed"]
+    assert [j["jobId"] for j in store.finished_jobs("2026-02-01T00:00:00.000Z", limit=1)] == ["old-ok"]
+    assert [j["jobId"] for j in store.finished_jobs("2027-01-01T00:00:00.000Z")] == ["old-ok", "old-failed",
+                                                                                   "new-cancelled"]
+
+
+def test_delete_job_removes_everything_under_it_and_nothing_else(store: StateStore) -> None:
+    for job_id in ("gone", "kept"):
+        store.create_job(job(job_id, status="succeeded"))
+        store.put_attempt(job_id, 0, 1, {"status": "succeeded"})
+        store.append_event(job_id, {"event": "task.job.started"})
+        store.record_checkpoint(job_id, 0, 0, {"stepIndex": 0})
+        store.supersede_checkpoints(job_id, 0)
+        store.record_checkpoint(job_id, 0, 1, {"stepIndex": 0})
+        store.add_control(job_id, {"action": "pause"})
+        store.append_audit(job_id, {"action": "pause", "outcome": "requested"})
+        assert store.acquire_lease(f"attempt:{job_id}", "w1", 0.05)
+        assert store.acquire_lease(f"control:{job_id}", "w1", 60)
+    time.sleep(0.1)
+    assert store.delete_job("gone") is True
+    assert store.get_job("gone") is None and store.list_attempts("gone") == []
+    assert store.list_events("gone") == [] and store.list_checkpoints("gone", include_superseded=True) == []
+    assert store.list_control("gone") == [] and store.list_audit("gone") == []
+    assert store.get_lease("control:gone") is None
+    assert [k for k, _ in store.expired_leases("attempt:")] == ["attempt:kept"]
+    assert [j["jobId"] for j in store.list_jobs()] == ["kept"]
+    assert len(store.list_checkpoints("kept", include_superseded=True)) == 2 and store.list_audit("kept")
+    assert store.get_lease("control:kept") is not None
+    assert store.delete_job("gone") is False
+    store.create_job(job("gone"))  # the id is free again, its history starts from nothing
+    assert store.append_event("gone", {"event": "x"}) == 1
+
+
 def test_sqlite_url_paths_and_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     relative = open_store("sqlite:///rel/dir/state.db")
