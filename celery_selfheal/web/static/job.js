@@ -113,8 +113,35 @@ async function refresh() {
   attempts.sort((x, y) => (x.startedAt < y.startedAt ? -1 : 1));
   logAttempt = attempts.filter((a) => a.status === "running").pop() || attempts.pop() || null;
   const over = TERMINAL.includes(doc.status) && (doc.pendingControl || []).length === 0;
-  if (over && source) { source.close(); source = null; setLive("job ended"); }
+  if (over && source) {
+    // the status can change before the last events reach the stream: read what is left, then stop
+    source.close(); source = null;
+    await catchUp().catch(() => {});
+    setLive("job ended");
+  }
   if (!over && !source) follow();
+}
+
+function addEvent(seq, ev) {
+  if (seq <= lastSeq) return;
+  lastSeq = seq;
+  if (JOB_ENDS.includes(ev.event)) endSeen = true;
+  const list = document.getElementById("events");
+  list.prepend(eventItem(seq, ev));
+  while (list.children.length > 500) list.lastChild.remove();
+}
+
+const JOB_ENDS = ["task.job.succeeded", "task.job.failed", "task.job.cancelled"];
+let endSeen = false;
+
+async function catchUp() {
+  // a few short looks: the terminal event is stored just after the status changes
+  for (let i = 0; i < 10 && !endSeen; i++) {
+    const page = await api(BASE + "/events?after=" + lastSeq);
+    for (const ev of page.events) addEvent(ev.seq, ev);
+    if (!endSeen) await new Promise((done) => setTimeout(done, 200));
+  }
+  endSeen = false;  // a revived job ends again later
 }
 
 function scheduleRefresh() {
@@ -141,10 +168,7 @@ function follow() {
   source.onmessage = (msg) => {
     const seq = Number(msg.lastEventId);
     if (seq <= lastSeq) return;
-    lastSeq = seq;
-    const list = document.getElementById("events");
-    list.prepend(eventItem(seq, JSON.parse(msg.data)));
-    while (list.children.length > 500) list.lastChild.remove();
+    addEvent(seq, JSON.parse(msg.data));
     scheduleRefresh();
   };
   source.onerror = () => setLive("reconnecting…");
