@@ -7,6 +7,7 @@ was is built once as a `FinishedAttempt`; this module only writes it out.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from celery_selfheal.context import Context
@@ -23,8 +24,10 @@ from celery_selfheal.steps.attempt import AttemptFacts, AttemptPlan
 from celery_selfheal.steps.attempt_artifact import write_attempt_artifact
 from celery_selfheal.steps.finished import FinishedAttempt, judge, refused_secret
 from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome
-from celery_selfheal.workspace.checkpoints import write_checkpoint
+from celery_selfheal.workspace.checkpoints import reuse_checkpoint, write_checkpoint
 from celery_selfheal.workspace.git import GitWorkspace
+
+log = logging.getLogger(__name__)
 
 
 def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: GitWorkspace, *,
@@ -34,6 +37,11 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
     ``workspace_lost``: the attempt's workspace is on a lost worker, so a soft reset continues on
     any worker from a workspace rebuilt from the checkpoints (same round: no queue-retry budget)."""
     r, idx = facts.result, plan.step.index
+    # file names are chosen by the runtime: what is stored or shown passes the redactor (the patch
+    # itself is checked below and never persisted when it holds a secret)
+    names = tuple(ctx.redactor.redact(name) for name in facts.change.changed_files)
+    if names != facts.change.changed_files:
+        facts = replace(facts, change=replace(facts.change, changed_files=names))
     if r.cancelled:
         return _cancelled(ctx, plan, facts)
     ok, cls, signature, summary = judge(plan, r, facts.change, ctx.classifiers)
@@ -92,22 +100,37 @@ def _cancelled(ctx: Context, plan: AttemptPlan, facts: AttemptFacts) -> StepOutc
 
 def _artifact(ctx: Context, plan: AttemptPlan) -> None:
     record = ctx.store.get_attempt(plan.job_id, plan.step.index, plan.attempt) or {}
-    write_attempt_artifact(ctx, plan.job_id, record, plan.retry_context)
+    try:
+        write_attempt_artifact(ctx, plan.job_id, record, plan.retry_context)
+    except (OSError, ValueError) as exc:
+        # evidence only, written after the decision was recorded: losing it must not lose the decision
+        log.warning("celery-selfheal: job %s: attempt artifact not written: %s", plan.job_id, exc)
 
 
 def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recovered: bool) -> StepOutcome:
     plan = done.plan
     job_id, step, epoch = plan.job_id, plan.step, plan.epoch
-    meta = write_checkpoint(ws, ctx.artifacts(job_id), step_id=step.id, step_index=step.index,
-                            attempt=plan.attempt, summary=ctx.redactor.redact(done.summary), epoch=epoch,
-                            change=done.change)
-    ctx.store.record_checkpoint(job_id, step.index, epoch, meta)
+    recorded = [c for c in ctx.store.list_checkpoints(job_id) if c.get("stepIndex") == step.index
+                and c.get("epoch", 0) == epoch]
+    if recorded:  # an earlier run of this step recorded it, then crashed: keep files and record together
+        meta = reuse_checkpoint(ws, ctx.artifacts(job_id), recorded[0], done.change)
+    else:
+        meta = write_checkpoint(ws, ctx.artifacts(job_id), step_id=step.id, step_index=step.index,
+                                attempt=plan.attempt, summary=ctx.redactor.redact(done.summary), epoch=epoch,
+                                change=done.change)
+        ctx.store.record_checkpoint(job_id, step.index, epoch, meta)
     ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
                                  done.record_fields(AttemptStatus.SUCCEEDED.value))
     ctx.bus.emit("task.step.attempt.finished", job_id, **done.event_fields(), exitCode=0,
                  patchSha256=meta.get("patchSha256"), changedFiles=meta.get("changedFiles"))
     if recovered:
         ctx.bus.emit("task.self_heal.recovered", job_id, **done.event_fields(), strategy=plan.recovery_strategy)
+    return complete_step(ctx, plan)
+
+
+def complete_step(ctx: Context, plan: AttemptPlan) -> StepOutcome:
+    """Mark the step of a succeeded attempt succeeded; the job too if it was the last (idempotent)."""
+    job_id, step, epoch = plan.job_id, plan.step, plan.epoch
     last = step.index + 1 >= plan.step_count
     update_step(ctx, job_id, step.index, epoch=epoch, status=StepStatus.SUCCEEDED.value,
                 job_changes=None if last else {"currentStep": step.index + 1})
@@ -116,6 +139,11 @@ def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recover
         transitions.succeed(ctx, job_id, epoch, step_id=step.id, step_index=step.index)
         return StepOutcome(OutcomeKind.DONE, step.index, reason="job succeeded")
     return StepOutcome(OutcomeKind.NEXT, step.index, reason="step succeeded")
+
+
+def record_failure(ctx: Context, done: FinishedAttempt) -> StepOutcome:
+    """Record a failed attempt (once), then give up or schedule what the controller decided."""
+    return _failed(ctx, done)
 
 
 def _failed(ctx: Context, done: FinishedAttempt) -> StepOutcome:
