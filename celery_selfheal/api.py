@@ -6,6 +6,7 @@ The CLI only parses arguments, calls these and prints; Python users call them di
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -15,8 +16,11 @@ from typing import Any
 from celery_selfheal.context import Context
 from celery_selfheal.control.remote import recover
 from celery_selfheal.core.job_state import TERMINAL
-from celery_selfheal.errors import InputError
+from celery_selfheal.core.model import FailureClass
+from celery_selfheal.core.text_bounds import one_line
+from celery_selfheal.errors import InputError, SelfHealError
 from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS
+from celery_selfheal.jobs import transitions
 from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.wiring.install import SelfHeal
 from celery_selfheal.wiring.routing import enqueue_from
@@ -37,7 +41,15 @@ def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
         ctx.store.create_job(job)
     except KeyError:
         raise InputError(f"job {job['jobId']!r} already exists", where=f"{job_file}: job.id") from None
-    enqueue_from(selfheal.app, job, 0)
+    try:
+        enqueue_from(selfheal.app, job, 0)
+    except Exception as exc:  # a stored job nobody will ever run must not stay `queued`
+        reason = f"the job's first message could not be sent: {type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):
+            transitions.fail(ctx, job["jobId"], job["epoch"], step_id=job["steps"][0]["stepId"], step_index=0,
+                             failure_class=FailureClass.TRANSIENT_RUNTIME.value, reason=reason, retryable=True,
+                             from_status=str(job["status"]))
+        raise SelfHealError(f"broker: {one_line(reason, 300)} (job {job['jobId']} marked failed)") from None
     return job
 
 
@@ -107,6 +119,10 @@ def export_artifacts(ctx: Context, job_id: str, dest: str | Path) -> Path:
     require_job(ctx, job_id)
     arts = ctx.artifacts(job_id)
     target = Path(dest) / job_id
+    base = arts.base.resolve()
+    if target.resolve() == base or base in target.resolve().parents:
+        raise InputError(f"{dest} is inside the job's own artifact folder {arts.base}; export elsewhere",
+                         where="--export")
     if arts.base.exists():
         shutil.copytree(arts.base, target, dirs_exist_ok=True)
     else:

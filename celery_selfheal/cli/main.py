@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -49,6 +50,8 @@ def handle_errors(func: F) -> F:
             fail(str(exc), 1)
         except (OSError, RuntimeError) as exc:
             fail(f"{type(exc).__name__}: {exc}", 1)
+        except sqlite3.Error as exc:  # a corrupt store file, a full disk: one line, no traceback
+            fail(f"store: {type(exc).__name__}: {exc}", 1)
 
     return wrapper  # type: ignore[return-value]
 

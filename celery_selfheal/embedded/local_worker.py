@@ -69,7 +69,7 @@ class LocalWorker:
         argv = [sys.executable, "-m", "celery", "-A", "celery_selfheal.app", "worker", "--pool", "prefork",
                 "--concurrency", str(self.concurrency), "--loglevel", self.loglevel,
                 "--hostname", f"selfheal-local-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log = open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)

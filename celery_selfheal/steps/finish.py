@@ -59,8 +59,9 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
         leak = secret_in_change(ctx, facts.change.patch)
         if leak is None:
             return _succeeded(ctx, current, ws, recovered=any(not h.ok for h in history[:-1]))
-        # A patch is replayed byte for byte, so it cannot be redacted: refuse to persist it.
-        reason = (f"the step's change contains a secret in {leak}; refusing to checkpoint it "
+        # A patch is replayed byte for byte, so it cannot be redacted: refuse to persist it. The file
+        # name may itself be the secret: it is named redacted.
+        reason = (f"the step's change contains a secret in {ctx.redactor.redact(leak)}; refusing to checkpoint it "
                   "(secrets must come from the environment, never be written to the repository)")
         current = replace(current, ok=False, failure_class=FailureClass.DETERMINISTIC_POLICY,
                           signature=failure_signature(reason), summary=reason, decision=refused_secret(reason))

@@ -5,6 +5,7 @@ repository never makes git work in the enclosing (user's) repository."""
 from __future__ import annotations
 
 import errno
+import importlib
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -37,9 +38,9 @@ STAGES = [
 def _target(engine: Engine, where: str) -> Any:
     if where == "store":
         return engine.ctx.store
-    module, _, cls = where.partition(".GitWorkspace")
-    mod = __import__(module, fromlist=["x"])
-    return getattr(mod, "GitWorkspace") if cls == "" and where.endswith("GitWorkspace") else mod
+    if where.endswith(".GitWorkspace"):
+        return importlib.import_module(where.removesuffix(".GitWorkspace")).GitWorkspace
+    return importlib.import_module(where)
 
 
 def _one_shot(real: Callable[..., Any], exc: BaseException, when: Callable[..., bool]) -> Callable[..., Any]:
