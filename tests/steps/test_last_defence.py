@@ -5,9 +5,10 @@ repository never makes git work in the enclosing (user's) repository."""
 from __future__ import annotations
 
 import errno
+import json
 import importlib
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,45 @@ def test_a_destroyed_workspace_repo_never_resolves_to_the_users_repo(
     assert _git(project, "status", "--porcelain") == status
     assert "selfheal checkpoint" not in _git(project, "log", "--all", "--format=%s")
     assert engine.ctx.store.list_checkpoints(job_id) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MB tmpfs (needs root and CAP_SYS_ADMIN; skipped, saying so, where mount is refused)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_during_a_step_is_transient_and_clears(
+        tmp_path: Path, make_repo: Callable[..., Path], small_disk: Path) -> None:
+    # the workspaces fill up; the store is elsewhere (a store on the full disk too cannot record
+    # anything: then the step task leaves the attempt lease to expire and the sweeper records it)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[state]\nworkspace_root = "{small_disk / "ws"}"\n')
+    settings = load_settings(state_dir=tmp_path / "state", config_path=config)
+    engine = Engine(ctx=build_context(settings, sinks=[]), repo=make_repo())
+    flag = tmp_path / "fill-the-disk"
+    flag.write_text("1")
+    # the runtime fills the disk (its write fails half-way, as a real one does), then succeeds
+    job_id = engine.submit(f"if [ -e {flag} ]; then head -c 3000000 /dev/urandom > big.bin; fi; "
+                           "echo ok > out.txt; true")
+    first = engine.run(job_id)
+    assert all(a["status"] != "running" for a in engine.ctx.store.list_attempts(job_id))
+    [attempt] = engine.ctx.store.list_attempts(job_id)
+    assert attempt["failureClass"] == "transient_runtime", attempt
+    assert "No space left on device" in json.dumps(attempt)
+    assert first.kind is OutcomeKind.RETRY
+    # the operator frees the space; the retry the controller scheduled then succeeds
+    flag.unlink()
+    (engine.ctx.workspace_path(job_id) / "big.bin").unlink(missing_ok=True)
+    outcome = _drive(engine, job_id, first)
+    assert outcome.kind is OutcomeKind.DONE, engine.job(job_id).get("message")
+    assert engine.job(job_id)["status"] == "succeeded"
