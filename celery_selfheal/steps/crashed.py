@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from dataclasses import replace
 
 from celery_selfheal.context import Context
 from celery_selfheal.core.model import AttemptOutcome, Detector, FailureClass
@@ -78,6 +79,7 @@ def finish_crashed_attempt(ctx: Context, plan: AttemptPlan, exc: BaseException, 
     history = [*step_history(ctx, plan.job_id, plan.step.index, plan.epoch), this]
     decision = decide(history, plan.budgets, resets_used=plan.resets_used,
                       queue_retries_used=plan.queue_retries_used)
+    decision = replace(decision, reason=f"{reason}; {decision.reason}")  # the record says what broke
     done = FinishedAttempt(plan=plan, result=result, change=UNKNOWN_CHANGE, finished_at=utc_now_iso(),
                            summary=reason, decision=decision, ok=False, failure_class=cls, signature=signature)
     return record_failure(ctx, done)
