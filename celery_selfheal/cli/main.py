@@ -96,25 +96,25 @@ def follow_job(sh: Any, job_id: str, *, as_json: bool, drive_local: bool = True)
     """Follow a job to its end, starting a local worker on the embedded default; returns exit code."""
     from celery_selfheal.api import follow_events
     from celery_selfheal.cli.progress import Progress
-    from celery_selfheal.embedded.local_worker import LocalWorker, worker_running
+    from celery_selfheal.embedded.follow import follow_local
 
     ctx = sh.context()
-    worker = None
-    if drive_local and ctx.settings.embedded and not worker_running(ctx.settings):
-        worker = LocalWorker(ctx.settings)
-        worker.start()
+    job = ctx.store.get_job(job_id) or {}
+    # embedded: a local worker shared with the other CLIs on this state dir, restarted if it dies
+    events = (follow_local(ctx, job_id, follow_events, functools.partial(click.echo, err=True))
+              if drive_local and ctx.settings.embedded else follow_events(ctx, job_id))
     try:
-        job = ctx.store.get_job(job_id) or {}
         with Progress(as_json=as_json, job_id=job_id, steps=job.get("steps", ()),
                       run_dir=ctx.settings.run_dir) as progress:
-            for _, event in follow_events(ctx, job_id):
+            for _, event in events:
                 progress.event(event)
         job = ctx.store.get_job(job_id) or {}
         if not as_json:  # before stopping the local worker: its warm shutdown takes seconds
             click.echo(Progress.summary(job, ctx.store.list_attempts(job_id)))
     finally:
-        if worker is not None:
-            worker.stop()
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # leaves the shared worker (the last one out stops it)
     return 0 if job.get("status") == "succeeded" else 1
 
 

@@ -7,6 +7,7 @@ alive. No ping over the broker, no pid files that go stale.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -19,6 +20,8 @@ from typing import IO
 from celery_selfheal.settings import Settings
 
 _held: list[IO[bytes]] = []
+#: hostname prefix of the workers the CLI starts (the only ones it ever stops)
+LOCAL_PREFIX = "selfheal-local-"
 
 
 def lock_dir(settings: Settings) -> Path:
@@ -68,7 +71,8 @@ class LocalWorker:
         env = {**os.environ, **self.settings.as_env()}
         argv = [sys.executable, "-m", "celery", "-A", "celery_selfheal.app", "worker", "--pool", "prefork",
                 "--concurrency", str(self.concurrency), "--loglevel", self.loglevel,
-                "--hostname", f"selfheal-local-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
+                "--hostname", f"{LOCAL_PREFIX}{os.getpid()}-{time.monotonic_ns() % 10**6}@%h",
+                "--without-mingle", "--without-gossip"]
         log = open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -94,3 +98,64 @@ class LocalWorker:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+
+def local_worker_pids(settings: Settings) -> list[int]:
+    """Pids of the live CLI-started local workers on this state dir (from their presence locks)."""
+    pids = []
+    for path in lock_dir(settings).glob(f"{LOCAL_PREFIX}*.lock"):
+        with open(path, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: alive
+                text = fh.read().decode("ascii", "replace").strip()
+                if text.isdigit():
+                    pids.append(int(text))
+                continue
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return pids
+
+
+def stop_local_workers(settings: Settings, timeout: float = 30.0) -> None:
+    """Warm-stop every CLI-started local worker of this state dir (not a user's own workers)."""
+    pids = local_worker_pids(settings)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while local_worker_pids(settings) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in local_worker_pids(settings):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # started with its own session: pgid == pid
+
+
+class LocalClients:
+    """The CLIs following jobs on one state dir share its local worker; the last one stops it.
+
+    Each holds a shared ``flock`` on ``<run dir>/local-clients.lock`` while it follows. Leaving,
+    it drops it and tries the exclusive lock: only the last one gets it, and stops the worker while
+    holding it (a CLI arriving meanwhile waits for the stop, then starts a new worker)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        # not under workers/: every lock there is a worker's presence
+        self._fh = open(settings.run_dir / "local-clients.lock", "ab")  # noqa: SIM115 - held while following
+        fcntl.flock(self._fh, fcntl.LOCK_SH)
+
+    def leave(self, *, stop: bool = True) -> bool:
+        """Stop sharing; stop the local worker if we were the last (and ``stop``). True if stopped."""
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            if not stop:
+                return False
+            try:
+                fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another CLI still follows on this worker
+            stop_local_workers(self.settings)
+            return True
+        finally:
+            self._fh.close()

@@ -117,8 +117,10 @@ def retry_step(task: Task, ctx: Context, delivery: Delivery, outcome: StepOutcom
     soft, hard = time_limits(outcome.budgets)
     hostname = task.request.hostname
     queue = worker_queue(hostname) if outcome.same_worker and hostname else default_queue(task.app)
-    if lease is not None and queue != default_queue(task.app):
-        # if this worker dies before it runs the retry, the sweeper sends it to another one
+    if lease is not None and (queue != default_queue(task.app) or ctx.settings.embedded):
+        # if this worker dies before it runs the retry, the sweeper sends it to another one. On the
+        # embedded broker every retry needs this: kombu's filesystem transport deletes a message when
+        # a worker fetches it, so a countdown held in a killed worker's memory is gone for good
         hand_over_to(ctx, lease, delivery, retries=task.request.retries + 1, strategy=outcome.strategy or INITIAL,
                      retry_context=outcome.retry_context, ttl=outcome.countdown + opts.pending_grace)
     # args=() explicitly: retry(kwargs=...) would otherwise reuse request.args.

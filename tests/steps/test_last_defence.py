@@ -5,8 +5,8 @@ repository never makes git work in the enclosing (user's) repository."""
 from __future__ import annotations
 
 import errno
-import json
 import importlib
+import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
