@@ -115,3 +115,26 @@ def test_a_killed_local_worker_is_replaced_and_its_waiting_retry_recovered(
         assert [a["status"] for a in ctx.store.list_attempts(job_id)] == ["failed", "succeeded"]
     finally:
         _cleanup(state, run)
+
+
+def test_a_worker_setting_no_step_can_run_with_ends_the_job(tmp_path: Path, make_repo: Callable[..., Path]) -> None:
+    """``SELFHEAL_LEASE_TTL_SECONDS=abc`` made every step task raise and the job wait for ever."""
+    state = tmp_path / "state"
+    job = _job(tmp_path, "badenv", make_repo(), "echo a > a.txt")
+    run = _run(tmp_path, job, state, SELFHEAL_LEASE_TTL_SECONDS="abc")
+    try:
+        out, err = run.communicate(timeout=90)
+        assert run.returncode == 1, (out, err)
+        assert "FAILED" in out and "SELFHEAL_LEASE_TTL_SECONDS" in out and "Traceback" not in out + err
+    finally:
+        _cleanup(state, run)
+
+
+def test_a_backoff_the_scheduler_cannot_represent_is_refused_at_submit(
+        tmp_path: Path, make_repo: Callable[..., Path]) -> None:
+    state = tmp_path / "state"
+    job = _job(tmp_path, "huge", make_repo(), "true", queue_retry_backoff_seconds=1e12)
+    run = _run(tmp_path, job, state)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 2 and "queue_retry_backoff_seconds" in err and "at most" in err, err
+    assert len(err.strip().splitlines()) == 1

@@ -103,3 +103,14 @@ def test_a_corrupt_store_is_one_line(tmp_path: Path, damage: str) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "store" in proc.stderr
+
+
+def test_a_runtime_that_does_not_exist_fails_at_once(engine: Engine) -> None:
+    job_id = engine.submit("true")
+    record = engine.job(job_id)
+    record["spec"]["steps"][0]["runtime"] = ["/no/such/agent-binary", "--flag"]
+    engine.ctx.store.update_job(job_id, {"spec": record["spec"]})
+    outcome = engine.run(job_id)
+    job = engine.job(job_id)
+    assert job["status"] == "failed" and job["failureClass"] == "deterministic_contract", outcome
+    assert len(engine.ctx.store.list_attempts(job_id)) == 1 and engine.sent == []
