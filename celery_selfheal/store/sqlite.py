@@ -108,7 +108,8 @@ class SQLiteStore(StateStore):
             self._set_up(conn)
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise StoreError(f"store {self.path}: {exc} (corrupt, truncated or not a SQLite file?)") from None
+            hint = "is its disk full?" if "disk" in str(exc) else "corrupt, truncated or not a SQLite file?"
+            raise StoreError(f"store {self.path}: {exc} ({hint})") from None
         local.conn, local.pid = conn, os.getpid()
         return conn
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import importlib
 import json
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -196,3 +197,24 @@ def test_a_full_disk_during_a_step_is_transient_and_clears(
     outcome = _drive(engine, job_id, first)
     assert outcome.kind is OutcomeKind.DONE, engine.job(job_id).get("message")
     assert engine.job(job_id)["status"] == "succeeded"
+
+
+def test_a_full_disk_at_submit_is_one_line(tmp_path: Path, make_repo: Callable[..., Path], small_disk: Path) -> None:
+    import sys
+
+    repo = make_repo()
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"job": {"objective": "o", "repo": str(repo), "ref": "main", "runtime": ["true"]},
+                               "steps": [{"id": "a", "instructions": "x" * 200_000}]}))
+    (tmp_path / "config.toml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFHEAL_", "STATSD_"))}
+    cli = [str(Path(sys.executable).parent / "selfheal"), "submit", str(job), "--state-dir", str(small_disk / "s")]
+    subprocess.run([*cli[:2], "--help"], env=env, cwd=tmp_path, check=True, capture_output=True)
+    # fill the disk, leaving a few KB: the store's first write or the message does not fit
+    filler = small_disk / "filler"
+    subprocess.run(["sh", "-c", f"head -c 3000000 /dev/zero > {filler}"], check=False, capture_output=True)
+    os.truncate(filler, filler.stat().st_size - 16 * 1024)
+    proc = subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert any(why in proc.stderr for why in ("No space left", "disk is full", "disk full")), proc.stderr
