@@ -111,12 +111,15 @@ def _artifact(ctx: Context, plan: AttemptPlan) -> None:
 def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recovered: bool) -> StepOutcome:
     plan = done.plan
     job_id, step, epoch = plan.job_id, plan.step, plan.epoch
+    arts = ctx.artifacts(job_id)
+    # only a step whose metadata file is already there can have been recorded (a stat, not a store
+    # round trip, on the usual path)
     recorded = [c for c in ctx.store.list_checkpoints(job_id) if c.get("stepIndex") == step.index
-                and c.get("epoch", 0) == epoch]
+                and c.get("epoch", 0) == epoch] if arts.step_state_path(step.index).exists() else []
     if recorded:  # an earlier run of this step recorded it, then crashed: keep files and record together
-        meta = reuse_checkpoint(ws, ctx.artifacts(job_id), recorded[0], done.change)
+        meta = reuse_checkpoint(ws, arts, recorded[0], done.change)
     else:
-        meta = write_checkpoint(ws, ctx.artifacts(job_id), step_id=step.id, step_index=step.index,
+        meta = write_checkpoint(ws, arts, step_id=step.id, step_index=step.index,
                                 attempt=plan.attempt, summary=ctx.redactor.redact(done.summary), epoch=epoch,
                                 change=done.change)
         ctx.store.record_checkpoint(job_id, step.index, epoch, meta)
