@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from celery_selfheal.app import app, selfheal  # noqa: F401 - the worker's app
+from celery_selfheal.cluster.leases import AttemptLease
 from celery_selfheal.steps import finish
 from celery_selfheal.store.sqlite import SQLiteStore
 from celery_selfheal.workspace import checkpoints
@@ -53,3 +54,5 @@ SQLiteStore.transition_attempt = _after("attempt", SQLiteStore.transition_attemp
                                         _succeeded)
 finish.update_step = _after("step", finish.update_step,  # type: ignore[assignment]
                             lambda *a, **k: k.get("status") == "succeeded")
+# after the step task released the lease of a succeeded step, before Celery sends the chain's next step
+AttemptLease.release = _after("released", AttemptLease.release)  # type: ignore[method-assign]

@@ -156,6 +156,7 @@ class Sweeper:
     def __init__(self, app: Celery, ctx: Context, hostname: str, opts: ClusterOptions) -> None:
         self.app, self.ctx, self.opts = app, ctx, opts
         self.owner = f"sweeper:{hostname or os.getpid()}"
+        self.hostname = hostname or str(os.getpid())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -173,6 +174,10 @@ class Sweeper:
                 log.exception("celery-selfheal: recovering job %s failed; will retry", job_id)
                 continue
             store.release_lease(key, self.owner)
+        if self.ctx.settings.embedded:  # messages a dead local worker had fetched (no lease held them)
+            from celery_selfheal.embedded.recovery import resend_lost
+
+            done += resend_lost(self.ctx, self.app, self.hostname)
         return done
 
     def _run(self) -> None:

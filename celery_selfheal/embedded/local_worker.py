@@ -28,12 +28,15 @@ def lock_dir(settings: Settings) -> Path:
     return settings.run_dir / "workers"
 
 
+def _lock_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-@" else "_" for c in name)[:120] + ".lock"
+
+
 def hold_presence(settings: Settings, name: str) -> None:
     """Called in the worker MainProcess: take and keep this worker's presence lock."""
     folder = lock_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "._-@" else "_" for c in name)[:120]
-    fh = open(folder / f"{safe}.lock", "wb")  # noqa: SIM115 - kept open for the worker's lifetime
+    fh = open(folder / _lock_name(name), "wb")  # noqa: SIM115 - kept open for the worker's lifetime
     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     fh.write(str(os.getpid()).encode())
     fh.flush()
@@ -46,6 +49,21 @@ def worker_running(settings: Settings) -> bool:
     if not folder.exists():
         return False
     for path in folder.glob("*.lock"):
+        with open(path, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def other_workers_alive(settings: Settings, name: str) -> bool:
+    """True if a worker other than ``name`` (this one) holds a presence lock on this state dir."""
+    folder = lock_dir(settings)
+    for path in folder.glob("*.lock") if folder.exists() else ():
+        if path.name == _lock_name(name):
+            continue
         with open(path, "rb") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -138,3 +138,4 @@ def test_a_backoff_the_scheduler_cannot_represent_is_refused_at_submit(
     _, err = run.communicate(timeout=60)
     assert run.returncode == 2 and "queue_retry_backoff_seconds" in err and "at most" in err, err
     assert len(err.strip().splitlines()) == 1
+
