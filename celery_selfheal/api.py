@@ -19,7 +19,7 @@ from celery_selfheal.core.job_state import TERMINAL
 from celery_selfheal.core.model import FailureClass
 from celery_selfheal.core.text_bounds import one_line
 from celery_selfheal.errors import InputError, SelfHealError
-from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS
+from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS, utc_now_iso
 from celery_selfheal.jobs import transitions
 from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.wiring.install import SelfHeal
@@ -37,6 +37,9 @@ def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
     job = prepare_job(spec, source=str(job_file), settings=ctx.settings, redactor=ctx.redactor,
                       base_dir=path.resolve().parent)
     ctx.settings.ensure_dirs()
+    # stamped when stored, not when prepared (resolving a remote ref takes seconds): the embedded
+    # recovery treats a quiet queued job without a message as lost (`embedded.recovery.GRACE`)
+    job["updatedAt"] = utc_now_iso()
     try:
         ctx.store.create_job(job)
     except KeyError:
