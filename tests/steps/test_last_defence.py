@@ -141,7 +141,7 @@ def test_a_destroyed_workspace_repo_never_resolves_to_the_users_repo(
     config = tmp_path / "config.toml"
     config.write_text("")
     # the default layout: ./.selfheal inside the user's project repository
-    settings = load_settings(state_dir=project / ".selfheal", config_path=config)
+    settings = load_settings(state_dir=project / ".selfheal", config_path=config, env={})
     engine = Engine(ctx=build_context(settings, sinks=[]), repo=project)
     job_id = engine.submit(f"echo new > new.txt && {destroy}")
     outcome = _drive(engine, job_id, engine.run(job_id))
@@ -178,7 +178,7 @@ def test_a_full_disk_during_a_step_is_transient_and_clears(
     # anything: then the step task leaves the attempt lease to expire and the sweeper records it)
     config = tmp_path / "config.toml"
     config.write_text(f'[state]\nworkspace_root = "{small_disk / "ws"}"\n')
-    settings = load_settings(state_dir=tmp_path / "state", config_path=config)
+    settings = load_settings(state_dir=tmp_path / "state", config_path=config, env={})
     engine = Engine(ctx=build_context(settings, sinks=[]), repo=make_repo())
     flag = tmp_path / "fill-the-disk"
     flag.write_text("1")
