@@ -80,6 +80,8 @@ def execute_step(ctx: Context, delivery: StepDelivery, *, task_id: str, hostname
         record_start(ctx, plan, delivery, task_id=task_id, hostname=hostname, lease=lease)
         outcome = _run_and_finish(ctx, plan, ws, task_id=task_id, hostname=hostname, lease=lease, stage=stage)
     except Exception as exc:  # the last line of defence: the attempt never stays `running`
+        if lease is not None and lease.lost:  # fenced: another worker may own the step, the sweeper records it
+            return StepOutcome.stop(delivery.step_index, "attempt lease lost")
         return finish_crashed_attempt(ctx, plan, exc, stage=stage.name)
     if outcome.preempted and enqueue is not None:
         # preempted by an operator request: apply it now, from the slot we are about to free
