@@ -9,6 +9,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,30 @@ def test_a_runtime_that_does_not_exist_fails_at_once(engine: Engine) -> None:
     job = engine.job(job_id)
     assert job["status"] == "failed" and job["failureClass"] == "deterministic_contract", outcome
     assert len(engine.ctx.store.list_attempts(job_id)) == 1 and engine.sent == []
+
+
+def test_a_job_whose_first_message_cannot_be_sent_does_not_wait_queued(tmp_path: Path,
+                                                                       make_repo: Callable[..., Path]) -> None:
+    from celery_selfheal.api import submit
+    from celery_selfheal.errors import SelfHealError
+    from celery_selfheal.settings import load_settings
+    from tests.integration.conftest import client_selfheal
+
+    settings = load_settings(state_dir=tmp_path / "state", env={})
+    settings.ensure_dirs()
+    queue = Path(settings.broker_transport_options()["data_folder_out"])
+    # an immutable queue folder: the embedded broker cannot write a message there, even as root
+    if subprocess.run(["chattr", "+i", str(queue)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported on this file system")
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"job": {"objective": "o", "repo": str(make_repo()), "ref": "main",
+                                       "runtime": ["true"]}, "steps": [{"id": "a", "instructions": "x"}]}))
+    sh = client_selfheal(settings)
+    try:
+        with pytest.raises(SelfHealError, match="broker: the job's first message could not be sent") as info:
+            submit(sh, job)
+    finally:
+        subprocess.run(["chattr", "-i", str(queue)], check=True)
+    assert "\n" not in str(info.value)
+    [stored] = sh.context().store.list_jobs()
+    assert stored["status"] == "failed" and stored["retryable"] is True
