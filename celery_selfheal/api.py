@@ -6,6 +6,7 @@ The CLI only parses arguments, calls these and prints; Python users call them di
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from typing import Any
 from celery_selfheal.context import Context
 from celery_selfheal.control.remote import recover
 from celery_selfheal.core.job_state import TERMINAL
+from celery_selfheal.core.text_bounds import one_line
 from celery_selfheal.errors import InputError, SelfHealError
-from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS
+from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS, utc_now_iso
 from celery_selfheal.jobs import transitions
 from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.wiring.install import SelfHeal
@@ -41,17 +43,20 @@ def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
     job = prepare_job(spec, source=str(job_file), settings=ctx.settings, redactor=ctx.redactor,
                       base_dir=path.resolve().parent)
     ctx.settings.ensure_dirs()
+    # stamped when stored, not when prepared (resolving a remote ref takes seconds): the embedded
+    # recovery treats a quiet queued job without a message as lost (`embedded.recovery.GRACE`)
+    job["updatedAt"] = utc_now_iso()
     try:
         ctx.store.create_job(job)
     except KeyError:
         raise InputError(f"job {job['jobId']!r} already exists", where=f"{job_file}: job.id") from None
     try:
         enqueue_from(selfheal.app, job, 0)
-    except Exception as exc:
-        # never leave a queued job whose message was not sent: it would wait forever
+    except Exception as exc:  # a stored job nobody will ever run must not stay `queued`
         why = (str(exc).splitlines() or [type(exc).__name__])[0]
-        transitions.not_sent(ctx, job["jobId"], why)
-        raise SelfHealError(f"job {job['jobId']} not sent to the broker: {why}") from None
+        with contextlib.suppress(Exception):
+            transitions.not_sent(ctx, job["jobId"], why)
+        raise SelfHealError(f"broker: job {job['jobId']} not sent: {one_line(why, 300)} (marked failed)") from None
     return job
 
 
@@ -175,6 +180,10 @@ def export_artifacts(ctx: Context, job_id: str, dest: str | Path) -> Path:
     require_job(ctx, job_id)
     arts = ctx.artifacts(job_id)
     target = Path(dest) / job_id
+    base = arts.base.resolve()
+    if target.resolve() == base or base in target.resolve().parents:
+        raise InputError(f"{dest} is inside the job's own artifact folder {arts.base}; export elsewhere",
+                         where="--export")
     if arts.base.exists():
         shutil.copytree(arts.base, target, dirs_exist_ok=True)
     else:

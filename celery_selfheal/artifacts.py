@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: starts with a letter or digit: an id is never taken for a command-line option (``-x``) or hidden
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 def check_safe_id(value: str, *, what: str = "id") -> str:
     """Return ``value`` if it is a safe identifier (no separators, not ``.``/``..``)."""
     if not SAFE_ID.match(value) or value in (".", ".."):
-        raise ValueError(f"{what} {value!r} must match [A-Za-z0-9._:-]{{1,128}} and not be '.' or '..'")
+        shown = value if len(value) <= 100 else value[:100] + "..."
+        raise ValueError(f"{what} {shown!r} must start with a letter or digit and match [A-Za-z0-9._:-]{{1,128}}")
     return value
 
 

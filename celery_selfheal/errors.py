@@ -39,3 +39,7 @@ class ReplayError(WorkspaceError):
 
 class ControlError(InputError):
     """An operator action was rejected (unknown job/step, wrong state)."""
+
+
+class StoreError(SelfHealError):
+    """The state store cannot be used (a corrupt or unreadable file, a full disk)."""

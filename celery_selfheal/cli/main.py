@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -49,6 +50,8 @@ def handle_errors(func: F) -> F:
             fail(str(exc), 1)
         except (OSError, RuntimeError) as exc:
             fail(f"{type(exc).__name__}: {exc}", 1)
+        except sqlite3.Error as exc:  # a corrupt store file, a full disk: one line, no traceback
+            fail(f"store: {type(exc).__name__}: {exc}", 1)
 
     return wrapper  # type: ignore[return-value]
 
@@ -115,31 +118,46 @@ def follow_job(sh: Any, job_id: str, *, as_json: bool, drive_local: bool = True)
             click.echo(f"selfheal: interrupted; job {job_id} goes on. Follow it with: "
                        f"{follow_hint(sh, job_id)}", err=True)
             code = exc.exit_code
-        stop_local_worker(worker[0] if worker else None)
+        stop_local_worker(worker[0] if worker else None)  # only if following did not stop it already
     return code
 
 
 def _follow(sh: Any, job_id: str, *, as_json: bool, drive_local: bool, started: list[Any]) -> int:
     from celery_selfheal.api import follow_events
     from celery_selfheal.cli.progress import Progress
-    from celery_selfheal.embedded.local_worker import LocalWorker, worker_running
+    from celery_selfheal.embedded.follow import follow_local
 
     ctx = sh.context()
-    if drive_local and ctx.settings.embedded and sh.cli_app and not worker_running(ctx.settings):
-        started.append(LocalWorker(ctx.settings, app_module=sh.cli_app))
-        started[0].start()
     job = ctx.store.get_job(job_id) or {}
-    with Progress(as_json=as_json, job_id=job_id, steps=job.get("steps", ()),
-                  run_dir=ctx.settings.run_dir) as progress:
-        for _, event in follow_events(ctx, job_id):
-            progress.event(event)
-    job = ctx.store.get_job(job_id) or {}
-    if not as_json:  # before stopping the local worker: its warm shutdown takes seconds
-        from celery_selfheal.cli.result import result_lines
+    events: Any = follow_events(ctx, job_id)
+    if drive_local and ctx.settings.embedded and sh.cli_app:
+        # a local worker shared with the other CLIs on this state dir, restarted if it dies; the last
+        # CLI out stops it (the one this CLI started: a second Ctrl-C forces)
+        def stop() -> None:
+            from celery_selfheal.cli.interrupt import stop_local_worker
+            from celery_selfheal.embedded.local_worker import stop_local_workers
 
-        click.echo(Progress.summary(job, ctx.store.list_attempts(job_id)))
-        for line in result_lines(ctx, job):
-            click.echo(line)
+            stop_local_worker(started.pop()) if started else stop_local_workers(ctx.settings)
+
+        events = follow_local(ctx, job_id, follow_events, functools.partial(click.echo, err=True),
+                              app_module=sh.cli_app, started=started, stop=stop)
+    try:
+        with Progress(as_json=as_json, job_id=job_id, steps=job.get("steps", ()),
+                      run_dir=ctx.settings.run_dir) as progress:
+            for _, event in events:
+                progress.event(event)
+        job = ctx.store.get_job(job_id) or {}
+        if not as_json:  # before stopping the local worker: its warm shutdown takes seconds
+            from celery_selfheal.cli.result import result_lines
+
+            click.echo(Progress.summary(job, ctx.store.list_attempts(job_id)))
+            for line in result_lines(ctx, job):
+                click.echo(line)
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # leaves the shared worker (the last one out stops it)
+            started.clear()  # not the last one: the worker is the other followers' now
     return 0 if job.get("status") == "succeeded" else 1
 
 

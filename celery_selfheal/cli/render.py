@@ -8,6 +8,8 @@ import signal
 from datetime import datetime
 from typing import Any
 
+from celery_selfheal.core.text_bounds import terminal_safe
+
 
 def _clock(ts: str | None) -> str:
     if not ts:
@@ -85,8 +87,8 @@ def describe_event(e: dict[str, Any]) -> str:
 
 
 def event_line(e: dict[str, Any]) -> str:
-    """``HH:MM:SS  <description>``."""
-    return f"{_clock(e.get('ts'))}  {describe_event(e)}"
+    """``HH:MM:SS  <description>``, one line whatever the stored text holds (escaped)."""
+    return terminal_safe(f"{_clock(e.get('ts'))}  {describe_event(e)}").replace("\n", "\\n")
 
 
 def json_line(e: dict[str, Any]) -> str:
@@ -124,4 +126,5 @@ def status_text(doc: dict[str, Any]) -> str:
     for rec in doc.get("audit", []):
         lines.append(f"  audit {rec.get('at')}: {rec.get('actor')} {rec.get('action')} "
                      f"{rec.get('stepId') or ''} -> {rec.get('outcome')} {rec.get('reason') or ''}".rstrip())
-    return "\n".join(lines)
+    # stored text (reasons, messages, ids) is escaped: it cannot act on the terminal or add lines
+    return "\n".join(terminal_safe(line).replace("\n", "\\n") for line in lines)

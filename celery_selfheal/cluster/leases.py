@@ -139,6 +139,11 @@ class AttemptLease:
             with contextlib.suppress(Exception):  # an unreleased lease just expires
                 self.store.release_lease(self.key, self.owner)
 
+    def abandon(self) -> None:
+        """Stop renewing but keep the lease: it expires and the sweeper recovers the job."""
+        self._stop_thread()
+        self._done = True
+
     def hand_over(self, owner: str, ttl: float) -> bool:
         """Pass the lease to the message that will continue the job (see `hand_over_to`)."""
         self._stop_thread()

@@ -42,7 +42,8 @@ from celery_selfheal.core.model import Detector, Strategy
 from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs.records import update_job
 from celery_selfheal.settings import Settings
-from celery_selfheal.steps.lost import finish_lost_attempt
+from celery_selfheal.steps.lost import complete_lost_success, finish_lost_attempt
+from celery_selfheal.steps.outcome import OutcomeKind
 from celery_selfheal.steps.running import RunningAttempts
 from celery_selfheal.wiring.routing import enqueue_from
 
@@ -76,7 +77,40 @@ def recover_job(ctx: Context, app: Celery, job_id: str, *, dead_owner: str) -> b
         finish_lost_attempt(ctx, app, entry, detector=Detector.WORKER_LOST.value, reason=LOST_REASON)
     if running:
         return True
+    if complete_succeeded(ctx, app, job, attempts, dead_owner=dead_owner):
+        return True
     return resend_inflight(ctx, app, job, attempts, dead_owner=dead_owner)
+
+
+def complete_succeeded(ctx: Context, app: Celery, job: Mapping[str, Any], attempts: list[dict[str, Any]], *,
+                       dead_owner: str) -> bool:
+    """The dead worker's attempt was recorded succeeded but its task never returned (killed before
+    marking the step, or before the chain sent the next step; the message is still the job's
+    ``inflight`` one, so no later step passed the gate): finish the step and send the next one.
+    True if it acted."""
+    inflight = job.get("inflight") or {}
+    message = inflight.get("messageId")
+    if not message or inflight.get("owner") != dead_owner or job["status"] in TERMINAL:
+        return False
+    done = [a for a in attempts if a.get("messageId") == message and a.get("status") == "succeeded"
+            and a.get("epoch", 0) == job.get("epoch")]
+    if not done:
+        return False
+    idx = int(done[0]["stepIndex"])
+    steps = job.get("steps") or []
+    if idx >= len(steps):
+        return False
+    if steps[idx].get("status") == "succeeded" and any(a.get("stepIndex") == idx + 1 for a in attempts):
+        return False  # the next step has begun: its message was sent
+    # compare-and-set on the inflight record: one sweeper completes the step, even if two got here
+    if not update_job(ctx, job["jobId"], expect={"inflight": inflight}, inflight=None):
+        return False
+    log.warning("celery-selfheal: job %s: step %s succeeded but its worker %s died before moving on; "
+                "completing it", job["jobId"], idx, dead_owner)
+    outcome = complete_lost_success(ctx, job, done[0])
+    if outcome is OutcomeKind.NEXT:
+        enqueue_from(app, ctx.store.get_job(job["jobId"]) or job, idx + 1)
+    return True
 
 
 def resend_inflight(ctx: Context, app: Celery, job: Mapping[str, Any], attempts: list[dict[str, Any]], *,
@@ -125,6 +159,7 @@ class Sweeper:
     def __init__(self, app: Celery, ctx: Context, hostname: str, opts: ClusterOptions) -> None:
         self.app, self.ctx, self.opts = app, ctx, opts
         self.owner = f"sweeper:{hostname or os.getpid()}"
+        self.hostname = hostname or str(os.getpid())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -142,6 +177,10 @@ class Sweeper:
                 log.exception("celery-selfheal: recovering job %s failed; will retry", job_id)
                 continue
             store.release_lease(key, self.owner)
+        if self.ctx.settings.embedded:  # messages a dead local worker had fetched (no lease held them)
+            from celery_selfheal.embedded.recovery import resend_lost
+
+            done += resend_lost(self.ctx, self.app, self.hostname)
         return done
 
     def _run(self) -> None:

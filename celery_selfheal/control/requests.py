@@ -14,6 +14,7 @@ from typing import Any
 from celery_selfheal.context import Context
 from celery_selfheal.control.audit import audit, fields, reject
 from celery_selfheal.core import control_rules as rules
+from celery_selfheal.core.text_bounds import one_line
 from celery_selfheal.errors import ControlError
 from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs.records import update_job
@@ -50,9 +51,12 @@ def request_control(ctx: Context, job_id: str, action: str, *, step: str | None 
     job = ctx.store.get_job(job_id)
     if job is None:
         raise ControlError(f"unknown job {job_id!r}")
-    red = ctx.redactor.redact
+    # an operator's text is stored and shown to other operators: one line, bounded, redacted
+    def red(text: str) -> str:
+        return ctx.redactor.redact(one_line(text))
+
     base: dict[str, Any] = {"action": action, "stepId": step or None, "stepIndex": None,
-                            "actor": red(actor or default_actor()), "reason": red(reason) if reason else None,
+                            "actor": red(actor or default_actor())[:120], "reason": red(reason) if reason else None,
                             "requestedAt": utc_now_iso(), "via": via, **(extra or {})}
     pos = job_position(job)
     try:

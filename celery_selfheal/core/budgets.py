@@ -99,10 +99,16 @@ assert set(_RULES) == set(BUDGET_KEYS)
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:100]}... ({len(text)} characters)"
+
+
 def format_key(key: object) -> str:
     """A key as it appears in an error's ``where``: plain keys as-is, anything else quoted, so a
-    key holding a newline or spaces cannot break the one-line message."""
-    return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else repr(key)
+    key holding a newline or spaces cannot break the one-line message; at most ~100 characters."""
+    text = key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else repr(key)
+    return text if len(text) <= 100 else f"{text[:100]}... ({len(text)} characters)"
 
 
 def _check_value(key: str, value: Any, *, where: str) -> int | float:
@@ -111,17 +117,17 @@ def _check_value(key: str, value: Any, *, where: str) -> int | float:
     # bool is a subclass of int, but `step_max_attempts = true` is a mistake, not 1.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         expected = "an integer" if kind is int else "a number"
-        raise ConfigError(f"must be {expected}, got {type(value).__name__} {value!r}", where=where)
+        raise ConfigError(f"must be {expected}, got {type(value).__name__} {_shown(value)}", where=where)
     if kind is int and not isinstance(value, int):
-        raise ConfigError(f"must be an integer, got {value!r}", where=where)
+        raise ConfigError(f"must be an integer, got {_shown(value)}", where=where)
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"must be a finite number, got {value!r}", where=where)
+        raise ConfigError(f"must be a finite number, got {_shown(value)}", where=where)
     if value < low or (value == low and not inclusive):
         op = ">=" if inclusive else ">"
-        raise ConfigError(f"must be {op} {low:g}, got {value!r}", where=where)
+        raise ConfigError(f"must be {op} {low:g}, got {_shown(value)}", where=where)
     high = MAX_COUNT if kind is int else MAX_SECONDS
     if value > high:
-        raise ConfigError(f"must be <= {high:g}, got {value!r}", where=where)
+        raise ConfigError(f"must be at most {high:g}, got {_shown(value)}", where=where)
     if key == "step_output_loop_limit" and value == 1:
         # the first occurrence counts: 1 would call every line a loop
         raise ConfigError("must be 0 (off) or >= 2, got 1", where=where)
@@ -195,7 +201,7 @@ def env_overrides(env: Mapping[str, str], *, where: str = "env") -> dict[str, in
             value: int | float = int(text) if kind is int else float(text)
         except ValueError:
             expected = "an integer" if kind is int else "a number"
-            raise ConfigError(f"must be {expected}, got {raw!r}", where=at) from None
+            raise ConfigError(f"must be {expected}, got {_shown(raw)}", where=at) from None
         out[key] = _check_value(key, value, where=at)
     _check_layer(out, where=lambda key: f"{where} {ENV_VARS[key]}")
     return out

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from celery_selfheal.core.budgets import BUDGET_KEYS, STEP_KEYS, format_key, validate_overrides
+from celery_selfheal.core.input_limits import check_shape, check_text
 from celery_selfheal.errors import InputError
 
 if sys.version_info >= (3, 11):
@@ -24,7 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-STEP_ID_RE = r"[A-Za-z0-9._:-]{1,128}"
+STEP_ID_RE = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
 _ID = re.compile(STEP_ID_RE)
 #: artifact names carry zero-padded 4-digit step indexes (step-0000 ... step-9999)
 MAX_STEPS = 10_000
@@ -244,7 +245,9 @@ def parse_job(text: str, *, source: str, fmt: str | None = None) -> JobSpec:
     """
     if fmt is None:
         fmt = "json" if source.lower().endswith(".json") else "toml"
+    check_text(text, source=source, fmt=fmt)
     doc = _loads(text, source, fmt)
+    check_shape(doc, source=source)
     if not isinstance(doc, dict):
         raise InputError(f"must be a table/object at the top level, got {_type_name(doc)}", where=source)
     _check_keys(doc, _TOP_KEYS, where=f"{source}: ")

@@ -14,24 +14,30 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from celery_selfheal.settings import Settings
 
 _held: list[IO[bytes]] = []
+#: hostname prefix of the workers the CLI starts (the only ones it ever stops)
+LOCAL_PREFIX = "selfheal-local-"
 
 
 def lock_dir(settings: Settings) -> Path:
     return settings.run_dir / "workers"
 
 
+def _lock_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-@" else "_" for c in name)[:120] + ".lock"
+
+
 def hold_presence(settings: Settings, name: str) -> None:
     """Called in the worker MainProcess: take and keep this worker's presence lock."""
     folder = lock_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "._-@" else "_" for c in name)[:120]
-    fh = open(folder / f"{safe}.lock", "wb")  # noqa: SIM115 - kept open for the worker's lifetime
+    fh = open(folder / _lock_name(name), "wb")  # noqa: SIM115 - kept open for the worker's lifetime
     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     fh.write(str(os.getpid()).encode())
     fh.flush()
@@ -44,6 +50,21 @@ def worker_running(settings: Settings) -> bool:
     if not folder.exists():
         return False
     for path in folder.glob("*.lock"):
+        with open(path, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def other_workers_alive(settings: Settings, name: str) -> bool:
+    """True if a worker other than ``name`` (this one) holds a presence lock on this state dir."""
+    folder = lock_dir(settings)
+    for path in folder.glob("*.lock") if folder.exists() else ():
+        if path.name == _lock_name(name):
+            continue
         with open(path, "rb") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -71,8 +92,9 @@ class LocalWorker:
         env = {**os.environ, **self.settings.as_env()}
         argv = [sys.executable, "-m", "celery", "-A", self.app_module, "worker", "--pool", "prefork",
                 "--concurrency", str(self.concurrency), "--loglevel", self.loglevel,
-                "--hostname", f"selfheal-local-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+                "--hostname", f"{LOCAL_PREFIX}{os.getpid()}-{time.monotonic_ns() % 10**6}@%h",
+                "--without-mingle", "--without-gossip"]
+        log = open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
@@ -109,3 +131,68 @@ class LocalWorker:
             os.killpg(self.proc.pid, signal.SIGKILL)
         if wait:
             self.proc.wait()
+
+
+
+def local_worker_pids(settings: Settings) -> list[int]:
+    """Pids of the live CLI-started local workers on this state dir (from their presence locks)."""
+    pids = []
+    for path in lock_dir(settings).glob(f"{LOCAL_PREFIX}*.lock"):
+        with open(path, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: alive
+                text = fh.read().decode("ascii", "replace").strip()
+                if text.isdigit():
+                    pids.append(int(text))
+                continue
+            fcntl.flock(fh, fcntl.LOCK_UN)
+    return pids
+
+
+def stop_local_workers(settings: Settings, timeout: float = 30.0) -> None:
+    """Warm-stop every CLI-started local worker of this state dir (not a user's own workers)."""
+    pids = local_worker_pids(settings)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while local_worker_pids(settings) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in local_worker_pids(settings):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # started with its own session: pgid == pid
+
+
+class LocalClients:
+    """The CLIs following jobs on one state dir share its local worker; the last one stops it.
+
+    Each holds a shared ``flock`` on ``<run dir>/local-clients.lock`` while it follows. Leaving,
+    it drops it and tries the exclusive lock: only the last one gets it, and stops the worker while
+    holding it (a CLI arriving meanwhile waits for the stop, then starts a new worker)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        # not under workers/: every lock there is a worker's presence
+        self._fh = open(settings.run_dir / "local-clients.lock", "ab")  # noqa: SIM115 - held while following
+        fcntl.flock(self._fh, fcntl.LOCK_SH)
+
+    def leave(self, *, stop: bool = True, stopper: Callable[[], None] | None = None) -> bool:
+        """Stop sharing; stop the local worker if we were the last (and ``stop``), with ``stopper``
+        (default `stop_local_workers`). True if stopped."""
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            if not stop:
+                return False
+            try:
+                fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another CLI still follows on this worker
+            if stopper is not None:
+                stopper()
+            else:
+                stop_local_workers(self.settings)
+            return True
+        finally:
+            self._fh.close()

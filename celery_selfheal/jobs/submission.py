@@ -19,6 +19,7 @@ from celery_selfheal.core.budgets import (
     env_overrides,
     resolve_budgets,
 )
+from celery_selfheal.core.input_limits import MAX_JOB_FILE_BYTES
 from celery_selfheal.core.jobfile import JobSpec, StepSpec, parse_job
 from celery_selfheal.core.redact import Redactor
 from celery_selfheal.errors import InputError
@@ -33,7 +34,11 @@ def load_job_file(path: str | os.PathLike[str]) -> JobSpec:
     """Read and validate a job file (TOML or JSON)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as fh:  # bounded read: never load a huge file to find out it is too big
+            raw = fh.read(MAX_JOB_FILE_BYTES + 1)
+        if len(raw) > MAX_JOB_FILE_BYTES:
+            raise InputError(f"job file too large: more than {MAX_JOB_FILE_BYTES} bytes", where=str(p))
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise InputError("no such file", where=str(p)) from None
     except (OSError, UnicodeDecodeError) as exc:

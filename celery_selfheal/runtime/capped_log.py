@@ -15,6 +15,7 @@ picture at every moment.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from types import TracebackType
@@ -69,7 +70,8 @@ class CappedLog:
         self._head_cap = head_bytes
         self._tail_cap = tail_bytes
         self._flush_interval = flush_interval
-        self._fh = open(self.path, "wb")  # noqa: SIM115 - lives as long as the log
+        # 0600 like the other artifacts, whatever the umask (the output is scrubbed, still private)
+        self._fh = open(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")  # noqa: SIM115
         self._head = bytearray()
         self._head_full = head_bytes == 0
         #: exactly the bytes after the head (and after the marker, once something was dropped)

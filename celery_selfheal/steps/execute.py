@@ -21,6 +21,7 @@ from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs import transitions
 from celery_selfheal.jobs.records import step_budgets, update_step
 from celery_selfheal.steps.attempt import AttemptPlan, run_attempt
+from celery_selfheal.steps.crashed import crash_reason, exception_class, finish_crashed_attempt
 from celery_selfheal.steps.finish import fail_step, finish_attempt
 from celery_selfheal.steps.outcome import Enqueue, StepOutcome
 from celery_selfheal.steps.running import OutputToucher, RunningAttempts
@@ -67,10 +68,21 @@ def execute_step(ctx: Context, delivery: StepDelivery, *, task_id: str, hostname
         step = state.spec.steps[delivery.step_index]
         return fail_step(ctx, delivery.job_id, delivery.epoch, step, FailureClass.DETERMINISTIC_REPO, str(exc),
                          retryable=False)
+    except Exception as exc:  # e.g. no space left for the rebuild: the job ends, retryable if it may clear
+        cls = exception_class(exc)
+        return fail_step(ctx, delivery.job_id, delivery.epoch, state.spec.steps[delivery.step_index], cls,
+                         ctx.redactor.redact(crash_reason(exc, "preparing the workspace")), retryable=cls.retryable)
     if (ctx.store.get_job(delivery.job_id) or {}).get("epoch") != delivery.epoch:  # an operator rerun began
         return StepOutcome.stop(delivery.step_index, "superseded while preparing the workspace")
-    plan = begin_attempt(ctx, state, delivery, task_id=task_id, hostname=hostname, lease=lease)
-    outcome = _run_and_finish(ctx, plan, ws, task_id=task_id, hostname=hostname, lease=lease)
+    plan = plan_attempt(ctx, state, delivery)
+    stage = StageTracker("starting the attempt")
+    try:
+        record_start(ctx, plan, delivery, task_id=task_id, hostname=hostname, lease=lease)
+        outcome = _run_and_finish(ctx, plan, ws, task_id=task_id, hostname=hostname, lease=lease, stage=stage)
+    except Exception as exc:  # the last line of defence: the attempt never stays `running`
+        if lease is not None and lease.lost:  # fenced: another worker may own the step, the sweeper records it
+            return StepOutcome.stop(delivery.step_index, "attempt lease lost")
+        return finish_crashed_attempt(ctx, plan, exc, stage=stage.name)
     if outcome.preempted and enqueue is not None:
         # preempted by an operator request: apply it now, from the slot we are about to free
         _apply_controls(ctx, delivery.job_id, enqueue)
@@ -105,20 +117,30 @@ def _admission(ctx: Context, delivery: StepDelivery,
     return None, Admission(Verdict.STOP, "superseded while parking")
 
 
-def begin_attempt(ctx: Context, job: JobState, delivery: StepDelivery, *, task_id: str, hostname: str,
-                  lease: AttemptLease | None) -> AttemptPlan:
-    """Number the attempt, store its ``running`` record and mark the step running; returns the plan."""
-    idx, epoch = delivery.step_index, delivery.epoch
+class StageTracker:
+    """Which stage of the attempt is running (named in the record of an attempt that crashed)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def plan_attempt(ctx: Context, job: JobState, delivery: StepDelivery) -> AttemptPlan:
+    """Number the attempt and say what it runs (no record written yet)."""
+    idx = delivery.step_index
     spec = job.spec
-    step = spec.steps[idx]
     earlier = ctx.store.list_attempts(delivery.job_id, idx)
-    attempt = max((a["attempt"] for a in earlier), default=0) + 1
-    plan = AttemptPlan(job_id=delivery.job_id, step=step, argv=spec.step_runtime(idx), attempt=attempt,
-                       round=job.steps[idx].round, epoch=epoch, strategy=delivery.strategy,
-                       budgets=step_budgets(job.to_record(), idx), retry_context=delivery.retry_context,
-                       step_count=len(job.steps), resets_used=job.resets_used,
+    return AttemptPlan(job_id=delivery.job_id, step=spec.steps[idx], argv=spec.step_runtime(idx),
+                       attempt=max((a["attempt"] for a in earlier), default=0) + 1, round=job.steps[idx].round,
+                       epoch=delivery.epoch, strategy=delivery.strategy, budgets=step_budgets(job.to_record(), idx),
+                       retry_context=delivery.retry_context, step_count=len(job.steps), resets_used=job.resets_used,
                        queue_retries_used=job.queue_retries_used, objective=spec.objective,
                        start_tree=kept_tree(earlier, delivery.strategy))
+
+
+def record_start(ctx: Context, plan: AttemptPlan, delivery: StepDelivery, *, task_id: str, hostname: str,
+                 lease: AttemptLease | None) -> None:
+    """Store the attempt's ``running`` record, mark the step running, emit ``attempt.started``."""
+    idx, epoch, step, attempt = plan.step.index, plan.epoch, plan.step, plan.attempt
     ctx.store.put_attempt(delivery.job_id, idx, attempt, {
         "jobId": delivery.job_id, "stepId": step.id, "stepIndex": idx, "attempt": attempt,
         "round": plan.round, "epoch": epoch, "status": "running", "attemptStrategy": delivery.strategy,
@@ -130,7 +152,6 @@ def begin_attempt(ctx: Context, job: JobState, delivery: StepDelivery, *, task_i
     ctx.bus.emit("task.step.attempt.started", delivery.job_id, epoch=epoch, stepId=step.id, stepIndex=idx,
                  attempt=attempt, strategy=plan.recovery_strategy, attemptStrategy=plan.recovery_strategy,
                  round=plan.round)
-    return plan
 
 
 def kept_tree(earlier: list[dict[str, Any]], strategy: str) -> str | None:
@@ -143,7 +164,7 @@ def kept_tree(earlier: list[dict[str, Any]], strategy: str) -> str | None:
 
 
 def _run_and_finish(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, *, task_id: str, hostname: str,
-                    lease: AttemptLease | None) -> StepOutcome:
+                    lease: AttemptLease | None, stage: StageTracker) -> StepOutcome:
     """Run the runtime under the watchdogs and the cancel check, then record and decide."""
     registry = RunningAttempts(ctx.settings.run_dir)
     idx = plan.step.index
@@ -155,6 +176,7 @@ def _run_and_finish(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, *, task_i
         ctx.store.transition_attempt(plan.job_id, idx, plan.attempt, "running", {"pid": pid})
 
     cancel = preempt_check(ctx, plan.job_id, plan.epoch)
+    stage.name = "running the attempt"
     try:
         facts = run_attempt(ctx, plan, ws, cancel_check=lease.guard(cancel) if lease is not None else cancel,
                             on_start=on_start, on_activity=OutputToucher(registry, task_id))
@@ -163,4 +185,5 @@ def _run_and_finish(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, *, task_i
     if lease is not None and not lease.confirm():
         # another worker may own the step now: record nothing, the lost-worker sweeper records this attempt
         return StepOutcome.stop(idx, "attempt lease lost")
+    stage.name = "recording the attempt"
     return finish_attempt(ctx, plan, facts, ws)

@@ -7,6 +7,7 @@ was is built once as a `FinishedAttempt`; this module only writes it out.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from celery_selfheal.context import Context
@@ -25,8 +26,10 @@ from celery_selfheal.steps.attempt_artifact import write_attempt_artifact
 from celery_selfheal.steps.evidence import write_attempt_patch
 from celery_selfheal.steps.finished import FinishedAttempt, failure_facts, judge, refused_secret
 from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome
-from celery_selfheal.workspace.checkpoints import write_checkpoint
+from celery_selfheal.workspace.checkpoints import reuse_checkpoint, write_checkpoint
 from celery_selfheal.workspace.git import GitWorkspace
+
+log = logging.getLogger(__name__)
 
 
 def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: GitWorkspace, *,
@@ -36,6 +39,11 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
     ``workspace_lost``: the attempt's workspace is on a lost worker, so a soft reset continues on
     any worker from a workspace rebuilt from the checkpoints (same round: no queue-retry budget)."""
     r, idx = facts.result, plan.step.index
+    # file names are chosen by the runtime: what is stored or shown passes the redactor (the patch
+    # itself is checked below and never persisted when it holds a secret)
+    names = tuple(ctx.redactor.redact(name) for name in facts.change.changed_files)
+    if names != facts.change.changed_files:
+        facts = replace(facts, change=replace(facts.change, changed_files=names))
     if r.cancelled:
         return _cancelled(ctx, plan, facts)
     ok, cls, signature, summary = judge(plan, r, facts.change, ctx.classifiers)
@@ -55,8 +63,9 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
         leak = secret_in_change(ctx, facts.change.patch)
         if leak is None:
             return _succeeded(ctx, current, ws, recovered=any(not h.ok for h in history[:-1]))
-        # A patch is replayed byte for byte, so it cannot be redacted: refuse to persist it.
-        reason = (f"the step's change contains a secret in {leak}; refusing to checkpoint it "
+        # A patch is replayed byte for byte, so it cannot be redacted: refuse to persist it. The file
+        # name may itself be the secret: it is named redacted.
+        reason = (f"the step's change contains a secret in {ctx.redactor.redact(leak)}; refusing to checkpoint it "
                   "(secrets must come from the environment, never be written to the repository)")
         current = replace(current, ok=False, failure_class=FailureClass.DETERMINISTIC_POLICY,
                           signature=failure_signature(reason), summary=reason, decision=refused_secret(reason))
@@ -96,23 +105,41 @@ def _cancelled(ctx: Context, plan: AttemptPlan, facts: AttemptFacts) -> StepOutc
 
 def _artifact(ctx: Context, plan: AttemptPlan) -> None:
     record = ctx.store.get_attempt(plan.job_id, plan.step.index, plan.attempt) or {}
-    write_attempt_artifact(ctx, plan.job_id, record, plan.retry_context)
+    try:
+        write_attempt_artifact(ctx, plan.job_id, record, plan.retry_context)
+    except (OSError, ValueError) as exc:
+        # evidence only, written after the decision was recorded: losing it must not lose the decision
+        log.warning("celery-selfheal: job %s: attempt artifact not written: %s", plan.job_id, exc)
 
 
 def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recovered: bool) -> StepOutcome:
     plan = done.plan
     job_id, step, epoch = plan.job_id, plan.step, plan.epoch
-    meta = write_checkpoint(ws, ctx.artifacts(job_id), step_id=step.id, step_index=step.index,
-                            attempt=plan.attempt, summary=ctx.redactor.redact(done.summary), epoch=epoch,
-                            change=done.change)
-    # the store's copy says where the artifacts went (`selfheal artifacts` names it if they are not found)
-    ctx.store.record_checkpoint(job_id, step.index, epoch, {**meta, "artifactDir": str(ctx.artifacts(job_id).base)})
+    arts = ctx.artifacts(job_id)
+    # only a step whose metadata file is already there can have been recorded (a stat, not a store
+    # round trip, on the usual path)
+    recorded = [c for c in ctx.store.list_checkpoints(job_id) if c.get("stepIndex") == step.index
+                and c.get("epoch", 0) == epoch] if arts.step_state_path(step.index).exists() else []
+    if recorded:  # an earlier run of this step recorded it, then crashed: keep files and record together
+        meta = reuse_checkpoint(ws, arts, recorded[0], done.change)
+    else:
+        meta = write_checkpoint(ws, arts, step_id=step.id, step_index=step.index,
+                                attempt=plan.attempt, summary=ctx.redactor.redact(done.summary), epoch=epoch,
+                                change=done.change)
+        # the store's copy says where the artifacts went (`selfheal artifacts` names it if they are not found)
+        ctx.store.record_checkpoint(job_id, step.index, epoch, {**meta, "artifactDir": str(arts.base)})
     ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
                                  done.record_fields(AttemptStatus.SUCCEEDED.value))
     ctx.bus.emit("task.step.attempt.finished", job_id, **done.event_fields(), exitCode=0,
                  patchSha256=meta.get("patchSha256"), changedFiles=meta.get("changedFiles"))
     if recovered:
         ctx.bus.emit("task.self_heal.recovered", job_id, **done.event_fields(), strategy=plan.recovery_strategy)
+    return complete_step(ctx, plan)
+
+
+def complete_step(ctx: Context, plan: AttemptPlan) -> StepOutcome:
+    """Mark the step of a succeeded attempt succeeded; the job too if it was the last (idempotent)."""
+    job_id, step, epoch = plan.job_id, plan.step, plan.epoch
     last = step.index + 1 >= plan.step_count
     update_step(ctx, job_id, step.index, epoch=epoch, status=StepStatus.SUCCEEDED.value,
                 job_changes=None if last else {"currentStep": step.index + 1})
@@ -123,12 +150,17 @@ def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recover
     return StepOutcome(OutcomeKind.NEXT, step.index, reason="step succeeded")
 
 
-def _failed(ctx: Context, done: FinishedAttempt, ws: GitWorkspace) -> StepOutcome:
+def record_failure(ctx: Context, done: FinishedAttempt) -> StepOutcome:
+    """Record a failed attempt (once), then give up or schedule what the controller decided."""
+    return _failed(ctx, done, None)
+
+
+def _failed(ctx: Context, done: FinishedAttempt, ws: GitWorkspace | None) -> StepOutcome:
     plan, decision = done.plan, done.decision
     job_id, step = plan.job_id, plan.step
-    evidence = write_attempt_patch(ctx.artifacts(job_id), ws, done.change, step_index=step.index,
-                                   attempt=plan.attempt, start_tree=plan.start_tree,
-                                   secret_in=lambda patch: secret_in_change(ctx, patch), redact=ctx.redactor.redact)
+    evidence = {} if ws is None else write_attempt_patch(
+        ctx.artifacts(job_id), ws, done.change, step_index=step.index, attempt=plan.attempt,
+        start_tree=plan.start_tree, secret_in=lambda patch: secret_in_change(ctx, patch), redact=ctx.redactor.redact)
     if not ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
                                         {**done.record_fields(AttemptStatus.FAILED.value), **evidence}):
         # already finished by another path (hard-limit handler, lost-worker recovery)

@@ -19,6 +19,9 @@ from celery_selfheal.runtime.supervisor import RuntimeResult
 from celery_selfheal.steps.attempt import AttemptPlan
 from celery_selfheal.workspace.git import Change
 
+#: why a runtime that never started never will (the supervisor's "cannot start runtime" reasons)
+_NEVER_STARTS = ("No such file or directory", "Exec format error", "Not a directory", "empty command")
+
 
 @dataclass(frozen=True)
 class FinishedAttempt:
@@ -103,6 +106,9 @@ def judge(plan: AttemptPlan, result: RuntimeResult, change: Change,
     summary = attempt_summary(result.detector, result.tail, note=result.note, idle_seconds=result.idle_seconds,
                               wall_seconds=result.wall_seconds)
     cls = classify(failure_facts(result), classifiers)
+    if result.pid == 0 and any(why in result.tail for why in _NEVER_STARTS):
+        # the runtime could not even be started (no such program): retrying cannot help
+        cls = FailureClass.DETERMINISTIC_CONTRACT
     signature = failure_signature(f"{result.detector.value} exit={result.exit_code} signal={result.signal}\n{summary}")
     return False, cls, signature, summary
 

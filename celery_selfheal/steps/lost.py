@@ -20,7 +20,7 @@ from celery_selfheal.core.model import Detector
 from celery_selfheal.jobs.records import spec_of, step_budgets
 from celery_selfheal.runtime.supervisor import RuntimeResult
 from celery_selfheal.steps.attempt import AttemptFacts, AttemptPlan
-from celery_selfheal.steps.finish import finish_attempt
+from celery_selfheal.steps.finish import complete_step, finish_attempt
 from celery_selfheal.steps.outcome import OutcomeKind
 from celery_selfheal.wiring.routing import enqueue_from
 from celery_selfheal.workspace.git import Change, GitWorkspace
@@ -31,6 +31,20 @@ log = logging.getLogger(__name__)
 UNKNOWN_CHANGE = Change(diff_hash=hashlib.sha256(b"").hexdigest(), changed_files=(), patch=b"", tree="")
 
 
+def complete_lost_success(ctx: Context, job: Mapping[str, Any], record: Mapping[str, Any]) -> OutcomeKind:
+    """Mark the step of a succeeded attempt whose worker died succeeded (the job too if last)."""
+    return complete_step(ctx, _plan(job, record)).kind
+
+
+def _plan(job: Mapping[str, Any], record: Mapping[str, Any]) -> AttemptPlan:
+    spec, idx = spec_of(job), int(record["stepIndex"])
+    return AttemptPlan(job_id=job["jobId"], step=spec.steps[idx], argv=spec.step_runtime(idx),
+                       attempt=int(record["attempt"]), round=record.get("round", 0), epoch=int(job.get("epoch", 0)),
+                       strategy=record.get("attemptStrategy", INITIAL), budgets=step_budgets(job, idx),
+                       step_count=len(spec.steps), resets_used=job.get("resetsUsed", 0),
+                       queue_retries_used=job.get("queueRetriesUsed", 0), objective=spec.objective)
+
+
 def finish_lost_attempt(ctx: Context, app: Celery, entry: Mapping[str, Any], *, detector: str,
                         reason: str) -> OutcomeKind | None:
     """Record a dead attempt as failed (``detector``) and schedule what the controller decides."""
@@ -39,12 +53,7 @@ def finish_lost_attempt(ctx: Context, app: Celery, entry: Mapping[str, Any], *, 
     record = ctx.store.get_attempt(job_id, idx, attempt)
     if job is None or record is None or record.get("status") != "running" or job.get("epoch") != entry["epoch"]:
         return None
-    spec = spec_of(job)
-    plan = AttemptPlan(job_id=job_id, step=spec.steps[idx], argv=spec.step_runtime(idx), attempt=attempt,
-                       round=record.get("round", 0), epoch=entry["epoch"],
-                       strategy=record.get("attemptStrategy", INITIAL), budgets=step_budgets(job, idx),
-                       step_count=len(spec.steps), resets_used=job.get("resetsUsed", 0),
-                       queue_retries_used=job.get("queueRetriesUsed", 0), objective=spec.objective)
+    plan = _plan(job, record)
     lost_worker = detector == Detector.WORKER_LOST.value
     ws = GitWorkspace(ctx.workspace_path(job_id)) if lost_worker else GitWorkspace.open(ctx.workspace_path(job_id))
     result = RuntimeResult(exit_code=None, signal=None, detector=Detector(detector), cancelled=False,

@@ -14,7 +14,7 @@ from typing import Any
 from celery_selfheal.context import Context
 from celery_selfheal.core.job_state import JobState
 from celery_selfheal.core.model import Strategy
-from celery_selfheal.errors import ReplayError
+from celery_selfheal.errors import ReplayError, WorkspaceError
 from celery_selfheal.workspace.checkpoints import replay, workspace_matches
 from celery_selfheal.workspace.git import GitWorkspace
 
@@ -38,10 +38,13 @@ def prepare_workspace(ctx: Context, job: JobState, step_index: int, strategy: st
     cps = checkpoints_before(ctx, job_id, step_index)
     if strategy != Strategy.HARD_RESET.value and (path / ".git").exists():
         if strategy in (Strategy.SOFT_RESET.value, Strategy.OPERATOR_REQUEST.value):
-            ws = GitWorkspace.open(path)
-            # base_tree: the last checkpoint's tree, even if the runtime made commits of its own
-            if ws.base_tree() == (cps[-1]["treeAfter"] if cps else ws.rev(f"{baseline}^{{tree}}")):
-                return ws
+            try:
+                ws = GitWorkspace.open(path)
+                # base_tree: the last checkpoint's tree, even if the runtime made commits of its own
+                if ws.base_tree() == (cps[-1]["treeAfter"] if cps else ws.rev(f"{baseline}^{{tree}}")):
+                    return ws
+            except WorkspaceError:
+                pass  # its repository was destroyed or replaced: rebuilt from the checkpoints below
         elif workspace_matches(path, cps, baseline):
             return GitWorkspace(path)  # workspace_matches just opened and checked it
     return replay(path, repo=str(job.get("repo")), baseline_sha=baseline, checkpoints=cps,

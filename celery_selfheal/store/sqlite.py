@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from celery_selfheal.errors import ConfigError
+from celery_selfheal.errors import ConfigError, StoreError
 from celery_selfheal.store import _codec as codec
 from celery_selfheal.store.base import FINISHED, Record, StateStore
 
@@ -99,10 +99,18 @@ class SQLiteStore(StateStore):
         if conn is not None:  # inherited through fork(): never use it, never close it
             _INHERITED.append(conn)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 whatever the umask: the store holds jobs, prompts' context and the audit trail (SQLite
+        # gives its -wal and -shm files the mode of the database file)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         # isolation_level=None: no implicit transactions; we issue BEGIN IMMEDIATE ourselves.
         conn = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT_MS / 1000,
                                isolation_level=None, check_same_thread=False)
-        self._set_up(conn)
+        try:
+            self._set_up(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            hint = "is its disk full?" if "disk" in str(exc) else "corrupt, truncated or not a SQLite file?"
+            raise StoreError(f"store {self.path}: {exc} ({hint})") from None
         local.conn, local.pid = conn, os.getpid()
         return conn
 

@@ -12,11 +12,15 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Retry
 
 from celery_selfheal.cluster.checks import ClusterOptions, cluster_options
 from celery_selfheal.cluster.leases import Delivery, GateKind, enter, hand_over_to
 from celery_selfheal.context import Context
 from celery_selfheal.core.job_state import INITIAL
+from celery_selfheal.core.model import FailureClass
+from celery_selfheal.errors import ConfigError
+from celery_selfheal.jobs import transitions
 from celery_selfheal.steps.execute import execute_step
 from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome, time_limits
 from celery_selfheal.wiring.routing import RUN_STEP, default_queue, enqueue_from, worker_queue
@@ -55,7 +59,12 @@ def delivery_of(task: Task, job_id: str, step_index: int, epoch: int, strategy: 
 
 def run_step_body(task: Task, ctx: Context, delivery: Delivery) -> dict[str, Any]:
     """One execution of ``selfheal.run_step``: gate, execute, then continue/retry/stop the chain."""
-    opts = cluster_options(ctx.settings.worker)
+    try:
+        opts = cluster_options(ctx.settings.worker)
+    except ConfigError as exc:  # every delivery would raise: end the job, naming the setting
+        fail_bad_config(ctx, delivery, exc)
+        task.request.chain = None
+        return _result(delivery, "stop", str(exc))
     # the attempt lease: one running attempt per job; a redelivered message does nothing (cluster.leases)
     gate = enter(ctx, delivery, ttl=opts.lease_ttl, busy_wait=opts.busy_wait, sweep_interval=opts.sweep_interval)
     if gate.kind is GateKind.BUSY:
@@ -72,12 +81,32 @@ def run_step_body(task: Task, ctx: Context, delivery: Delivery) -> dict[str, Any
                                enqueue=functools.partial(enqueue_from, task.app), lease=gate.lease, job=gate.job)
         if outcome.kind is OutcomeKind.RETRY:
             raise retry_step(task, ctx, delivery, outcome, gate.lease, opts)
-    finally:
+    except Retry:
         if gate.lease is not None:
             gate.lease.release()
+        raise
+    except BaseException:
+        # not even the failure could be recorded: leave the lease to expire, so that the sweeper
+        # records the attempt (or re-sends the message) instead of the job waiting for ever
+        if gate.lease is not None:
+            gate.lease.abandon()
+        raise
+    if gate.lease is not None:
+        gate.lease.release()
     if outcome.kind is OutcomeKind.STOP:
         task.request.chain = None  # stale, cancelled, parked or failed: the rest of the chain must not run
     return _result(delivery, outcome.kind.value, outcome.reason)
+
+
+def fail_bad_config(ctx: Context, delivery: Delivery, exc: ConfigError) -> None:
+    """End the job (not retryable) when this worker's own settings cannot run any step."""
+    job = ctx.store.get_job(delivery.job_id)
+    if job is None or job.get("epoch") != delivery.epoch:
+        return
+    step = (job.get("steps") or [{}])[min(delivery.step_index, len(job.get("steps") or [{}]) - 1)]
+    transitions.fail(ctx, delivery.job_id, delivery.epoch, step_id=str(step.get("stepId", "")),
+                     step_index=delivery.step_index, failure_class=FailureClass.DETERMINISTIC_CONTRACT.value,
+                     reason=f"worker configuration: {exc}", retryable=False, from_status=str(job.get("status")))
 
 
 def retry_step(task: Task, ctx: Context, delivery: Delivery, outcome: StepOutcome, lease: Any,
@@ -88,8 +117,10 @@ def retry_step(task: Task, ctx: Context, delivery: Delivery, outcome: StepOutcom
     soft, hard = time_limits(outcome.budgets)
     hostname = task.request.hostname
     queue = worker_queue(hostname) if outcome.same_worker and hostname else default_queue(task.app)
-    if lease is not None and queue != default_queue(task.app):
-        # if this worker dies before it runs the retry, the sweeper sends it to another one
+    if lease is not None and (queue != default_queue(task.app) or ctx.settings.embedded):
+        # if this worker dies before it runs the retry, the sweeper sends it to another one. On the
+        # embedded broker every retry needs this: kombu's filesystem transport deletes a message when
+        # a worker fetches it, so a countdown held in a killed worker's memory is gone for good
         hand_over_to(ctx, lease, delivery, retries=task.request.retries + 1, strategy=outcome.strategy or INITIAL,
                      retry_context=outcome.retry_context, ttl=outcome.countdown + opts.pending_grace)
     # args=() explicitly: retry(kwargs=...) would otherwise reuse request.args.

@@ -116,6 +116,17 @@ def write_checkpoint(
     return meta
 
 
+def reuse_checkpoint(ws: GitWorkspace, arts: JobArtifacts, meta: Mapping[str, Any], change: Change) -> dict[str, Any]:
+    """The checkpoint already recorded for this step and epoch (a crash came between recording it and
+    marking the attempt succeeded): its files are checked against the record and kept as they are,
+    never overwritten, so record and files cannot disagree. If the rerun produced the same tree the
+    workspace is committed there; otherwise the next step's workspace check rebuilds it by replay."""
+    verify_checkpoint(arts, meta)
+    if change.tree == meta.get("treeAfter") and change.base_tree == meta.get("treeBefore"):
+        ws.commit_change(checkpoint_message(meta), base=change.base)
+    return dict(meta)
+
+
 def verify_checkpoint(arts: JobArtifacts, meta: Mapping[str, Any]) -> bytes:
     """The checkpoint's patch bytes, after checking them against ``meta['patchSha256']``."""
     index = meta.get("stepIndex")

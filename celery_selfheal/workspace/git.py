@@ -155,7 +155,7 @@ class GitWorkspace:
     """A git work tree owned by celery-selfheal."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # GIT_DIR below must not depend on the cwd
         self.git_dir = self.path / ".git"
 
     @classmethod
@@ -206,17 +206,36 @@ class GitWorkspace:
 
     @classmethod
     def open(cls, path: Path) -> GitWorkspace:
-        """An existing workspace at ``path``; WorkspaceError if it is not a git work tree."""
+        """An existing workspace at ``path``; WorkspaceError if it is not one of our git work trees."""
         ws = cls(Path(path))
-        if not ws.git_dir.is_dir():
-            raise WorkspaceError(f"{path} is not a git workspace (no .git directory)")
+        ws.verify()
         ws.git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
         return ws
 
+    def verify(self) -> None:
+        """WorkspaceError unless ``.git`` is still the repository we cloned: a real directory with
+        HEAD, objects and our base ref. A runtime may empty, remove or replace it (``git init``);
+        git is pinned to it (`git`), so it never finds an enclosing repository instead, and this
+        check says so in one line before any snapshot or commit."""
+        d = self.git_dir
+        ok = d.is_dir() and not d.is_symlink() and (d / "HEAD").is_file() and (d / "objects").is_dir()
+        if ok and not (d / BASE_REF).is_file():
+            packed = d / "packed-refs"
+            ok = packed.is_file() and f" {BASE_REF}\n".encode() in packed.read_bytes()
+        if not ok:
+            raise WorkspaceError(f"{self.path} is not a git workspace any more: its repository {d} is "
+                                 "missing or was replaced (removed, emptied or re-initialised)")
+
     def git(self, args: Sequence[str], *, input: bytes | None = None, env: Mapping[str, str] | None = None,
             isolated: bool = True, timeout: float | None = None) -> bytes:
-        """Run git in this workspace (isolated configuration unless ``isolated=False``)."""
-        return git(args, cwd=self.path, input=input, env=env, isolated=isolated, timeout=timeout)
+        """Run git in this workspace (isolated configuration unless ``isolated=False``).
+
+        Git's directory and work tree are pinned (``GIT_DIR``, ``GIT_WORK_TREE``, and a ceiling at
+        the workspace's parent): a damaged workspace is an error, never resolved by discovery to
+        the repository that encloses the state dir (the user's own project)."""
+        pinned = {"GIT_DIR": str(self.git_dir), "GIT_WORK_TREE": str(self.path),
+                  "GIT_CEILING_DIRECTORIES": str(self.path.parent), **(env or {})}
+        return git(args, cwd=self.path, input=input, env=pinned, isolated=isolated, timeout=timeout)
 
     def _has_commit(self, sha: str) -> bool:
         try:
@@ -255,6 +274,7 @@ class GitWorkspace:
 
     def _snapshot(self, base: str) -> tuple[str, Path]:
         """Stage the whole work tree into a private copy of the index; return (tree, index path)."""
+        self.verify()
         fd, name = tempfile.mkstemp(dir=self.git_dir, prefix="selfheal-index-")
         os.close(fd)
         index = Path(name)
@@ -283,7 +303,8 @@ class GitWorkspace:
         i = 0
         while i < len(tokens) and tokens[i]:  # -z: status, path (a second one for renames/copies)
             count = 2 if tokens[i][:1] in (b"R", b"C") else 1
-            names.update(t.decode("utf-8", "surrogateescape") for t in tokens[i + 1:i + 1 + count])
+            # backslashreplace: a name that is not UTF-8 stays printable and JSON-encodable
+            names.update(t.decode("utf-8", "backslashreplace") for t in tokens[i + 1:i + 1 + count])
             i += 1 + count
         return patch, tuple(sorted(names))
 

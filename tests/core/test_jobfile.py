@@ -219,7 +219,7 @@ def test_too_many_steps():
 # --- property tests --------------------------------------------------------------------------
 
 _text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(str.strip)
-_ident = st.from_regex(r"[A-Za-z0-9._:-]{1,20}", fullmatch=True).filter(lambda s: s not in (".", ".."))
+_ident = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,19}", fullmatch=True)
 _runtime = st.lists(_text, min_size=1, max_size=3)
 _step_overrides = st.fixed_dictionaries(
     {}, optional={"step_max_attempts": st.integers(1, 9), "step_timeout_seconds": st.floats(0.5, 1e4)}

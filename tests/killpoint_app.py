@@ -1,0 +1,58 @@
+"""Worker app for the kill-point tests: the ready app, with the pool child SIGKILLing itself once
+right after a chosen write of a successful step (``KILLPOINT_AT``), as a real crash would. The
+marker file ``KILLPOINT_MARKER`` makes it happen once: the worker's next pool child runs normally."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from celery_selfheal.app import app, selfheal  # noqa: F401 - the worker's app
+from celery_selfheal.cluster.leases import AttemptLease
+from celery_selfheal.steps import finish
+from celery_selfheal.store.sqlite import SQLiteStore
+from celery_selfheal.workspace import checkpoints
+from celery_selfheal.workspace.git import GitWorkspace
+
+POINT = os.environ.get("KILLPOINT_AT", "")
+MARKER = Path(os.environ.get("KILLPOINT_MARKER", "/nonexistent/marker"))
+
+
+def _die_once(point: str) -> None:
+    if point == POINT and not MARKER.exists():
+        MARKER.write_text(point)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _after(point: str, real: Any, when: Any = lambda *a, **k: True) -> Any:
+    @functools.wraps(real)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        if when(*args, **kwargs):
+            _die_once(point)
+        return out
+
+    return wrapper
+
+
+def _is_patch(path: Any, *_: Any, **__: Any) -> bool:
+    return str(path).endswith(".patch") and "patches/steps" in str(path)
+
+
+def _succeeded(*args: Any, **kwargs: Any) -> bool:
+    return (args[5] if len(args) > 5 else kwargs.get("changes", {})).get("status") == "succeeded"
+
+
+checkpoints.atomic_write = _after("patch", checkpoints.atomic_write, _is_patch)  # type: ignore[assignment]
+checkpoints.atomic_write_json = _after("meta", checkpoints.atomic_write_json)  # type: ignore[assignment]
+GitWorkspace.commit_change = _after("commit", GitWorkspace.commit_change)  # type: ignore[method-assign]
+SQLiteStore.record_checkpoint = _after("record", SQLiteStore.record_checkpoint)  # type: ignore[method-assign]
+SQLiteStore.transition_attempt = _after("attempt", SQLiteStore.transition_attempt,  # type: ignore[method-assign]
+                                        _succeeded)
+finish.update_step = _after("step", finish.update_step,  # type: ignore[assignment]
+                            lambda *a, **k: k.get("status") == "succeeded")
+# after the step task released the lease of a succeeded step, before Celery sends the chain's next step
+AttemptLease.release = _after("released", AttemptLease.release)  # type: ignore[method-assign]
