@@ -127,7 +127,7 @@ def _check_value(key: str, value: Any, *, where: str) -> int | float:
         raise ConfigError(f"must be {op} {low:g}, got {_shown(value)}", where=where)
     high = MAX_COUNT if kind is int else MAX_SECONDS
     if value > high:
-        raise ConfigError(f"must be at most {high:g}, got {_shown(value)}", where=where)
+        raise ConfigError(f"must be <= {high:g}, got {_shown(value)}", where=where)
     if key == "step_output_loop_limit" and value == 1:
         # the first occurrence counts: 1 would call every line a loop
         raise ConfigError("must be 0 (off) or >= 2, got 1", where=where)
