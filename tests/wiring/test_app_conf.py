@@ -71,7 +71,7 @@ def test_bad_selfheal_keys_are_one_line_naming_the_key(env: dict[str, str], conf
 
 def test_a_non_redis_broker_needs_a_store_url(env: dict[str, str]) -> None:
     for conf in ({"broker_url": "amqp://guest:secret@127.0.0.1:1//"}, {}):  # {}: Celery's default amqp
-        with pytest.raises(ConfigError, match="is not Redis: a store URL is required") as err:
+        with pytest.raises(ConfigError, match="a store URL is required with the broker amqp") as err:
             settings_for_app(user_app(**conf), env=env)
         assert "secret" not in str(err.value)
     s = settings_for_app(user_app(broker_url="amqp://127.0.0.1:1//", selfheal_store_url=REDIS), env=env)
