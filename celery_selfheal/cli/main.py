@@ -123,9 +123,10 @@ def follow_job(sh: Any, job_id: str, *, as_json: bool, drive_local: bool = True)
 
 
 def _follow(sh: Any, job_id: str, *, as_json: bool, drive_local: bool, started: list[Any]) -> int:
-    from celery_selfheal.api import follow_events
+    from celery_selfheal.api import follow_events, job_finished
     from celery_selfheal.cli.progress import Progress
     from celery_selfheal.embedded.follow import follow_local
+    from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS
 
     ctx = sh.context()
     job = ctx.store.get_job(job_id) or {}
@@ -146,6 +147,8 @@ def _follow(sh: Any, job_id: str, *, as_json: bool, drive_local: bool, started: 
                       run_dir=ctx.settings.run_dir) as progress:
             for _, event in events:
                 progress.event(event)
+                if event.get("event") in TERMINAL_JOB_EVENTS and job_finished(ctx, job_id):
+                    break  # the summary first: the local worker's warm stop (on leaving) takes seconds
         job = ctx.store.get_job(job_id) or {}
         if not as_json:  # before stopping the local worker: its warm shutdown takes seconds
             from celery_selfheal.cli.result import result_lines
