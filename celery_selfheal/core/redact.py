@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_selfheal.core import redact_rules as rules
+from celery_selfheal.core.redact_catalog import catalog_for
 from celery_selfheal.core.redact_literals import literal_forms, usable_secret_value
 from celery_selfheal.core.redact_rules import REDACTED
 from celery_selfheal.core.redact_rules import is_secret_name as is_secret_env_name
@@ -62,6 +63,9 @@ class RedactionConfig:
     allowlist: tuple[str, ...] = ()
     #: Extra key names (case-insensitive) whose values are redacted in structured payloads.
     extra_keys: tuple[str, ...] = ()
+    #: Extra token formats, each a table like a ``rules/secrets.toml`` entry (id, keyword,
+    #: regex; optional prefilter, before, examples, family, description).
+    rules: tuple[Mapping[str, Any], ...] = ()
 
 
 class Redactor:
@@ -79,8 +83,9 @@ class Redactor:
             secret = name in secret_names or is_secret_env_name(name)
             if secret and usable_secret_value(value) and value.strip() not in self._allow:
                 literals |= literal_forms(value)
-        self._finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow)
-        self._window = max(DEFAULT_WINDOW, rules.MAX_RULE_SPAN, self._finder.max_literal + 64)
+        catalog = catalog_for(tuple(tuple(sorted(r.items())) for r in config.rules))
+        self._finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow, catalog)
+        self._window = max(DEFAULT_WINDOW, rules.MAX_RULE_SPAN, catalog.max_len + 64, self._finder.max_literal + 64)
         self._small: dict[str, str] = {}
 
     @property

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from celery_selfheal.core import redact_rules as rules
+from celery_selfheal.core.redact_catalog import Catalog
 from celery_selfheal.core.redact_literals import (
     Literal,
     LiteralMatcher,
@@ -48,8 +49,11 @@ _NAMES: dict[str, int] = {}
 class SpanFinder:
     """Finds the spans to redact in a text, for a fixed set of literals, patterns and allowlist."""
 
-    def __init__(self, literals: Iterable[str], extra: Iterable[str], allow: frozenset[str]) -> None:
+    def __init__(
+        self, literals: Iterable[str], extra: Iterable[str], allow: frozenset[str], catalog: Catalog | None = None
+    ) -> None:
         literals = set(literals)
+        self._catalog = catalog
         self.max_literal = max(map(len, literals), default=0)
         placed, self._table, rest = place_literals(literals, rules.PASSES)
         self._passes = [
@@ -67,6 +71,8 @@ class SpanFinder:
         scan = _Scan(text, self._table, self._first)
         for lowered, regex, actions, sparse in self._passes:
             scan.run(regex, actions, lowered, sparse)
+        if self._catalog is not None:
+            self._catalog.scan(text, scan.low, scan.found, scan.glued_tokens)
         for um in rules.URL_PASSWORD.finditer(text):
             scan.found.append(um.span(1))
         self._literals.scan(text, scan.found)
