@@ -25,6 +25,9 @@ from importlib import resources
 from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
+from celery_selfheal.core.redact_context import CONTEXT_RULES, MAX_VALUE, ContextRule
+from celery_selfheal.core.redact_rules import NOT_VALUES, is_secret_name_cached
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -114,17 +117,23 @@ def builtin_rules() -> tuple[Rule, ...]:
 class _HyperscanPrefilter:
     """All prefilters in one Hyperscan block-mode database; one scratch per thread."""
 
-    def __init__(self, rules: Sequence[Rule]) -> None:
+    def __init__(self, rules: Sequence[Rule], contexts: Sequence[ContextRule]) -> None:
         assert hyperscan is not None
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        pats = [r.prefilter.encode("ascii") for r in rules]
-        self._db.compile(expressions=pats, ids=list(range(len(rules))), elements=len(pats), flags=0)
-        # Hyperscan reports only where a match ends: the prefilter's length gives its start.
+        pats = [r.prefilter.encode("ascii") for r in rules] + [c.prefilter.encode("ascii") for c in contexts]
+        flags = [0] * len(rules) + [
+            (hyperscan.HS_FLAG_CASELESS if c.caseless else 0) | (hyperscan.HS_FLAG_MULTILINE if c.multiline else 0)
+            for c in contexts
+        ]
+        self._db.compile(expressions=pats, ids=list(range(len(pats))), elements=len(pats), flags=flags)
+        # Hyperscan reports only where a match ends (a leftmost start is too costly for these
+        # patterns): a catalog prefilter's width gives its start.
         self._width = [_width(r.prefilter) for r in rules]
         self._local = threading.local()
 
     def hits(self, text: str) -> list[tuple[int, int]]:
-        """(rule index, start of the keyword) for each prefilter match."""
+        """(rule index, keyword start) per catalog prefilter match, (index, match end) per
+        context prefilter match; context rules are numbered after the catalog's."""
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
             scratch = self._local.scratch = hyperscan.Scratch(self._db)
@@ -136,9 +145,12 @@ class _HyperscanPrefilter:
             add((rule, to))
 
         self._db.scan(data, match_event_handler=on_match, scratch=scratch)
-        width = self._width
+        width, n = self._width, len(self._width)
         out = []
         for rule, end in found:
+            if rule >= n:
+                out.append((rule, end))
+                continue
             low, high = width[rule]
             if low == high:
                 out.append((rule, end - low))
@@ -149,15 +161,17 @@ class _HyperscanPrefilter:
 
 class _PythonPrefilter:
     """``str.find`` per keyword (the fastest pure-Python prefilter measured: ~8 MB/s with the
-    built-in rules; a lookahead alternation of the keywords ran at ~2 MB/s)."""
+    built-in rules; a lookahead alternation of the keywords ran at ~2 MB/s), ``re`` per context."""
 
-    def __init__(self, rules: Sequence[Rule]) -> None:
+    def __init__(self, rules: Sequence[Rule], contexts: Sequence[ContextRule]) -> None:
         self._by_kw: dict[str, list[int]] = {}
         for i, r in enumerate(rules):
             self._by_kw.setdefault(r.keyword, []).append(i)
+        flags = [(re.I if c.caseless else 0) | (re.M if c.multiline else 0) for c in contexts]
+        self._contexts = [(len(rules) + j, re.compile(c.prefilter, f)) for j, (c, f) in enumerate(zip(contexts, flags))]
 
     def hits(self, text: str) -> list[tuple[int, int]]:
-        """(rule index, start of the keyword) for each keyword occurrence."""
+        """Like :meth:`_HyperscanPrefilter.hits`."""
         out = []
         find = text.find
         for kw, ids in self._by_kw.items():
@@ -165,47 +179,69 @@ class _PythonPrefilter:
             while pos >= 0:
                 out.extend((i, pos) for i in ids)
                 pos = find(kw, pos + 1)
+        for index, regex in self._contexts:
+            out.extend((index, m.end()) for m in regex.finditer(text))
         return out
 
 
 class Catalog:
-    """Finds the catalog's tokens in a text."""
+    """Finds the catalog's tokens and the context rules' values in a text."""
 
-    def __init__(self, rules: Iterable[Rule], engine: str = "auto") -> None:
+    def __init__(self, rules: Iterable[Rule], engine: str = "auto", contexts: Sequence[ContextRule] = CONTEXT_RULES) -> None:
         self.rules = tuple(rules)
-        self.max_len = max((r.max_len for r in self.rules), default=0)
+        self.contexts = tuple(contexts)
+        #: Longest possible match (a context match: its name, value and the text between).
+        self.max_len = max([r.max_len for r in self.rules] + [MAX_VALUE + 512])
         if engine == "auto":
             engine = "hyperscan" if hyperscan is not None else "python"
         self.engine = engine
-        self._pre = _HyperscanPrefilter(self.rules) if engine == "hyperscan" else _PythonPrefilter(self.rules)
+        pre = _HyperscanPrefilter if engine == "hyperscan" else _PythonPrefilter
+        self._pre = pre(self.rules, self.contexts)
+        self._ctx_width = [_width(c.prefilter)[1] for c in self.contexts]
 
     def scan(self, text: str, low: str, found: list[Span], glued: dict[int, int]) -> None:
-        """Append each token's span to ``found``; a token right after a letter or digit goes to
+        """Append each secret's span to ``found``; a token right after a letter or digit goes to
         ``glued`` (start -> end) instead, to be taken if another secret ends there."""
-        if not self.rules:
-            return
-        rules = self.rules
+        rules, n = self.rules, len(self.rules)
         seen: set[tuple[int, int]] = set()
-        for index, kw_start in self._pre.hits(text):
+        for index, at in self._pre.hits(text):
+            if index >= n:
+                self._context(index - n, text, at, found, seen)
+                continue
             rule = rules[index]
-            if rule.keyword != text[kw_start : kw_start + len(rule.keyword)]:
+            if rule.keyword != text[at : at + len(rule.keyword)]:
                 continue  # a non-ASCII character became "?" in the prefilter's copy
             m = None
-            for start in range(max(0, kw_start - rule.before), kw_start + 1):
+            for start in range(max(0, at - rule.before), at + 1):
                 m = rule.regex.match(text, start)
-                if m is not None and m.end() > kw_start:
+                if m is not None and m.end() > at:
                     break
                 m = None
             if m is None or m.span() in seen:
                 continue
             seen.add(m.span())
             start = m.start()
-            if "secret" in rule.regex.groupindex:  # a context rule: only the value is secret
+            if "secret" in rule.regex.groupindex:  # a rule with a context word: only the value
                 found.append(m.span("secret"))
             elif start > 0 and low[start - 1].isalnum() and low[start - 1].isascii():
                 glued[start] = max(glued.get(start, 0), m.end())
             else:
                 found.append(m.span())
+
+    def _context(self, index: int, text: str, end: int, found: list[Span], seen: set[Span]) -> None:
+        """The value of context rule ``index`` whose prefilter matched up to ``end``."""
+        rule = self.contexts[index]
+        lo = max(0, end - self._ctx_width[index])
+        m = rule.regex.search(text, lo, min(len(text), end + MAX_VALUE + 256))
+        if m is None or m.start() >= end or m.span() in seen:
+            return
+        seen.add(m.span())
+        if "name" in rule.regex.groupindex and not is_secret_name_cached(m.group("name")):
+            return
+        value = m.group("secret")
+        if value.strip().lower() in NOT_VALUES or not value.strip():
+            return
+        found.append(m.span("secret"))
 
 
 @functools.lru_cache(maxsize=16)

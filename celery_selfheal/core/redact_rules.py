@@ -177,8 +177,9 @@ def compile_pass(
 _T = "[a-z0-9_-]"  # token characters, lowercased
 _TT = "[A-Za-z0-9_-]"
 _TOKEN_PREFIXES = ("ghp", "gho", "ghu", "ghs", "ghr", "github_pat", "npm", "hf")
-#: ``<name> [quote] = / : / => / := [spaces]``: the name's rest up to the value.
-_NAME_TAIL = r"([a-z0-9_.-]{0,64}+)(?:\\?[\"'`])?[ \t]{0,8}+(?:=>|:=|=(?!=)|:(?!:))[ \t]{0,8}+"
+#: ``<name> [quote] = / : / => / := / ::= / :::= / ?= / += [spaces]``: the name's rest up to the
+#: value (make and shell assignment operators too).
+_NAME_TAIL = r"([a-z0-9_.-]{0,64}+)(?:\\?[\"'`])?[ \t]{0,8}+(?::{1,3}=|[?+]=|=>|=(?!=)|:(?!:))[ \t]{0,8}+"
 
 #: All passes. Anchors are rare letters of each word: k for token, key, cookie, sk-, sk_live_;
 #: cre for secret, cred...; p for pass... and glpat-; uth for auth...
@@ -258,14 +259,32 @@ URL_PASSWORD = re.compile(r"://[^\s/?#@:\[\]]{0,256}+:([^\s/?#\[\]]{1,256})@")
 #: delimiter, skipping an auth scheme word (``Authorization: Basic xyz`` redacts ``xyz``). A bare
 #: ``{``/``[``/``(`` that opens a structure is not a value (the inner keys are checked instead).
 VALUE = re.compile(
-    r"""\\?"((?:[^"\\\n]|\\[^"\n]){1,512})|'([^'\n]{1,512})|`([^`\n]{1,512})"""
-    r"""|(?:(?:basic|bearer|token|digest|negotiate|ntlm)[ \t]+)?"""
-    r"""(?![{\[(](?:[\s"'{\[\]})]|\Z))([^\s"'`,;&)}\]\\]{1,512})""",
+    r"""\\?"((?:[^"\\\n]|\\[^"\n]){1,4096})|'([^'\n]{1,4096})|`([^`\n]{1,4096})"""
+    r"""|(?:(?:basic|bearer|token|digest|negotiate|ntlm|api-?token|api-?key|sso-key|key|ssws|geniekey"""
+    r"""|oauth|dpop|jwt|mac|hoba|aws4-hmac-sha256|sharedkey|sharedaccesssignature|otp|pat)[ \t]+)?"""
+    r"""(?![{\[(](?:[\s"'{\[\]})]|\Z))([^\s"'`,;&)}\]\\]{1,4096})""",
     re.ASCII,
 )
 TO_EOL = re.compile(r"[^\r\n]{1,1024}", re.ASCII)
 #: Values that are never secrets, whatever the name says.
 NOT_VALUES = frozenset(w for w in _words("true false yes no on off null none nil undefined"))
+#: Code words that follow ``key=`` in source and tracebacks (``key=lambda a: ...``).
+_CODE_WORDS = _words("lambda self cls function new await async not yield return if else def class")
+#: ``key="Name" value="..."``: the quoted text after ``key=`` is a name, its value comes next.
+ATTR_VALUE = re.compile(r"""\s+value\s*=\s*["']""", re.ASCII)
+
+
+def prose_value(low: str, start: int, end: int) -> bool:
+    """True if the bare value ``low[start:end]`` (after a secret-like name) is an ordinary word
+    that goes on as prose or code, not a secret: ``auth: password reset link sent``, ``Invalid
+    token: signature has expired``, ``key=lambda a: ...``. The shape test: letters only, then a
+    space and another word, and either written as prose (a space or ``:`` before the value) or a
+    code word. ``PGPASSWORD=hunter psql ...`` (glued to ``=``, a shell prefix) stays a secret."""
+    if end - start > 24 or not low[start:end].isalpha():
+        return False
+    if low[end : end + 1] != " " or not low[end + 1 : end + 2].isalpha():
+        return False
+    return low[start - 1 : start] in (" ", "\t", ":") or low[start:end] in _CODE_WORDS
 
 
 def ascii_lower(text: str) -> str:

@@ -167,6 +167,10 @@ class _Scan:
         start, end = v.span(group)
         if low[start:end] in rules.NOT_VALUES:
             return
+        if group == 4 and start == pos and rules.prose_value(low, start, end):
+            return
+        if group < 4 and rules.ATTR_VALUE.match(low, end + 1):  # key="Name" value="...": a name
+            return
         if group == 4 and "cookie" in name.lower():  # a Cookie header: all of its pairs
             end = start + len(rules.TO_EOL.match(low, start).group())  # type: ignore[union-attr]
         self.found.append((start, end))
