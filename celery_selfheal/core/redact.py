@@ -28,6 +28,7 @@ from celery_selfheal.core.redact_literals import literal_forms, usable_secret_va
 from celery_selfheal.core.redact_rules import REDACTED
 from celery_selfheal.core.redact_rules import is_secret_name as is_secret_env_name
 from celery_selfheal.core.redact_scan import Found, SpanFinder, apply
+from celery_selfheal.core.redact_seen import SeenSecrets
 
 __all__ = [
     "REDACTED",
@@ -100,20 +101,19 @@ class Redactor:
             if done is None:
                 if len(self._small) >= 8192:
                     self._small.clear()
-                spans = self.find_spans(text).spans
+                spans = self.find_spans(text, SeenSecrets()).spans
                 done = self._small[text] = apply(text, spans, 0, len(text)) if spans else text
             return done
         if len(text) > 4 * DEFAULT_BATCH:  # same result, cache-sized pieces and less memory
             stream = StreamRedactor(self)
             stream._hard_limit = len(text) + 1  # never cut a span: exact whole-text semantics
-            step, out = DEFAULT_BATCH, ""
-            for i in range(0, len(text), step):
-                # CPython grows a string held only here in place (realloc): one fresh copy of
-                # the output instead of two (pieces, then join), and page faults dominate that.
-                out += stream.feed(text[i : i + step])
-            out += stream.flush()
-            return out
-        spans = self.find_spans(text).spans
+            step = DEFAULT_BATCH
+            # Pieces, then one join: growing one string with += is only linear while the
+            # allocator can extend it in place, which the scan's own allocations prevent.
+            pieces = [stream.feed(text[i : i + step]) for i in range(0, len(text), step)]
+            pieces.append(stream.flush())
+            return "".join(pieces)
+        spans = self.find_spans(text, SeenSecrets()).spans
         return apply(text, spans, 0, len(text)) if spans else text
 
     def redact_bytes(self, data: bytes) -> bytes:
@@ -154,9 +154,10 @@ class Redactor:
         """A new stateful redactor for one output stream."""
         return StreamRedactor(self)
 
-    def find_spans(self, text: str) -> Found:
-        """The spans to replace in ``text`` (sorted, merged) and where PEM blocks start."""
-        return self._finder.find(text)
+    def find_spans(self, text: str, seen: SeenSecrets | None = None, new_from: int = 0) -> Found:
+        """The spans to replace in ``text`` (sorted, merged) and where PEM blocks start; with
+        ``seen``, later occurrences of values redacted earlier too (see :mod:`redact_seen`)."""
+        return self._finder.find(text, seen, new_from)
 
 
 class StreamRedactor:
@@ -191,6 +192,7 @@ class StreamRedactor:
         self._pending: list[str] = []
         self._pending_len = 0
         self._pem_tail: str | None = None  # not None while inside a PEM block
+        self._seen = SeenSecrets()  # values redacted so far: redacted wherever they recur
 
     @property
     def pending_chars(self) -> int:
@@ -227,7 +229,7 @@ class StreamRedactor:
     def _process(self, final: bool) -> str:
         scan, off = "".join([self._ctx, *self._pending]), len(self._ctx)
         buf_len = len(scan) - off
-        found = self._r.find_spans(scan)
+        found = self._r.find_spans(scan, self._seen, off)
         spans, open_pem = found.spans, found.open_pem
         cut = len(scan) if final else len(scan) - self._r.window
         enter_pem = forced = False
@@ -244,6 +246,8 @@ class StreamRedactor:
                     forced = True
                 break
         out = apply(scan, spans, off, cut)
+        # Only values first seen in what is emitted now: one held back is found again next time.
+        self._seen.commit(v for v, at in sorted(found.new.items(), key=lambda kv: kv[1]) if at < cut)
         if enter_pem:
             begin = rules.PEM_BEGIN.search(scan, open_pem)
             hdr_end = begin.end() if begin else open_pem

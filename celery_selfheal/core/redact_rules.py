@@ -176,7 +176,6 @@ def compile_pass(
 
 _T = "[a-z0-9_-]"  # token characters, lowercased
 _TT = "[A-Za-z0-9_-]"
-_TOKEN_PREFIXES = ("ghp", "gho", "ghu", "ghs", "ghr", "github_pat", "npm", "hf")
 #: ``<name> [quote] = / : / => / := / ::= / :::= / ?= / += [spaces]``: the name's rest up to the
 #: value (make and shell assignment operators too).
 _NAME_TAIL = r"([a-z0-9_.-]{0,64}+)(?:\\?[\"'`])?[ \t]{0,8}+(?::{1,3}=|[?+]=|=>|=(?!=)|:(?!:))[ \t]{0,8}+"
@@ -220,26 +219,12 @@ PASSES = (
         host_rank=2,
     ),
     PassSpec(
-        "_",
-        (
-            (r"(?<=gh[pousr]_)[a-z0-9]{20,255}", 3),  # GitHub ghp_, gho_, ghu_, ghs_, ghr_
-            (r"(?<=github_pat_)[a-z0-9_]{20,255}", 10),
-            (r"(?<=npm_)[a-z0-9]{20,255}", 3),
-            (r"(?<=hf_)[a-z0-9]{20,255}", 2),  # Hugging Face
-        ),
-        lowered=True,
-        blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "_") or i < 10 or lit[:i].endswith(_TOKEN_PREFIXES),
-        host_rank=4,
-        guard=r"(?=[a-z0-9_]{20})",  # "_" is common in logs, 20 token characters after it are not
-    ),
-    PassSpec(
         "p",
         (("ass" + _NAME_TAIL, NAME), (rf"at-(?<=glpat-){_T}{{20,255}}", 2)),  # pass..., GitLab
         lowered=True,
         blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "p", "a"),
         host_rank=3,
     ),
-    PassSpec("xox", ((r"[abprs]-[a-z0-9-]{10,255}", 0),), lowered=True),  # Slack
     PassSpec("cre", ((r"t(?<=secret)" + _NAME_TAIL, NAME), (r"d" + _NAME_TAIL, NAME)), lowered=True),
     PassSpec("uth", ((r"(?<=auth)" + _NAME_TAIL, NAME),), lowered=True),
     PassSpec("bearer", ((r"[ \t]{1,8}([a-z0-9._~+/=-]{8,1024})", BEARER),), lowered=True),

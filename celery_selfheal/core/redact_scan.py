@@ -24,6 +24,7 @@ from celery_selfheal.core.redact_literals import (
     place_literals,
 )
 from celery_selfheal.core.redact_rules import BEARER, LITERAL, NAME, REDACTED, SECRET_SUFFIX
+from celery_selfheal.core.redact_seen import SeenSecrets, rememberable
 
 Span = tuple[int, int]
 
@@ -37,6 +38,8 @@ class Found(NamedTuple):
     open_pem: int
     #: Starts of all PEM blocks.
     pem_starts: list[int]
+    #: Values redacted here for the first time -> where first (see :mod:`redact_seen`).
+    new: dict[str, int]
 
 
 #: Characters up to a name's end that key :data:`_NAMES`: they decide a shorter name.
@@ -53,6 +56,7 @@ class SpanFinder:
         self, literals: Iterable[str], extra: Iterable[str], allow: frozenset[str], catalog: Catalog | None = None
     ) -> None:
         literals = set(literals)
+        self._literal_set = frozenset(literals)
         self._catalog = catalog
         self.max_literal = max(map(len, literals), default=0)
         placed, self._table, rest = place_literals(literals, rules.PASSES)
@@ -66,8 +70,10 @@ class SpanFinder:
         self._extra = tuple(re.compile(p) for p in extra)
         self._allow = allow
 
-    def find(self, text: str) -> Found:
-        """The spans to replace in ``text``."""
+    def find(self, text: str, seen: SeenSecrets | None = None, new_from: int = 0) -> Found:
+        """The spans to replace in ``text``; with ``seen``, also every later occurrence of a
+        value redacted from ``new_from`` on (before it is context only: a name cut short there
+        is no proof) or remembered in ``seen`` (the caller commits :attr:`Found.new`)."""
         scan = _Scan(text, self._table, self._first)
         for lowered, regex, actions, sparse in self._passes:
             scan.run(regex, actions, lowered, sparse)
@@ -83,8 +89,20 @@ class SpanFinder:
         found = scan.found
         if self._allow:
             found = [s for s in found if text[s[0] : s[1]] not in self._allow]
-        spans = merge([s for s in found if not text.startswith(REDACTED, s[0])])
-        return Found(spans, open_pem, scan.pem_starts)
+        found = [s for s in found if not text.startswith(REDACTED, s[0])]
+        new: dict[str, int] = {}
+        if seen is not None:
+            for start, end in found:
+                value = text[start:end]
+                if start < new_from or value in seen or value in self._literal_set:
+                    continue
+                if rememberable(value):
+                    if start < new.get(value, start + 1):
+                        new[value] = start
+            if len(new) > seen.room:  # the first ones in stream order (the same at any split)
+                new = dict(sorted(new.items(), key=lambda kv: kv[1])[: seen.room])
+            found += seen.occurrences(text, new)
+        return Found(merge(found), open_pem, scan.pem_starts, new)
 
 
 class _Scan:
