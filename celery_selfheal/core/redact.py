@@ -80,13 +80,17 @@ class Redactor:
         self._extra_keys = frozenset(k.lower() for k in config.extra_keys)
         secret_names = frozenset(config.extra_env_names)
         literals: set[str] = set()
+        values: list[str] = []
         for name, value in env.items():
             secret = name in secret_names or is_secret_env_name(name)
             if secret and usable_secret_value(value) and value.strip() not in self._allow:
                 literals |= literal_forms(value)
+                values.append(value)
         catalog = catalog_for(tuple(tuple(sorted(r.items())) for r in config.rules))
-        self._finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow, catalog)
-        self._window = max(DEFAULT_WINDOW, rules.MAX_RULE_SPAN, catalog.max_len + 64, self._finder.max_literal + 64)
+        self._finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow, catalog, values)
+        self._window = max(
+            DEFAULT_WINDOW, rules.MAX_RULE_SPAN, catalog.max_len + 64, self._finder.max_literal + 64, self._finder.max_wrapped
+        )
         self._small: dict[str, str] = {}
 
     @property

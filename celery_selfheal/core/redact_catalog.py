@@ -33,6 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+hyperscan: Any
 try:  # the wheel ships its own library; a platform without one falls back to pure Python
     import hyperscan
 except ImportError:  # pragma: no cover - exercised only where the wheel is missing
@@ -168,11 +169,13 @@ class _PythonPrefilter:
         for i, r in enumerate(rules):
             self._by_kw.setdefault(r.keyword, []).append(i)
         flags = [(re.I if c.caseless else 0) | (re.M if c.multiline else 0) for c in contexts]
-        self._contexts = [(len(rules) + j, re.compile(c.prefilter, f)) for j, (c, f) in enumerate(zip(contexts, flags))]
+        self._contexts = [
+            (len(rules) + j, re.compile(c.prefilter, f)) for j, (c, f) in enumerate(zip(contexts, flags, strict=True))
+        ]
 
     def hits(self, text: str) -> list[tuple[int, int]]:
         """Like :meth:`_HyperscanPrefilter.hits`."""
-        out = []
+        out: list[tuple[int, int]] = []
         find = text.find
         for kw, ids in self._by_kw.items():
             pos = find(kw)
@@ -187,7 +190,9 @@ class _PythonPrefilter:
 class Catalog:
     """Finds the catalog's tokens and the context rules' values in a text."""
 
-    def __init__(self, rules: Iterable[Rule], engine: str = "auto", contexts: Sequence[ContextRule] = CONTEXT_RULES) -> None:
+    def __init__(
+        self, rules: Iterable[Rule], engine: str = "auto", contexts: Sequence[ContextRule] = CONTEXT_RULES
+    ) -> None:
         self.rules = tuple(rules)
         self.contexts = tuple(contexts)
         #: Longest possible match (a context match: its name, value and the text between).

@@ -30,7 +30,9 @@ class ContextRule(NamedTuple):
     multiline: bool = False
 
 
-def _rule(rid: str, description: str, prefilter: str, regex: str, *, caseless: bool = True, multiline: bool = False) -> ContextRule:
+def _rule(
+    rid: str, description: str, prefilter: str, regex: str, *, caseless: bool = True, multiline: bool = False
+) -> ContextRule:
     flags = (re.IGNORECASE if caseless else 0) | (re.MULTILINE if multiline else 0)
     return ContextRule(rid, description, prefilter, re.compile(regex, flags | re.ASCII), caseless, multiline)
 

@@ -25,6 +25,7 @@ from celery_selfheal.core.redact_literals import (
 )
 from celery_selfheal.core.redact_rules import BEARER, LITERAL, NAME, REDACTED, SECRET_SUFFIX
 from celery_selfheal.core.redact_seen import SeenSecrets, rememberable
+from celery_selfheal.core.redact_wrapped import WrappedBase64
 
 Span = tuple[int, int]
 
@@ -53,12 +54,19 @@ class SpanFinder:
     """Finds the spans to redact in a text, for a fixed set of literals, patterns and allowlist."""
 
     def __init__(
-        self, literals: Iterable[str], extra: Iterable[str], allow: frozenset[str], catalog: Catalog | None = None
+        self,
+        literals: Iterable[str],
+        extra: Iterable[str],
+        allow: frozenset[str],
+        catalog: Catalog | None = None,
+        raw_values: Iterable[str] = (),
     ) -> None:
         literals = set(literals)
         self._literal_set = frozenset(literals)
         self._catalog = catalog
         self.max_literal = max(map(len, literals), default=0)
+        self._wrapped = WrappedBase64(raw_values)
+        self.max_wrapped = self._wrapped.max_len + 64
         placed, self._table, rest = place_literals(literals, rules.PASSES)
         self._passes = [
             (spec.lowered, *rules.compile_pass(spec, placed.get(i, ())), spec.anchor if spec.sparse else "")
@@ -82,6 +90,7 @@ class SpanFinder:
         for um in rules.URL_PASSWORD.finditer(text):
             scan.found.append(um.span(1))
         self._literals.scan(text, scan.found)
+        self._wrapped.scan(text, scan.found)
         for regex in self._extra:
             scan.found.extend(em.span() for em in regex.finditer(text) if em.end() > em.start())
         open_pem = scan.pem_blocks()
@@ -96,9 +105,8 @@ class SpanFinder:
                 value = text[start:end]
                 if start < new_from or value in seen or value in self._literal_set:
                     continue
-                if rememberable(value):
-                    if start < new.get(value, start + 1):
-                        new[value] = start
+                if rememberable(value) and start < new.get(value, start + 1):
+                    new[value] = start
             if len(new) > seen.room:  # the first ones in stream order (the same at any split)
                 new = dict(sorted(new.items(), key=lambda kv: kv[1])[: seen.room])
             found += seen.occurrences(text, new)
