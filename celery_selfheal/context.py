@@ -15,6 +15,8 @@ from pathlib import Path
 from celery_selfheal.artifacts import JobArtifacts, check_safe_id
 from celery_selfheal.core.classify import Classifier
 from celery_selfheal.core.redact import RedactionConfig, Redactor
+from celery_selfheal.core.redact_catalog import CatalogError, make_rule
+from celery_selfheal.errors import ConfigError
 from celery_selfheal.events import EventBus
 from celery_selfheal.settings import Settings, load_settings
 from celery_selfheal.sinks.base import EventSink
@@ -43,11 +45,21 @@ class Context:
 def redaction_config(settings: Settings) -> RedactionConfig:
     """`RedactionConfig` from the ``[redaction]`` table of config.toml."""
     table = settings.redaction
+    rules = table.get("rules", ())
+    where = f"{settings.config_path or 'config.toml'}: redaction.rules"
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise ConfigError("must be an array of tables ([[redaction.rules]])", where=where)
+    for i, rule in enumerate(rules):  # the same checks as the built-in rule file's
+        try:
+            make_rule(rule, f"entry {i}")
+        except CatalogError as exc:
+            raise ConfigError(str(exc), where=where) from None
     return RedactionConfig(
         extra_patterns=tuple(table.get("extra_patterns", ())),
         extra_env_names=tuple(table.get("extra_env_names", ())),
         allowlist=tuple(table.get("allowlist", ())),
         extra_keys=tuple(table.get("extra_keys", ())),
+        rules=tuple(rules),
     )
 
 

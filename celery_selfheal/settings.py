@@ -9,7 +9,7 @@ broker, the store and the artifact location.
 - ``[selfheal]``: budget defaults (REQ-02 key names), validated by `core.budgets`;
 - ``[state]``: ``state_dir``, ``broker_url``, ``store_url``, ``artifact_root``, ``workspace_root``;
 - ``[statsd]``: ``host``, ``port``, ``prefix``, ``tag_style``, ``enabled``;
-- ``[redaction]``: ``extra_patterns``, ``extra_env_names``, ``allowlist``, ``extra_keys``.
+- ``[redaction]``: ``extra_patterns``, ``extra_env_names``, ``allowlist``, ``extra_keys``, ``rules``.
 
 Without a broker URL everything is embedded under the state dir (default ``./.selfheal``):
 a ``filesystem://`` broker, a SQLite store, artifacts and workspaces.

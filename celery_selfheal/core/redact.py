@@ -69,6 +69,11 @@ class RedactionConfig:
     rules: tuple[Mapping[str, Any], ...] = ()
 
 
+def _hashable(rule: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A config rule as sorted items, lists as tuples (the catalog is cached by its rules)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in rule.items()))
+
+
 class Redactor:
     """Scrubs secrets from text. Pure: reads only the env mapping it is given (or ``os.environ``
     once, at construction, when ``env`` is None)."""
@@ -86,10 +91,11 @@ class Redactor:
             if secret and usable_secret_value(value) and value.strip() not in self._allow:
                 literals |= literal_forms(value)
                 values.append(value)
-        catalog = catalog_for(tuple(tuple(sorted(r.items())) for r in config.rules))
+        catalog = catalog_for(tuple(_hashable(rule) for rule in config.rules))
         self._finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow, catalog, values)
+        finder = self._finder
         self._window = max(
-            DEFAULT_WINDOW, rules.MAX_RULE_SPAN, catalog.max_len + 64, self._finder.max_literal + 64, self._finder.max_wrapped
+            DEFAULT_WINDOW, rules.MAX_RULE_SPAN, catalog.max_len + 64, finder.max_literal + 64, finder.max_wrapped
         )
         self._small: dict[str, str] = {}
 

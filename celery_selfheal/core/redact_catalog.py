@@ -236,17 +236,21 @@ class Catalog:
     def _context(self, index: int, text: str, end: int, found: list[Span], seen: set[Span]) -> None:
         """The value of context rule ``index`` whose prefilter matched up to ``end``."""
         rule = self.contexts[index]
-        lo = max(0, end - self._ctx_width[index])
-        m = rule.regex.search(text, lo, min(len(text), end + MAX_VALUE + 256))
-        if m is None or m.start() >= end or m.span() in seen:
-            return
-        seen.add(m.span())
-        if "name" in rule.regex.groupindex and not is_secret_name_cached(m.group("name")):
-            return
-        value = m.group("secret")
-        if value.strip().lower() in NOT_VALUES or not value.strip():
-            return
-        found.append(m.span("secret"))
+        pos, stop = max(0, end - self._ctx_width[index]), min(len(text), end + MAX_VALUE + 256)
+        named = "name" in rule.regex.groupindex
+        while True:  # the window may hold other matches first (<username>ci</username><password>)
+            m = rule.regex.search(text, pos, stop)
+            if m is None or m.start() >= end:
+                return
+            pos = m.start() + 1
+            if m.span() in seen:
+                continue
+            seen.add(m.span())
+            if named and not is_secret_name_cached(m.group("name")):
+                continue
+            value = m.group("secret").strip()
+            if value and value.lower() not in NOT_VALUES:
+                found.append(m.span("secret"))
 
 
 @functools.lru_cache(maxsize=16)

@@ -259,13 +259,24 @@ _CODE_WORDS = _words("lambda self cls function new await async not yield return 
 ATTR_VALUE = re.compile(r"""\s+value\s*=\s*["']""", re.ASCII)
 
 
+#: A call (``make_token(``) or an attribute of ``self``/``cls``/``this``.
+_CODE = re.compile(r"[a-z_][a-z0-9_]{0,63}(?:\.[a-z_][a-z0-9_]{0,63}){0,8}\(|(?:self|cls|this)\.[a-z_][a-z0-9_.]*$")
+#: Plural names count things: ``keys=12`` is a number of keys.
+PLURALS = ("keys", "secrets", "tokens", "passwords", "credentials", "cookies")
+
+
 def prose_value(low: str, start: int, end: int) -> bool:
     """True if the bare value ``low[start:end]`` (after a secret-like name) is an ordinary word
     that goes on as prose or code, not a secret: ``auth: password reset link sent``, ``Invalid
     token: signature has expired``, ``key=lambda a: ...``. The shape test: letters only, then a
     space and another word, and either written as prose (a space or ``:`` before the value) or a
-    code word. ``PGPASSWORD=hunter psql ...`` (glued to ``=``, a shell prefix) stays a secret."""
-    if end - start > 24 or not low[start:end].isalpha():
+    code word. ``PGPASSWORD=hunter psql ...`` (glued to ``=``, a shell prefix) stays a secret.
+    Code that computes a value (``token = make_token(user)``, ``= self.token``) is no secret."""
+    value = low[start:end]
+    code = _CODE.match(value)  # make_token(user), self.token: code that computes the secret
+    if code and (not value.endswith(")") and low[end : end + 1] in "),\n" or value.startswith(("self.", "cls."))):
+        return True
+    if end - start > 24 or not value.isalpha():
         return False
     if low[end : end + 1] != " " or not low[end + 1 : end + 2].isalpha():
         return False

@@ -195,6 +195,8 @@ class _Scan:
             return
         if group == 4 and start == pos and rules.prose_value(low, start, end):
             return
+        if low[start:end].isdigit() and name.lower().endswith(rules.PLURALS):  # keys=12: a count
+            return
         if group < 4 and rules.ATTR_VALUE.match(low, end + 1):  # key="Name" value="...": a name
             return
         if group == 4 and "cookie" in name.lower():  # a Cookie header: all of its pairs
