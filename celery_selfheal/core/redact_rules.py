@@ -274,7 +274,7 @@ def prose_value(low: str, start: int, end: int) -> bool:
     Code that computes a value (``token = make_token(user)``, ``= self.token``) is no secret."""
     value = low[start:end]
     code = _CODE.match(value)  # make_token(user), self.token: code that computes the secret
-    if code and (not value.endswith(")") and low[end : end + 1] in "),\n" or value.startswith(("self.", "cls."))):
+    if code and ((not value.endswith(")") and low[end : end + 1] in "),\n") or value.startswith(("self.", "cls."))):
         return True
     if end - start > 24 or not value.isalpha():
         return False
