@@ -4,11 +4,17 @@ One :class:`Redactor` is built from an environment mapping and a :class:`Redacti
 sink uses it before anything is persisted, logged, emitted or put in a prompt. What it removes:
 
 - the values of secret-named env vars (:func:`is_secret_env_name`) and their base64 / URL-encoded /
-  JSON-escaped forms, longest first;
-- well-known token shapes (GitHub, AWS key ids, Slack, OpenAI/Anthropic ``sk-``, Google ``AIza``,
-  GitLab, npm, Hugging Face, Stripe, JWT), PEM private keys (an unterminated block is redacted to
-  the end of the text), ``Bearer`` tokens, passwords in ``scheme://user:pass@host``, and values of
-  ``name=value`` / ``name: value`` / ``"name": "value"`` with a secret-like name;
+  JSON-escaped forms, longest first, and their base64 wrapped at any line width
+  (:mod:`redact_wrapped`);
+- the provider token formats of the catalog (:mod:`redact_catalog`, data in
+  ``rules/secrets.toml``: GitHub, GitLab, AWS, Slack, OpenAI, Stripe, ... 250+ formats), found on
+  their own; PEM private keys (an unterminated block is redacted to the end of the text), JWTs,
+  ``Bearer`` tokens, passwords in ``scheme://user:pass@host``;
+- values by context: ``name=value`` / ``name: value`` / ``"name": "value"`` (also make's ``?=``
+  ``::=`` ``+=``) with a secret-like name unless the value reads as prose or code, and the
+  contexts of :mod:`redact_context` (XML settings, ``curl -u``, ``mysql -p``, ``.netrc``, ...);
+- once seen, always redacted: a value redacted once is redacted wherever it recurs later in the
+  same text or stream (:mod:`redact_seen`);
 - in :meth:`Redactor.redact_obj`, every value under a secret-like key.
 
 Each secret becomes :data:`REDACTED`; the text around it is kept. Redaction is idempotent, and

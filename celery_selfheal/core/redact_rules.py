@@ -1,7 +1,9 @@
 """Rule tables of the redactor: secret-name classification, token shapes, assignments, PEM.
 
 Pure data and small functions; the scanning loop lives in :mod:`redact_scan`, env values in
-:mod:`redact_literals`.
+:mod:`redact_literals`. Provider token formats without a name beside them are in the catalog
+(:mod:`redact_catalog`), run by a multi-pattern engine; the passes here are the name rules
+(which match too often in logs for a per-hit callback) and a few shapes that host env literals.
 
 Speed notes (why the regexes look the way they do): CPython's ``re`` only skips quickly through
 text (~2 GB/s) when a pattern starts with one literal string; an alternation of prefixes
