@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 from collections.abc import Iterable
 
 from celery_selfheal.core.redact_catalog import hyperscan
@@ -45,6 +46,7 @@ class WrappedBase64:
         self.max_len = 3 * max(map(len, self.forms), default=0) + 8
         patterns = ["(?:\\r?\\n)?".join(re.escape(c) for c in form) for form in self.forms]
         self._db: object = None
+        self._local = threading.local()  # a Hyperscan scratch is per thread
         self._regexes: list[re.Pattern[str]] = []
         if patterns and hyperscan is not None:
             db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
@@ -62,7 +64,11 @@ class WrappedBase64:
             def on_match(index: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
                 ends.append((index, to))
 
-            self._db.scan(text.encode("ascii", "replace"), match_event_handler=on_match)  # type: ignore[attr-defined]
+            scratch = getattr(self._local, "scratch", None)
+            if scratch is None:
+                scratch = self._local.scratch = hyperscan.Scratch(self._db)
+            data = text.encode("ascii", "replace")
+            self._db.scan(data, match_event_handler=on_match, scratch=scratch)  # type: ignore[attr-defined]
         for index, regex in enumerate(self._regexes):  # pragma: no cover - no wheel
             ends.extend((index, m.end()) for m in regex.finditer(text))
         for index, end in ends:

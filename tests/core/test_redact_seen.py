@@ -127,3 +127,14 @@ def test_coreutils_base64_output() -> None:
 def test_wrapped_base64_of_other_text_is_kept() -> None:
     text = _wrapped(b"just some ordinary file contents, nothing secret in here at all", 20)
     assert RE.redact(text) == text
+
+
+def test_one_redactor_in_many_threads() -> None:
+    """The Hyperscan databases are shared; each thread scans with its own scratch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = _wrapped(ENV["OPENAI_API_KEY"].encode(), 76)
+    text = f"ghp_{'a1B2' * 9} {body} dop_v1_{'ab' * 32}\n" * 2000
+    expected = RE.redact(text)
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(RE.redact, [text] * 8)) == [expected] * 8
