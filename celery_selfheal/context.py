@@ -45,9 +45,9 @@ class Context:
 def redaction_config(settings: Settings) -> RedactionConfig:
     """`RedactionConfig` from the ``[redaction]`` table of config.toml."""
     table = settings.redaction
-    rules = table.get("rules", ())
+    rules = table.get("rules", [])
     where = f"{settings.config_path or 'config.toml'}: redaction.rules"
-    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+    if not isinstance(rules, (list, tuple)) or not all(isinstance(r, dict) for r in rules):
         raise ConfigError("must be an array of tables ([[redaction.rules]])", where=where)
     for i, rule in enumerate(rules):  # the same checks as the built-in rule file's
         try:

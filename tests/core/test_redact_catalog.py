@@ -206,3 +206,24 @@ def test_text_without_secrets_is_unchanged(text: str) -> None:
     for word in ("key", "pass", "token", "secret", "auth", "cred", "cookie", "bearer", "pat", "pwd", "jwt", "dsn"):
         words = words.replace(word, "")
     assert R.redact(words) == words
+
+
+def _settings(redaction: dict[str, object]) -> object:
+    from celery_selfheal.settings import Settings
+
+    p = Path("/nonexistent")
+    return Settings(state_dir=p, broker_url="filesystem://", store_url="sqlite://", artifact_root=p,
+                    workspace_root=p, config_path=Path("config.toml"), redaction=redaction)
+
+
+def test_redaction_config_rules_key() -> None:
+    from celery_selfheal.context import redaction_config
+    from celery_selfheal.errors import ConfigError
+
+    assert redaction_config(_settings({})).rules == ()  # type: ignore[arg-type]
+    rule = {"id": "acme-key", "keyword": "acme_", "regex": "acme_[a-z0-9]{24}"}
+    assert redaction_config(_settings({"rules": [rule]})).rules == (rule,)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"config.toml: redaction.rules.*does not compile"):
+        redaction_config(_settings({"rules": [{**rule, "regex": "acme_("}]}))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="array of tables"):
+        redaction_config(_settings({"rules": "acme"}))  # type: ignore[arg-type]
