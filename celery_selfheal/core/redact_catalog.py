@@ -42,6 +42,12 @@ except ImportError:  # pragma: no cover - exercised only where the wheel is miss
 Span = tuple[int, int]
 
 
+def ascii_bytes(text: str) -> bytes:
+    """``text`` as ASCII bytes at the same positions (non-ASCII becomes ``?``): what the
+    Hyperscan databases scan. One copy per scanned batch, shared by all of them."""
+    return text.encode("ascii", "replace")
+
+
 @dataclass(frozen=True)
 class Rule:
     """One token format."""
@@ -132,15 +138,16 @@ class _HyperscanPrefilter:
         self._width = [_width(r.prefilter) for r in rules]
         self._local = threading.local()
 
-    def hits(self, text: str) -> list[tuple[int, int]]:
+    def hits(self, text: str, data: bytes | None = None) -> list[tuple[int, int]]:
         """(rule index, keyword start) per catalog prefilter match, (index, match end) per
-        context prefilter match; context rules are numbered after the catalog's."""
+        context prefilter match; context rules are numbered after the catalog's. ``data``:
+        :func:`ascii_bytes` of the text, if the caller has it."""
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
             scratch = self._local.scratch = hyperscan.Scratch(self._db)
         found: list[tuple[int, int]] = []
         add = found.append
-        data = text.encode("ascii", "replace")  # same positions as the text
+        data = ascii_bytes(text) if data is None else data
 
         def on_match(rule: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
             add((rule, to))
@@ -173,7 +180,7 @@ class _PythonPrefilter:
             (len(rules) + j, re.compile(c.prefilter, f)) for j, (c, f) in enumerate(zip(contexts, flags, strict=True))
         ]
 
-    def hits(self, text: str) -> list[tuple[int, int]]:
+    def hits(self, text: str, data: bytes | None = None) -> list[tuple[int, int]]:
         """Like :meth:`_HyperscanPrefilter.hits`."""
         out: list[tuple[int, int]] = []
         find = text.find
@@ -204,12 +211,12 @@ class Catalog:
         self._pre = pre(self.rules, self.contexts)
         self._ctx_width = [_width(c.prefilter)[1] for c in self.contexts]
 
-    def scan(self, text: str, low: str, found: list[Span], glued: dict[int, int]) -> None:
+    def scan(self, text: str, low: str, found: list[Span], glued: dict[int, int], data: bytes | None = None) -> None:
         """Append each secret's span to ``found``; a token right after a letter or digit goes to
         ``glued`` (start -> end) instead, to be taken if another secret ends there."""
         rules, n = self.rules, len(self.rules)
         seen: set[tuple[int, int]] = set()
-        for index, at in self._pre.hits(text):
+        for index, at in self._pre.hits(text, data):
             if index >= n:
                 self._context(index - n, text, at, found, seen)
                 continue

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from celery_selfheal.core import redact_rules as rules
-from celery_selfheal.core.redact_catalog import Catalog
+from celery_selfheal.core.redact_catalog import Catalog, ascii_bytes
 from celery_selfheal.core.redact_literals import (
     Literal,
     LiteralMatcher,
@@ -83,14 +83,15 @@ class SpanFinder:
         value redacted from ``new_from`` on (before it is context only: a name cut short there
         is no proof) or remembered in ``seen`` (the caller commits :attr:`Found.new`)."""
         scan = _Scan(text, self._table, self._first)
+        data = ascii_bytes(text)  # one copy for the Hyperscan databases
         for lowered, regex, actions, sparse in self._passes:
             scan.run(regex, actions, lowered, sparse)
         if self._catalog is not None:
-            self._catalog.scan(text, scan.low, scan.found, scan.glued_tokens)
+            self._catalog.scan(text, scan.low, scan.found, scan.glued_tokens, data)
         for um in rules.URL_PASSWORD.finditer(text):
             scan.found.append(um.span(1))
         self._literals.scan(text, scan.found)
-        self._wrapped.scan(text, scan.found)
+        self._wrapped.scan(text, scan.found, data)
         for regex in self._extra:
             scan.found.extend(em.span() for em in regex.finditer(text) if em.end() > em.start())
         open_pem = scan.pem_blocks()
@@ -109,7 +110,7 @@ class SpanFinder:
                     new[value] = start
             if len(new) > seen.room:  # the first ones in stream order (the same at any split)
                 new = dict(sorted(new.items(), key=lambda kv: kv[1])[: seen.room])
-            found += seen.occurrences(text, new)
+            found += seen.occurrences(text, new, data)
         return Found(merge(found), open_pem, scan.pem_starts, new)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from celery_selfheal.core.redact_catalog import hyperscan
+from celery_selfheal.core.redact_catalog import ascii_bytes, hyperscan
 from celery_selfheal.core.redact_literals import literal_forms, literal_span
 from celery_selfheal.core.redact_rules import REDACTED
 
@@ -74,7 +74,7 @@ class SeenSecrets:
             forms = self._forms[value] = frozenset(f for f in literal_forms(value) if len(f) >= MIN_VALUE_LEN)
         return forms
 
-    def occurrences(self, text: str, new: Mapping[str, int]) -> list[Span]:
+    def occurrences(self, text: str, new: Mapping[str, int], data: bytes | None = None) -> list[Span]:
         """Spans of every remembered value (and form) in ``text``, and of each ``new`` value
         (value -> where it was first found in ``text``) after that first place."""
         values = list(self._values) + [v for v in new if v not in self._values]
@@ -89,7 +89,7 @@ class SeenSecrets:
         if hyperscan is None or len(text) * len(forms) <= _FIND_BUDGET:
             self._find(text, forms, out)
         else:
-            self._scan(text, tuple(values), forms, out)
+            self._scan(text, tuple(values), forms, out, ascii_bytes(text) if data is None else data)
         return out
 
     @staticmethod
@@ -101,7 +101,9 @@ class SeenSecrets:
                 out.append(literal_span(text, pos, len(form)))
                 pos = find(form, pos + 1)
 
-    def _scan(self, text: str, key: tuple[str, ...], forms: Mapping[str, int], out: list[Span]) -> None:
+    def _scan(
+        self, text: str, key: tuple[str, ...], forms: Mapping[str, int], out: list[Span], data: bytes
+    ) -> None:
         """One Hyperscan literal pass (database rebuilt only when the set of values changes)."""
         ascii_forms = {f: a for f, a in forms.items() if f.isascii()}
         self._find(text, {f: a for f, a in forms.items() if not f.isascii()}, out)
@@ -116,7 +118,7 @@ class SeenSecrets:
         def on_match(index: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
             hits.append((index, to))
 
-        self._db.scan(text.encode("ascii", "replace"), match_event_handler=on_match)  # type: ignore[attr-defined]
+        self._db.scan(data, match_event_handler=on_match)  # type: ignore[attr-defined]
         for index, end in hits:
             form = self._db_forms[index]
             start = end - len(form)

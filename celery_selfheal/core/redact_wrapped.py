@@ -15,7 +15,7 @@ import re
 import threading
 from collections.abc import Iterable
 
-from celery_selfheal.core.redact_catalog import hyperscan
+from celery_selfheal.core.redact_catalog import ascii_bytes, hyperscan
 
 Span = tuple[int, int]
 #: Base64 forms shorter than this are left to the plain literals (a wrapped line is longer).
@@ -56,7 +56,7 @@ class WrappedBase64:
         elif patterns:  # pragma: no cover - only where the wheel is missing
             self._regexes = [re.compile(p) for p in patterns]
 
-    def scan(self, text: str, found: list[Span]) -> None:
+    def scan(self, text: str, found: list[Span], data: bytes | None = None) -> None:
         """Append the span of each wrapped occurrence (one with a line break inside)."""
         ends: list[tuple[int, int]] = []
         if self._db is not None:
@@ -67,7 +67,7 @@ class WrappedBase64:
             scratch = getattr(self._local, "scratch", None)
             if scratch is None:
                 scratch = self._local.scratch = hyperscan.Scratch(self._db)
-            data = text.encode("ascii", "replace")
+            data = ascii_bytes(text) if data is None else data
             self._db.scan(data, match_event_handler=on_match, scratch=scratch)  # type: ignore[attr-defined]
         for index, regex in enumerate(self._regexes):  # pragma: no cover - no wheel
             ends.extend((index, m.end()) for m in regex.finditer(text))
