@@ -256,7 +256,7 @@ class Catalog:
             if named and not is_secret_name_cached(m.group("name")):
                 continue
             value = m.group("secret").strip()
-            if value and value.lower() not in NOT_VALUES:
+            if value and value.lower() not in NOT_VALUES and (rule.check is None or rule.check(value)):
                 found.append(m.span("secret"))
 
 

@@ -10,6 +10,7 @@ bounded (:data:`MAX_VALUE` characters) so the stream redactor can hold a whole m
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 #: Longest value a context rule redacts.
@@ -28,16 +29,37 @@ class ContextRule(NamedTuple):
     regex: re.Pattern[str]
     caseless: bool = True
     multiline: bool = False
+    #: A further test of the secret (``Bearer`` + an English word is prose).
+    check: Callable[[str], bool] | None = None
 
 
 def _rule(
-    rid: str, description: str, prefilter: str, regex: str, *, caseless: bool = True, multiline: bool = False
+    rid: str,
+    description: str,
+    prefilter: str,
+    regex: str,
+    *,
+    caseless: bool = True,
+    multiline: bool = False,
+    check: Callable[[str], bool] | None = None,
 ) -> ContextRule:
     flags = (re.IGNORECASE if caseless else 0) | (re.MULTILINE if multiline else 0)
-    return ContextRule(rid, description, prefilter, re.compile(regex, flags | re.ASCII), caseless, multiline)
+    return ContextRule(rid, description, prefilter, re.compile(regex, flags | re.ASCII), caseless, multiline, check)
+
+
+def bearer_like(token: str) -> bool:
+    """A ``Bearer`` argument that looks like a credential, not an English word."""
+    return len(token) >= 20 or not token.isalpha()
 
 
 CONTEXT_RULES: tuple[ContextRule, ...] = (
+    _rule(
+        "bearer",
+        "Bearer <token> anywhere (an Authorization header, a log of one, an error message)",
+        r"bearer[ \t]{1,8}[a-z0-9._~+/=-]{8}",
+        r"bearer[ \t]{1,8}(?P<secret>[a-z0-9._~+/=-]{8,1024})",
+        check=bearer_like,
+    ),
     _rule(
         "xml-element",
         "<password>...</password>, <apiToken>...</apiToken> (Jenkins credentials.xml, Maven settings)",

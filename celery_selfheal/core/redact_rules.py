@@ -229,7 +229,6 @@ PASSES = (
     ),
     PassSpec("cre", ((r"t(?<=secret)" + _NAME_TAIL, NAME), (r"d" + _NAME_TAIL, NAME)), lowered=True),
     PassSpec("uth", ((r"(?<=auth)" + _NAME_TAIL, NAME),), lowered=True),
-    PassSpec("bearer", ((r"[ \t]{1,8}([a-z0-9._~+/=-]{8,1024})", BEARER),), lowered=True),
 )
 
 PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
@@ -301,8 +300,3 @@ IDENT_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_.-"
 def follows_alnum(low: str, pos: int) -> bool:
     """True if the character before ``pos`` is an ASCII letter or digit."""
     return pos > 0 and low[pos - 1] in _ALNUM
-
-
-def bearer_like(token: str) -> bool:
-    """A ``Bearer`` argument that looks like a credential, not an English word."""
-    return len(token) >= 20 or not token.isalpha()

@@ -23,7 +23,7 @@ from celery_selfheal.core.redact_literals import (
     literal_span,
     place_literals,
 )
-from celery_selfheal.core.redact_rules import BEARER, LITERAL, NAME, REDACTED, SECRET_SUFFIX
+from celery_selfheal.core.redact_rules import LITERAL, NAME, REDACTED, SECRET_SUFFIX
 from celery_selfheal.core.redact_seen import SeenSecrets, rememberable
 from celery_selfheal.core.redact_wrapped import WrappedBase64
 
@@ -160,9 +160,6 @@ class _Scan:
                 start = m.start() - lit.i
                 if not lit.verify or text.startswith(lit.text, start):
                     add(literal_span(text, start, len(lit.text)))
-            elif action == BEARER:
-                if rules.bearer_like(m.group(first)):
-                    add(m.span(first))
             else:  # PEM header
                 self.pem_headers.append(m.end())
 
