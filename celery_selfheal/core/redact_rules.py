@@ -266,19 +266,20 @@ _CODE = re.compile(r"[a-z_][a-z0-9_]{0,63}(?:\.[a-z_][a-z0-9_]{0,63}){0,8}\(|(?:
 PLURALS = ("keys", "secrets", "tokens", "passwords", "credentials", "cookies")
 
 
-def prose_value(low: str, start: int, end: int) -> bool:
+def prose_value(text: str, low: str, start: int, end: int) -> bool:
     """True if the bare value ``low[start:end]`` (after a secret-like name) is an ordinary word
     that goes on as prose or code, not a secret: ``auth: password reset link sent``, ``Invalid
-    token: signature has expired``, ``key=lambda a: ...``. The shape test: letters only, then a
-    space and another word, and either written as prose (a space or ``:`` before the value) or a
+    token: signature has expired``, ``key=lambda a: ...``. The shape test: letters only, written
+    as a word (lower case or Capitalized), then a space and another word, and either written as prose (a space or ``:`` before the value) or a
     code word. ``PGPASSWORD=hunter psql ...`` (glued to ``=``, a shell prefix) stays a secret.
     Code that computes a value (``token = make_token(user)``, ``= self.token``) is no secret."""
     value = low[start:end]
     code = _CODE.match(value)  # make_token(user), self.token: code that computes the secret
     if code and ((not value.endswith(")") and low[end : end + 1] in "),\n") or value.startswith(("self.", "cls."))):
         return True
-    if end - start > 24 or not value.isalpha():
-        return False
+    word = text[start:end]
+    if end - start > 24 or not value.isalpha() or not (word.islower() or word.istitle()):
+        return False  # QAAAAAAAAAAAAA, xKqPzR: not how words are written
     if low[end : end + 1] != " " or not low[end + 1 : end + 2].isalpha():
         return False
     return low[start - 1 : start] in (" ", "\t", ":") or low[start:end] in _CODE_WORDS

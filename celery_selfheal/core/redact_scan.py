@@ -191,7 +191,7 @@ class _Scan:
         start, end = v.span(group)
         if low[start:end] in rules.NOT_VALUES:
             return
-        if group == 4 and start == pos and rules.prose_value(low, start, end):
+        if group == 4 and start == pos and rules.prose_value(self.text, low, start, end):
             return
         if low[start:end].isdigit() and name.lower().endswith(rules.PLURALS):  # keys=12: a count
             return

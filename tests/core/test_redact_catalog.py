@@ -142,6 +142,8 @@ def test_prose_stays_prose(text: str) -> None:
         ("PGPASSWORD=hunter psql -h db", "PGPASSWORD=[REDACTED] psql -h db"),
         ("password: hunter2 was rejected", "password: [REDACTED] was rejected"),
         ("password: dragon", "password: [REDACTED]"),
+        ("secret: QAAAAAAAAAAAAA a", "secret: [REDACTED] a"),  # not written like a word
+        ("token: xKqPzRwT and more", "token: [REDACTED] and more"),
         ('<add key="ClearTextPassword" value="s3cr3t-v4lue"/>', '<add key="ClearTextPassword" value="[REDACTED]"/>'),
         ("Authorization: Api-Token abcdef123456", "Authorization: Api-Token [REDACTED]"),
     ],
