@@ -271,7 +271,8 @@ def prose_value(text: str, low: str, start: int, end: int) -> bool:
     that goes on as prose or code, not a secret: ``auth: password reset link sent``, ``Invalid
     token: signature has expired``, ``key=lambda a: ...``. The shape test: letters only, written
     as a word (lower case or Capitalized), then a space and another word, and either written as
-    prose (a space or ``:`` before the value) or a code word. ``PGPASSWORD=hunter psql ...`` (glued to ``=``, a shell prefix) stays a secret.
+    prose (a space or ``:`` before the value) or a code word. ``PGPASSWORD=hunter psql ...``
+    (glued to ``=``, a shell prefix) stays a secret.
     Code that computes a value (``token = make_token(user)``, ``= self.token``) is no secret."""
     value = low[start:end]
     code = _CODE.match(value)  # make_token(user), self.token: code that computes the secret
