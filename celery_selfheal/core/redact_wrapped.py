@@ -22,6 +22,8 @@ Span = tuple[int, int]
 MIN_FORM = 16
 #: Longer forms are not looked for wrapped (the stream window must hold a whole match).
 MAX_FORM = 4096
+#: Characters of a form the multi-pattern pass looks for (line breaks allowed between them).
+PREFIX = 12
 
 
 def wrapped_forms(values: Iterable[str]) -> list[str]:
@@ -44,7 +46,10 @@ class WrappedBase64:
         self.forms = wrapped_forms(values)
         #: Longest possible match (every character on a line of its own, CRLF, padding).
         self.max_len = 3 * max(map(len, self.forms), default=0) + 8
-        patterns = ["(?:\\r?\\n)?".join(re.escape(c) for c in form) for form in self.forms]
+        # Only the first PREFIX characters go into the database (a pattern of the whole form
+        # with a break allowed everywhere takes Hyperscan a quarter second to compile); a hit
+        # is then walked over the whole form.
+        patterns = ["(?:\\r?\\n)?".join(re.escape(c) for c in form[:PREFIX]) for form in self.forms]
         self._db: object = None
         self._local = threading.local()  # a Hyperscan scratch is per thread
         self._regexes: list[re.Pattern[str]] = []
@@ -71,10 +76,27 @@ class WrappedBase64:
             self._db.scan(data, match_event_handler=on_match, scratch=scratch)  # type: ignore[attr-defined]
         for index, regex in enumerate(self._regexes):  # pragma: no cover - no wheel
             ends.extend((index, m.end()) for m in regex.finditer(text))
-        for index, end in ends:
-            start = self._start(text, end, self.forms[index])
-            if start >= 0 and "\n" in text[start:end]:
+        for index, prefix_end in ends:
+            form = self.forms[index]
+            start = self._start(text, prefix_end, form[:PREFIX])
+            end = self._end(text, start, form) if start >= 0 else -1
+            if end >= 0 and "\n" in text[start:end]:
                 found.append((start, _padding_end(text, end)))
+
+    @staticmethod
+    def _end(text: str, start: int, form: str) -> int:
+        """Where ``form`` (with line breaks) that starts at ``start`` ends, or -1."""
+        j, k, n = start, 0, len(text)
+        while k < len(form):
+            if j >= n:
+                return -1
+            c = text[j]
+            if c == form[k]:
+                k += 1
+            elif c not in "\r\n" or k == 0:
+                return -1
+            j += 1
+        return j
 
     @staticmethod
     def _start(text: str, end: int, form: str) -> int:
