@@ -14,6 +14,8 @@ from pathlib import Path
 from celery_selfheal.artifacts import JobArtifacts, check_safe_id
 from celery_selfheal.core.classify import Classifier
 from celery_selfheal.core.redact import RedactionConfig, Redactor
+from celery_selfheal.core.redact_catalog import CatalogError, make_rule
+from celery_selfheal.errors import ConfigError
 from celery_selfheal.events.bus import EventBus
 from celery_selfheal.events.sink import EventSink
 from celery_selfheal.settings import Settings
@@ -40,9 +42,17 @@ class Context:
 
 
 def redaction_config(settings: Settings) -> RedactionConfig:
-    """`RedactionConfig` from the ``[redaction]`` table of config.toml (validated by
-    `core.config_schema`, whose ``[redaction]`` keys are the fields of `RedactionConfig`)."""
-    return RedactionConfig(**{key: tuple(value) for key, value in settings.redaction.items()})
+    """`RedactionConfig` from the ``[redaction]`` table of config.toml (typed by `core.config_schema`,
+    whose ``[redaction]`` keys are the fields of `RedactionConfig`); each extra rule gets the same
+    checks as the built-in rule file's."""
+    table = settings.redaction
+    where = f"{settings.config_path or 'config.toml'}: [redaction] rules"
+    for i, rule in enumerate(table.get("rules", ())):
+        try:
+            make_rule(dict(rule), f"entry {i}")
+        except CatalogError as exc:
+            raise ConfigError(str(exc), where=where) from None
+    return RedactionConfig(**{key: tuple(value) for key, value in table.items()})
 
 
 def default_sinks(settings: Settings) -> list[EventSink]:

@@ -9,7 +9,7 @@ broker, the store and the artifact location.
 - ``[selfheal]``: budget defaults (REQ-02 key names), validated by `core.budgets`;
 - ``[state]``: ``state_dir``, ``broker_url``, ``store_url``, ``artifact_root``, ``workspace_root``;
 - ``[statsd]``: ``host``, ``port``, ``prefix``, ``tag_style``, ``enabled``;
-- ``[redaction]``: ``extra_patterns``, ``extra_env_names``, ``allowlist``, ``extra_keys``;
+- ``[redaction]``: ``extra_patterns``, ``extra_env_names``, ``allowlist``, ``extra_keys``, ``rules``;
 - ``[worker]``, ``[retention]``, ``[web]``: see `core.config_schema`, which types and bounds every
   key of every table but ``[selfheal]``.
 

@@ -122,6 +122,14 @@ def token_canaries(seed: int) -> list[Canary]:
         token("npm", "npm_", ALNUM, 36),
         token("huggingface-hf", "hf_", string.ascii_letters, 34),
         token("stripe-live", "sk_live_", ALNUM, 24),
+        # provider formats of the token catalog (issue 14), printed with no name beside them
+        token("digitalocean", "dop_v1_", "0123456789abcdef", 64),
+        token("pypi", "pypi-AgEIcHlwaS5vcmc", URLSAFE, 80),
+        token("vault-hvs", "hvs.", URLSAFE, 90),
+        token("shopify", "shpat_", "0123456789abcdef", 32),
+        token("postman", f"PMAK-{_rand(rng, '0123456789abcdef', 24)}-", "0123456789abcdef", 34),
+        assign("xml-password", "<settings><password>{}</password></settings>", _rand(rng, ALNUM, 20)),
+        assign("curl-user", "curl -sS -u ci:{} https://api.example.com/v1", _rand(rng, ALNUM, 20)),
         _pem(rng, "RSA", 4, terminated=True),
     ]
     return out

@@ -36,7 +36,7 @@ def parse_duration(text: str) -> float:
 class Key:
     """One key of a config table."""
 
-    #: ``str``, ``int``, ``float``, ``bool``, ``strings``, ``regexes``, ``choice``, ``duration``
+    #: ``str``, ``int``, ``float``, ``bool``, ``strings``, ``regexes``, ``tables``, ``choice``, ``duration``
     kind: str
     #: value when the key is absent (None: not set)
     default: Any
@@ -78,6 +78,7 @@ TABLES: dict[str, dict[str, Key]] = {
         "extra_env_names": Key("strings", (), "env var names whose values are secret"),
         "allowlist": Key("strings", (), "exact strings never redacted"),
         "extra_keys": Key("strings", (), "extra key names redacted in structured payloads"),
+        "rules": Key("tables", (), "extra token rules ([[redaction.rules]]: id, keyword, regex, ...)"),
     },
     "worker": {
         "lease_ttl_seconds": _seconds("attempt lease time to live", "SELFHEAL_LEASE_TTL_SECONDS", low=0.5),
@@ -133,6 +134,12 @@ def _regexes(value: Any) -> tuple[str, ...]:
     return out
 
 
+def _tables(value: Any) -> tuple[dict[str, Any], ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, dict) for v in value):
+        raise ValueError("must be an array of tables")
+    return tuple(dict(v) for v in value)
+
+
 def _scalar(kind: type, name: str) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if not isinstance(value, kind):
@@ -152,7 +159,8 @@ def check_value(key: Key, value: Any) -> Any:
     if key.kind == "duration":
         return parse_duration(_scalar(str, "a duration string")(value))
     checks: dict[str, Callable[[Any], Any]] = {"str": _scalar(str, "a string"), "bool": _scalar(bool, "true or false"),
-                                               "strings": _strings, "regexes": _regexes}
+                                               "strings": _strings, "regexes": _regexes,
+                                               "tables": _tables}
     return checks[key.kind](value)
 
 

@@ -4,11 +4,17 @@ One :class:`Redactor` is built from an environment mapping and a :class:`Redacti
 sink uses it before anything is persisted, logged, emitted or put in a prompt. What it removes:
 
 - the values of secret-named env vars (:func:`is_secret_env_name`) and their base64 / URL-encoded /
-  JSON-escaped forms, longest first;
-- well-known token shapes (GitHub, AWS key ids, Slack, OpenAI/Anthropic ``sk-``, Google ``AIza``,
-  GitLab, npm, Hugging Face, Stripe, JWT), PEM private keys (an unterminated block is redacted to
-  the end of the text), ``Bearer`` tokens, passwords in ``scheme://user:pass@host``, and values of
-  ``name=value`` / ``name: value`` / ``"name": "value"`` with a secret-like name;
+  JSON-escaped forms, longest first, and their base64 wrapped at any line width
+  (:mod:`redact_wrapped`);
+- the provider token formats of the catalog (:mod:`redact_catalog`, data in
+  ``rules/secrets.toml``: GitHub, GitLab, AWS, Slack, OpenAI, Stripe, ... 250+ formats), found on
+  their own; PEM private keys (an unterminated block is redacted to the end of the text), JWTs,
+  ``Bearer`` tokens, passwords in ``scheme://user:pass@host``;
+- values by context: ``name=value`` / ``name: value`` / ``"name": "value"`` (also make's ``?=``
+  ``::=`` ``+=``) with a secret-like name unless the value reads as prose or code, and the
+  contexts of :mod:`redact_context` (XML settings, ``curl -u``, ``mysql -p``, ``.netrc``, ...);
+- once seen, always redacted: a value redacted once is redacted wherever it recurs later in the
+  same text or stream (:mod:`redact_seen`);
 - in :meth:`Redactor.redact_obj`, every value under a secret-like key.
 
 Each secret becomes :data:`REDACTED`; the text around it is kept. Redaction is idempotent, and
@@ -23,10 +29,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery_selfheal.core import redact_rules as rules
+from celery_selfheal.core.redact_catalog import catalog_for
 from celery_selfheal.core.redact_literals import literal_forms, usable_secret_value
 from celery_selfheal.core.redact_rules import REDACTED
 from celery_selfheal.core.redact_rules import is_secret_name as is_secret_env_name
 from celery_selfheal.core.redact_scan import Found, SpanFinder, apply
+from celery_selfheal.core.redact_seen import SeenSecrets
 
 __all__ = [
     "REDACTED",
@@ -62,6 +70,14 @@ class RedactionConfig:
     allowlist: tuple[str, ...] = ()
     #: Extra key names (case-insensitive) whose values are redacted in structured payloads.
     extra_keys: tuple[str, ...] = ()
+    #: Extra token formats, each a table like a ``rules/secrets.toml`` entry (id, keyword,
+    #: regex; optional prefilter, before, examples, family, description).
+    rules: tuple[Mapping[str, Any], ...] = ()
+
+
+def _hashable(rule: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A config rule as sorted items, lists as tuples (the catalog is cached by its rules)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in rule.items()))
 
 
 class Redactor:
@@ -75,12 +91,18 @@ class Redactor:
         self._extra_keys = frozenset(k.lower() for k in config.extra_keys)
         secret_names = frozenset(config.extra_env_names)
         literals: set[str] = set()
+        values: list[str] = []
         for name, value in env.items():
             secret = name in secret_names or is_secret_env_name(name)
             if secret and usable_secret_value(value) and value.strip() not in self._allow:
                 literals |= literal_forms(value)
-        self._finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow)
-        self._window = max(DEFAULT_WINDOW, rules.MAX_RULE_SPAN, self._finder.max_literal + 64)
+                values.append(value)
+        catalog = catalog_for(tuple(_hashable(rule) for rule in config.rules))
+        self._finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow, catalog, values)
+        finder = self._finder
+        self._window = max(
+            DEFAULT_WINDOW, rules.MAX_RULE_SPAN, catalog.max_len + 64, finder.max_literal + 64, finder.max_wrapped
+        )
         self._small: dict[str, str] = {}
 
     @property
@@ -95,20 +117,19 @@ class Redactor:
             if done is None:
                 if len(self._small) >= 8192:
                     self._small.clear()
-                spans = self.find_spans(text).spans
+                spans = self.find_spans(text, SeenSecrets()).spans
                 done = self._small[text] = apply(text, spans, 0, len(text)) if spans else text
             return done
         if len(text) > 4 * DEFAULT_BATCH:  # same result, cache-sized pieces and less memory
             stream = StreamRedactor(self)
             stream._hard_limit = len(text) + 1  # never cut a span: exact whole-text semantics
-            step, out = DEFAULT_BATCH, ""
-            for i in range(0, len(text), step):
-                # CPython grows a string held only here in place (realloc): one fresh copy of
-                # the output instead of two (pieces, then join), and page faults dominate that.
-                out += stream.feed(text[i : i + step])
-            out += stream.flush()
-            return out
-        spans = self.find_spans(text).spans
+            step = DEFAULT_BATCH
+            # Pieces, then one join: growing one string with += is only linear while the
+            # allocator can extend it in place, which the scan's own allocations prevent.
+            pieces = [stream.feed(text[i : i + step]) for i in range(0, len(text), step)]
+            pieces.append(stream.flush())
+            return "".join(pieces)
+        spans = self.find_spans(text, SeenSecrets()).spans
         return apply(text, spans, 0, len(text)) if spans else text
 
     def redact_bytes(self, data: bytes) -> bytes:
@@ -149,9 +170,10 @@ class Redactor:
         """A new stateful redactor for one output stream."""
         return StreamRedactor(self)
 
-    def find_spans(self, text: str) -> Found:
-        """The spans to replace in ``text`` (sorted, merged) and where PEM blocks start."""
-        return self._finder.find(text)
+    def find_spans(self, text: str, seen: SeenSecrets | None = None, new_from: int = 0) -> Found:
+        """The spans to replace in ``text`` (sorted, merged) and where PEM blocks start; with
+        ``seen``, later occurrences of values redacted earlier too (see :mod:`redact_seen`)."""
+        return self._finder.find(text, seen, new_from)
 
 
 class StreamRedactor:
@@ -186,6 +208,7 @@ class StreamRedactor:
         self._pending: list[str] = []
         self._pending_len = 0
         self._pem_tail: str | None = None  # not None while inside a PEM block
+        self._seen = SeenSecrets()  # values redacted so far: redacted wherever they recur
 
     @property
     def pending_chars(self) -> int:
@@ -222,7 +245,7 @@ class StreamRedactor:
     def _process(self, final: bool) -> str:
         scan, off = "".join([self._ctx, *self._pending]), len(self._ctx)
         buf_len = len(scan) - off
-        found = self._r.find_spans(scan)
+        found = self._r.find_spans(scan, self._seen, off)
         spans, open_pem = found.spans, found.open_pem
         cut = len(scan) if final else len(scan) - self._r.window
         enter_pem = forced = False
@@ -239,6 +262,8 @@ class StreamRedactor:
                     forced = True
                 break
         out = apply(scan, spans, off, cut)
+        # Only values first seen in what is emitted now: one held back is found again next time.
+        self._seen.commit(v for v, at in sorted(found.new.items(), key=lambda kv: kv[1]) if at < cut)
         if enter_pem:
             begin = rules.PEM_BEGIN.search(scan, open_pem)
             hdr_end = begin.end() if begin else open_pem

@@ -1,7 +1,9 @@
 """Rule tables of the redactor: secret-name classification, token shapes, assignments, PEM.
 
 Pure data and small functions; the scanning loop lives in :mod:`redact_scan`, env values in
-:mod:`redact_literals`.
+:mod:`redact_literals`. Provider token formats without a name beside them are in the catalog
+(:mod:`redact_catalog`), run by a multi-pattern engine; the passes here are the name rules
+(which match too often in logs for a per-hit callback) and a few shapes that host env literals.
 
 Speed notes (why the regexes look the way they do): CPython's ``re`` only skips quickly through
 text (~2 GB/s) when a pattern starts with one literal string; an alternation of prefixes
@@ -176,9 +178,9 @@ def compile_pass(
 
 _T = "[a-z0-9_-]"  # token characters, lowercased
 _TT = "[A-Za-z0-9_-]"
-_TOKEN_PREFIXES = ("ghp", "gho", "ghu", "ghs", "ghr", "github_pat", "npm", "hf")
-#: ``<name> [quote] = / : / => / := [spaces]``: the name's rest up to the value.
-_NAME_TAIL = r"([a-z0-9_.-]{0,64}+)(?:\\?[\"'`])?[ \t]{0,8}+(?:=>|:=|=(?!=)|:(?!:))[ \t]{0,8}+"
+#: ``<name> [quote] = / : / => / := / ::= / :::= / ?= / += [spaces]``: the name's rest up to the
+#: value (make and shell assignment operators too).
+_NAME_TAIL = r"([a-z0-9_.-]{0,64}+)(?:\\?[\"'`])?[ \t]{0,8}+(?::{1,3}=|[?+]=|=>|=(?!=)|:(?!:))[ \t]{0,8}+"
 
 #: All passes. Anchors are rare letters of each word: k for token, key, cookie, sk-, sk_live_;
 #: cre for secret, cred...; p for pass... and glpat-; uth for auth...
@@ -219,29 +221,14 @@ PASSES = (
         host_rank=2,
     ),
     PassSpec(
-        "_",
-        (
-            (r"(?<=gh[pousr]_)[a-z0-9]{20,255}", 3),  # GitHub ghp_, gho_, ghu_, ghs_, ghr_
-            (r"(?<=github_pat_)[a-z0-9_]{20,255}", 10),
-            (r"(?<=npm_)[a-z0-9]{20,255}", 3),
-            (r"(?<=hf_)[a-z0-9]{20,255}", 2),  # Hugging Face
-        ),
-        lowered=True,
-        blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "_") or i < 10 or lit[:i].endswith(_TOKEN_PREFIXES),
-        host_rank=4,
-        guard=r"(?=[a-z0-9_]{20})",  # "_" is common in logs, 20 token characters after it are not
-    ),
-    PassSpec(
         "p",
         (("ass" + _NAME_TAIL, NAME), (rf"at-(?<=glpat-){_T}{{20,255}}", 2)),  # pass..., GitLab
         lowered=True,
         blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "p", "a"),
         host_rank=3,
     ),
-    PassSpec("xox", ((r"[abprs]-[a-z0-9-]{10,255}", 0),), lowered=True),  # Slack
     PassSpec("cre", ((r"t(?<=secret)" + _NAME_TAIL, NAME), (r"d" + _NAME_TAIL, NAME)), lowered=True),
     PassSpec("uth", ((r"(?<=auth)" + _NAME_TAIL, NAME),), lowered=True),
-    PassSpec("bearer", ((r"[ \t]{1,8}([a-z0-9._~+/=-]{8,1024})", BEARER),), lowered=True),
 )
 
 PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
@@ -258,14 +245,45 @@ URL_PASSWORD = re.compile(r"://[^\s/?#@:\[\]]{0,256}+:([^\s/?#\[\]]{1,256})@")
 #: delimiter, skipping an auth scheme word (``Authorization: Basic xyz`` redacts ``xyz``). A bare
 #: ``{``/``[``/``(`` that opens a structure is not a value (the inner keys are checked instead).
 VALUE = re.compile(
-    r"""\\?"((?:[^"\\\n]|\\[^"\n]){1,512})|'([^'\n]{1,512})|`([^`\n]{1,512})"""
-    r"""|(?:(?:basic|bearer|token|digest|negotiate|ntlm)[ \t]+)?"""
-    r"""(?![{\[(](?:[\s"'{\[\]})]|\Z))([^\s"'`,;&)}\]\\]{1,512})""",
+    r"""\\?"((?:[^"\\\n]|\\[^"\n]){1,4096})|'([^'\n]{1,4096})|`([^`\n]{1,4096})"""
+    r"""|(?:(?:basic|bearer|token|digest|negotiate|ntlm|api-?token|api-?key|sso-key|key|ssws|geniekey"""
+    r"""|oauth|dpop|jwt|mac|hoba|aws4-hmac-sha256|sharedkey|sharedaccesssignature|otp|pat)[ \t]+)?"""
+    r"""(?![{\[(](?:[\s"'{\[\]})]|\Z))([^\s"'`,;&)}\]\\]{1,4096})""",
     re.ASCII,
 )
 TO_EOL = re.compile(r"[^\r\n]{1,1024}", re.ASCII)
 #: Values that are never secrets, whatever the name says.
 NOT_VALUES = frozenset(w for w in _words("true false yes no on off null none nil undefined"))
+#: Code words that follow ``key=`` in source and tracebacks (``key=lambda a: ...``).
+_CODE_WORDS = _words("lambda self cls function new await async not yield return if else def class")
+#: ``key="Name" value="..."``: the quoted text after ``key=`` is a name, its value comes next.
+ATTR_VALUE = re.compile(r"""\s+value\s*=\s*["']""", re.ASCII)
+
+
+#: A call (``make_token(``) or an attribute of ``self``/``cls``/``this``.
+_CODE = re.compile(r"[a-z_][a-z0-9_]{0,63}(?:\.[a-z_][a-z0-9_]{0,63}){0,8}\(|(?:self|cls|this)\.[a-z_][a-z0-9_.]*$")
+#: Plural names count things: ``keys=12`` is a number of keys.
+PLURALS = ("keys", "secrets", "tokens", "passwords", "credentials", "cookies")
+
+
+def prose_value(text: str, low: str, start: int, end: int) -> bool:
+    """True if the bare value ``low[start:end]`` (after a secret-like name) is an ordinary word
+    that goes on as prose or code, not a secret: ``auth: password reset link sent``, ``Invalid
+    token: signature has expired``, ``key=lambda a: ...``. The shape test: letters only, written
+    as a word (lower case or Capitalized), then a space and another word, and either written as
+    prose (a space or ``:`` before the value) or a code word. ``PGPASSWORD=hunter psql ...``
+    (glued to ``=``, a shell prefix) stays a secret.
+    Code that computes a value (``token = make_token(user)``, ``= self.token``) is no secret."""
+    value = low[start:end]
+    code = _CODE.match(value)  # make_token(user), self.token: code that computes the secret
+    if code and ((not value.endswith(")") and low[end : end + 1] in "),\n") or value.startswith(("self.", "cls."))):
+        return True
+    word = text[start:end]
+    if end - start > 24 or not value.isalpha() or not (word.islower() or word.istitle()):
+        return False  # QAAAAAAAAAAAAA, xKqPzR: not how words are written
+    if low[end : end + 1] != " " or not low[end + 1 : end + 2].isalpha():
+        return False
+    return low[start - 1 : start] in (" ", "\t", ":") or low[start:end] in _CODE_WORDS
 
 
 def ascii_lower(text: str) -> str:
@@ -284,8 +302,3 @@ IDENT_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_.-"
 def follows_alnum(low: str, pos: int) -> bool:
     """True if the character before ``pos`` is an ASCII letter or digit."""
     return pos > 0 and low[pos - 1] in _ALNUM
-
-
-def bearer_like(token: str) -> bool:
-    """A ``Bearer`` argument that looks like a credential, not an English word."""
-    return len(token) >= 20 or not token.isalpha()

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from celery_selfheal.core import redact_rules as rules
+from celery_selfheal.core.redact_catalog import Catalog, ascii_bytes
 from celery_selfheal.core.redact_literals import (
     Literal,
     LiteralMatcher,
@@ -22,7 +23,9 @@ from celery_selfheal.core.redact_literals import (
     literal_span,
     place_literals,
 )
-from celery_selfheal.core.redact_rules import BEARER, LITERAL, NAME, REDACTED, SECRET_SUFFIX
+from celery_selfheal.core.redact_rules import LITERAL, NAME, REDACTED, SECRET_SUFFIX
+from celery_selfheal.core.redact_seen import SeenSecrets, rememberable
+from celery_selfheal.core.redact_wrapped import WrappedBase64
 
 Span = tuple[int, int]
 
@@ -36,6 +39,8 @@ class Found(NamedTuple):
     open_pem: int
     #: Starts of all PEM blocks.
     pem_starts: list[int]
+    #: Values redacted here for the first time -> where first (see :mod:`redact_seen`).
+    new: dict[str, int]
 
 
 #: Characters up to a name's end that key :data:`_NAMES`: they decide a shorter name.
@@ -48,9 +53,20 @@ _NAMES: dict[str, int] = {}
 class SpanFinder:
     """Finds the spans to redact in a text, for a fixed set of literals, patterns and allowlist."""
 
-    def __init__(self, literals: Iterable[str], extra: Iterable[str], allow: frozenset[str]) -> None:
+    def __init__(
+        self,
+        literals: Iterable[str],
+        extra: Iterable[str],
+        allow: frozenset[str],
+        catalog: Catalog | None = None,
+        raw_values: Iterable[str] = (),
+    ) -> None:
         literals = set(literals)
+        self._literal_set = frozenset(literals)
+        self._catalog = catalog
         self.max_literal = max(map(len, literals), default=0)
+        self._wrapped = WrappedBase64(raw_values)
+        self.max_wrapped = self._wrapped.max_len + 64
         placed, self._table, rest = place_literals(literals, rules.PASSES)
         self._passes = [
             (spec.lowered, *rules.compile_pass(spec, placed.get(i, ())), spec.anchor if spec.sparse else "")
@@ -62,14 +78,20 @@ class SpanFinder:
         self._extra = tuple(re.compile(p) for p in extra)
         self._allow = allow
 
-    def find(self, text: str) -> Found:
-        """The spans to replace in ``text``."""
+    def find(self, text: str, seen: SeenSecrets | None = None, new_from: int = 0) -> Found:
+        """The spans to replace in ``text``; with ``seen``, also every later occurrence of a
+        value redacted from ``new_from`` on (before it is context only: a name cut short there
+        is no proof) or remembered in ``seen`` (the caller commits :attr:`Found.new`)."""
         scan = _Scan(text, self._table, self._first)
+        data = ascii_bytes(text)  # one copy for the Hyperscan databases
         for lowered, regex, actions, sparse in self._passes:
             scan.run(regex, actions, lowered, sparse)
+        if self._catalog is not None:
+            self._catalog.scan(text, scan.low, scan.found, scan.glued_tokens, data)
         for um in rules.URL_PASSWORD.finditer(text):
             scan.found.append(um.span(1))
         self._literals.scan(text, scan.found)
+        self._wrapped.scan(text, scan.found, data)
         for regex in self._extra:
             scan.found.extend(em.span() for em in regex.finditer(text) if em.end() > em.start())
         open_pem = scan.pem_blocks()
@@ -77,8 +99,19 @@ class SpanFinder:
         found = scan.found
         if self._allow:
             found = [s for s in found if text[s[0] : s[1]] not in self._allow]
-        spans = merge([s for s in found if not text.startswith(REDACTED, s[0])])
-        return Found(spans, open_pem, scan.pem_starts)
+        found = [s for s in found if not text.startswith(REDACTED, s[0])]
+        new: dict[str, int] = {}
+        if seen is not None:
+            for start, end in found:
+                value = text[start:end]
+                if start < new_from or value in seen or value in self._literal_set:
+                    continue
+                if rememberable(value) and start < new.get(value, start + 1):
+                    new[value] = start
+            if len(new) > seen.room:  # the first ones in stream order (the same at any split)
+                new = dict(sorted(new.items(), key=lambda kv: kv[1])[: seen.room])
+            found += seen.occurrences(text, new, data)
+        return Found(merge(found), open_pem, scan.pem_starts, new)
 
 
 class _Scan:
@@ -127,9 +160,6 @@ class _Scan:
                 start = m.start() - lit.i
                 if not lit.verify or text.startswith(lit.text, start):
                     add(literal_span(text, start, len(lit.text)))
-            elif action == BEARER:
-                if rules.bearer_like(m.group(first)):
-                    add(m.span(first))
             else:  # PEM header
                 self.pem_headers.append(m.end())
 
@@ -160,6 +190,12 @@ class _Scan:
         group = v.lastindex or 0
         start, end = v.span(group)
         if low[start:end] in rules.NOT_VALUES:
+            return
+        if group == 4 and start == pos and rules.prose_value(self.text, low, start, end):
+            return
+        if low[start:end].isdigit() and name.lower().endswith(rules.PLURALS):  # keys=12: a count
+            return
+        if group < 4 and rules.ATTR_VALUE.match(low, end + 1):  # key="Name" value="...": a name
             return
         if group == 4 and "cookie" in name.lower():  # a Cookie header: all of its pairs
             end = start + len(rules.TO_EOL.match(low, start).group())  # type: ignore[union-attr]

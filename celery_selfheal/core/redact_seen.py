@@ -1,0 +1,126 @@
+"""Once seen, always redacted: secret values found earlier in a stream, found again later.
+
+A rule finds a secret where its context says so (``token = '<secret>'``); the same value printed
+again without that context (``| '<secret>'``, an ``echo`` of it, its base64) would survive. The
+span finder hands every value it redacts to a :class:`SeenSecrets`; every later occurrence of
+the value, or of one of its encoded forms (:func:`literal_forms`), is redacted too. "Later" is
+what keeps streaming equal to whole-text redaction: an occurrence before the first detection is
+already emitted in a stream, so whole-text redaction leaves it too.
+
+Bounded: the first :data:`LIMIT` distinct values of a stream (by where they are first found: the
+same ones whatever the chunking, so streaming still equals whole-text redaction; forgetting the
+oldest would not be), each at most :data:`MAX_VALUE_LEN` characters; later new values are only
+redacted where their rule finds them. Values shorter than :data:`MIN_VALUE_LEN` are not hunted for
+(``password=1234`` must not turn every later ``1234`` into ``[REDACTED]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from celery_selfheal.core.redact_catalog import ascii_bytes, hyperscan
+from celery_selfheal.core.redact_literals import literal_forms, literal_span
+from celery_selfheal.core.redact_rules import REDACTED
+
+LIMIT = 256
+MIN_VALUE_LEN = 8
+MAX_VALUE_LEN = 512
+#: Below this many characters scanned (text length x forms), ``str.find`` beats compiling.
+_FIND_BUDGET = 4_000_000
+
+Span = tuple[int, int]
+
+
+def rememberable(value: str) -> bool:
+    """A redacted value worth finding again: long enough, one line, not a marker."""
+    return MIN_VALUE_LEN <= len(value) <= MAX_VALUE_LEN and "\n" not in value and REDACTED not in value
+
+
+class SeenSecrets:
+    """The values one stream has redacted so far (at most ``limit``)."""
+
+    def __init__(self, limit: int = LIMIT) -> None:
+        self._limit = limit
+        self._values: dict[str, None] = {}
+        self._forms: dict[str, frozenset[str]] = {}
+        self._db_key: tuple[str, ...] = ()
+        self._db: object = None
+        self._db_forms: list[str] = []
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def room(self) -> int:
+        """How many more values can be remembered."""
+        return self._limit - len(self._values)
+
+    def commit(self, values: Iterable[str]) -> None:
+        """Remember ``values`` (checked with :func:`rememberable`, in stream order) while there
+        is room."""
+        for value in values:
+            if len(self._values) >= self._limit:
+                return
+            self._values[value] = None
+
+    def _forms_of(self, value: str) -> frozenset[str]:
+        forms = self._forms.get(value)
+        if forms is None:
+            if len(self._forms) > 4 * self._limit:
+                self._forms.clear()
+            forms = self._forms[value] = frozenset(f for f in literal_forms(value) if len(f) >= MIN_VALUE_LEN)
+        return forms
+
+    def occurrences(self, text: str, new: Mapping[str, int], data: bytes | None = None) -> list[Span]:
+        """Spans of every remembered value (and form) in ``text``, and of each ``new`` value
+        (value -> where it was first found in ``text``) after that first place."""
+        values = list(self._values) + [v for v in new if v not in self._values]
+        if not values:
+            return []
+        forms: dict[str, int] = {}  # form -> occurrences must start after this position
+        for value in values:
+            first = new.get(value, -1) if value not in self._values else -1
+            for form in self._forms_of(value):
+                forms[form] = min(forms.get(form, first), first)
+        out: list[Span] = []
+        if hyperscan is None or len(text) * len(forms) <= _FIND_BUDGET:
+            self._find(text, forms, out)
+        else:
+            self._scan(text, tuple(values), forms, out, ascii_bytes(text) if data is None else data)
+        return out
+
+    @staticmethod
+    def _find(text: str, forms: Mapping[str, int], out: list[Span]) -> None:
+        find = text.find
+        for form, after in forms.items():
+            pos = find(form, after + 1)
+            while pos >= 0:
+                out.append(literal_span(text, pos, len(form)))
+                pos = find(form, pos + 1)
+
+    def _scan(
+        self, text: str, key: tuple[str, ...], forms: Mapping[str, int], out: list[Span], data: bytes
+    ) -> None:
+        """One Hyperscan literal pass (database rebuilt only when the set of values changes)."""
+        ascii_forms = {f: a for f, a in forms.items() if f.isascii()}
+        self._find(text, {f: a for f, a in forms.items() if not f.isascii()}, out)
+        if key != self._db_key:
+            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            self._db_forms = list(ascii_forms)
+            pats = [f.encode("ascii") for f in self._db_forms]
+            db.compile(expressions=pats, ids=list(range(len(pats))), elements=len(pats), flags=0, literal=True)
+            self._db, self._db_key = db, key
+        hits: list[tuple[int, int]] = []
+
+        def on_match(index: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
+            hits.append((index, to))
+
+        self._db.scan(data, match_event_handler=on_match)  # type: ignore[attr-defined]
+        for index, end in hits:
+            form = self._db_forms[index]
+            start = end - len(form)
+            if start > ascii_forms.get(form, -1):
+                out.append(literal_span(text, start, len(form)))

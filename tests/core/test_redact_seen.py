@@ -1,0 +1,140 @@
+"""Once seen, always redacted (issue 14) and line-wrapped base64 of env secrets (issue 11)."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from urllib.parse import quote
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from celery_selfheal.core.redact import REDACTED, Redactor
+from celery_selfheal.core.redact_seen import LIMIT, SeenSecrets
+
+R = Redactor(env={})
+S = "Xk9vQ2mZr7Lp4Tw8"
+
+
+def streamed(redactor: Redactor, text: str, cuts: list[int]) -> str:
+    stream, pos, parts = redactor.stream(), 0, []
+    for cut in sorted(set(cuts)):
+        parts.append(stream.feed(text[pos:cut]))
+        pos = max(pos, cut)
+    parts.append(stream.feed(text[pos:]))
+    return "".join(parts) + stream.flush()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"token = '{S}' | '{S}'",
+        f"export API_TOKEN={S}\n$ echo $API_TOKEN\n{S}\n",
+        f'{{"password": "{S}"}}\nbase64: {base64.b64encode(S.encode()).decode()}',
+        f"password={S}\nurl: https://x.example/?p={quote(S + '/')}",
+    ],
+)
+def test_later_copies_are_redacted(text: str) -> None:
+    out = R.redact(text)
+    assert S not in out
+    assert base64.b64encode(S.encode()).decode() not in out
+    assert R.redact(out) == out
+
+
+def test_an_earlier_copy_is_kept_in_whole_text_and_stream() -> None:
+    """Only occurrences after the first detection: a stream has emitted the earlier ones."""
+    text = f"{S} printed first\npassword={S}\nagain {S}\n"
+    expected = f"{S} printed first\npassword={REDACTED}\nagain {REDACTED}\n"
+    assert R.redact(text) == expected
+    assert streamed(R, text, [3, 20, 40]) == expected
+
+
+def test_short_values_are_not_hunted() -> None:
+    assert R.redact("password=1234 and later 1234") == f"password={REDACTED} and later 1234"
+
+
+def test_far_later_copy_in_a_long_stream() -> None:
+    filler = "".join(f"line {i} of ordinary output\n" for i in range(60_000))  # ~1.6 MB
+    text = f"API_TOKEN={S}\n{filler}echo {S}\n"
+    for out in (R.redact(text), streamed(R, text, list(range(0, len(text), 65_536)))):
+        assert S not in out
+        assert out.endswith(f"echo {REDACTED}\n")
+
+
+def test_memory_bound_and_first_values_win() -> None:
+    seen = SeenSecrets(limit=3)
+    seen.commit(["aaaaaaaa1", "bbbbbbbb2", "cccccccc3", "dddddddd4"])
+    assert len(seen) == 3 and "dddddddd4" not in seen and seen.room == 0
+    many = "".join(f"password=Val{i:05d}xyz\n" for i in range(LIMIT + 20))
+    repeats = "".join(f"Val{i:05d}xyz\n" for i in range(LIMIT + 20))
+    out = R.redact(many + repeats)
+    assert "Val00000xyz" not in out  # among the first LIMIT values
+    assert f"Val{LIMIT + 5:05d}xyz" in out.split("\n", LIMIT + 20)[-1]  # beyond the bound: kept
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    secret=st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789", min_size=10, max_size=30),
+    prefix=st.text(alphabet=" \n.,:abc", max_size=30),
+    gap=st.text(alphabet=" \n.,:abc", max_size=30),
+    cuts=st.lists(st.integers(min_value=0, max_value=150), max_size=5),
+)
+def test_dedupe_equal_at_every_split(secret: str, prefix: str, gap: str, cuts: list[int]) -> None:
+    text = f"{prefix}token = '{secret}'{gap}| {secret} |{gap}{secret}"
+    out = R.redact(text)
+    assert secret not in out
+    assert streamed(R, text, cuts) == out
+    assert R.redact(out) == out
+
+
+# --------------------------------------------------------------------------- wrapped base64 (issue 11)
+
+ENV = {"OPENAI_API_KEY": "sk-proj-" + "Tk9xLm2" * 12, "DB_PASSWORD": "Corr3ct-Horse/Battery+x"}
+RE = Redactor(env=ENV)
+
+
+def _wrapped(value: bytes, width: int, crlf: bool = False) -> str:
+    text = base64.b64encode(value).decode()
+    lines = [text[i : i + width] for i in range(0, len(text), width)]
+    return ("\r\n" if crlf else "\n").join(lines) + "\n"
+
+
+@pytest.mark.parametrize("width", [76, 64, 40, 17, 8, 5, 1])
+@pytest.mark.parametrize("newline", [False, True])
+@pytest.mark.parametrize("crlf", [False, True])
+def test_wrapped_base64_of_env_secret(width: int, newline: bool, crlf: bool) -> None:
+    for value in ENV.values():
+        raw = value.encode() + (b"\n" if newline else b"")
+        text = "$ echo $X | base64\n" + _wrapped(raw, width, crlf) + "$ done\n"
+        out = RE.redact(text)
+        body = base64.b64encode(raw).decode()
+        for i in range(0, len(body) - 12, 6):  # no 12-character piece of it survives
+            assert body[i : i + 12] not in out.replace("\r\n", "").replace("\n", "")
+        assert out.startswith("$ echo $X | base64\n") and out.endswith("$ done\n")
+        assert streamed(RE, text, list(range(0, len(text), 7))) == out
+
+
+@pytest.mark.skipif(shutil.which("base64") is None, reason="coreutils base64 not installed")
+def test_coreutils_base64_output() -> None:
+    value = ENV["OPENAI_API_KEY"]
+    done = subprocess.run(["base64"], input=(value + "\n").encode(), capture_output=True, check=True)
+    out = RE.redact(done.stdout.decode())
+    assert out.strip() == REDACTED
+
+
+def test_wrapped_base64_of_other_text_is_kept() -> None:
+    text = _wrapped(b"just some ordinary file contents, nothing secret in here at all", 20)
+    assert RE.redact(text) == text
+
+
+def test_one_redactor_in_many_threads() -> None:
+    """The Hyperscan databases are shared; each thread scans with its own scratch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = _wrapped(ENV["OPENAI_API_KEY"].encode(), 76)
+    text = f"ghp_{'a1B2' * 9} {body} dop_v1_{'ab' * 32}\n" * 2000
+    expected = RE.redact(text)
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(RE.redact, [text] * 8)) == [expected] * 8
