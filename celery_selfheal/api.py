@@ -56,7 +56,8 @@ def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
         why = (str(exc).splitlines() or [type(exc).__name__])[0]
         with contextlib.suppress(Exception):
             transitions.not_sent(ctx, job["jobId"], why)
-        raise SelfHealError(f"broker: job {job['jobId']} not sent: {one_line(why, 300)} (marked failed)") from None
+        raise SelfHealError(f"job {job['jobId']} not sent to the broker: {one_line(why, 300)} "
+                            "(marked failed)") from None
     return job
 
 

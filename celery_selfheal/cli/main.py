@@ -113,17 +113,25 @@ def follow_job(sh: Any, job_id: str, *, as_json: bool, drive_local: bool = True)
         try:
             code = _follow(sh, job_id, as_json=as_json, drive_local=drive_local, started=worker)
         except Interrupted as exc:
-            from celery_selfheal.cli.interrupt import follow_hint
-
-            click.echo(f"selfheal: interrupted; job {job_id} goes on. Follow it with: "
-                       f"{follow_hint(sh, job_id)}", err=True)
+            announce_interrupt(sh, job_id, exc)
             code = exc.exit_code
         stop_local_worker(worker[0] if worker else None)  # only if following did not stop it already
     return code
 
 
+def announce_interrupt(sh: Any, job_id: str, exc: BaseException) -> None:
+    """Say once, at once, that the job goes on and how to follow it."""
+    from celery_selfheal.cli.interrupt import follow_hint
+
+    if not getattr(exc, "announced", False):
+        click.echo(f"selfheal: interrupted; job {job_id} goes on. Follow it with: {follow_hint(sh, job_id)}",
+                   err=True)
+        exc.announced = True  # type: ignore[attr-defined]
+
+
 def _follow(sh: Any, job_id: str, *, as_json: bool, drive_local: bool, started: list[Any]) -> int:
     from celery_selfheal.api import follow_events, job_finished
+    from celery_selfheal.cli.interrupt import Interrupted
     from celery_selfheal.cli.progress import Progress
     from celery_selfheal.embedded.follow import follow_local
     from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS
@@ -145,9 +153,10 @@ def _follow(sh: Any, job_id: str, *, as_json: bool, drive_local: bool, started: 
     try:
         with Progress(as_json=as_json, job_id=job_id, steps=job.get("steps", ()),
                       run_dir=ctx.settings.run_dir) as progress:
-            for _, event in events:
+            for seq, event in events:
                 progress.event(event)
-                if event.get("event") in TERMINAL_JOB_EVENTS and job_finished(ctx, job_id):
+                if (event.get("event") in TERMINAL_JOB_EVENTS and job_finished(ctx, job_id)
+                        and not ctx.store.list_events(job_id, after=seq, limit=1)):
                     break  # the summary first: the local worker's warm stop (on leaving) takes seconds
         job = ctx.store.get_job(job_id) or {}
         if not as_json:  # before stopping the local worker: its warm shutdown takes seconds
@@ -156,6 +165,9 @@ def _follow(sh: Any, job_id: str, *, as_json: bool, drive_local: bool, started: 
             click.echo(Progress.summary(job, ctx.store.list_attempts(job_id)))
             for line in result_lines(ctx, job):
                 click.echo(line)
+    except Interrupted as exc:
+        announce_interrupt(sh, job_id, exc)  # before leaving the worker, which may stop it
+        raise
     finally:
         close = getattr(events, "close", None)
         if close is not None:

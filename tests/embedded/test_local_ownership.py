@@ -124,8 +124,10 @@ def test_a_worker_setting_no_step_can_run_with_ends_the_job(tmp_path: Path, make
     run = _run(tmp_path, job, state, SELFHEAL_LEASE_TTL_SECONDS="abc")
     try:
         out, err = run.communicate(timeout=90)
-        assert run.returncode == 1, (out, err)
-        assert "FAILED" in out and "SELFHEAL_LEASE_TTL_SECONDS" in out and "Traceback" not in out + err
+        # refused where the settings are read (issue 12's validation), before anything is stored
+        assert run.returncode == 2, (out, err)
+        assert "SELFHEAL_LEASE_TTL_SECONDS" in err and len(err.strip().splitlines()) == 1
+        assert "Traceback" not in out + err and not (state / "selfheal.db").exists()
     finally:
         _cleanup(state, run)
 
@@ -136,6 +138,6 @@ def test_a_backoff_the_scheduler_cannot_represent_is_refused_at_submit(
     job = _job(tmp_path, "huge", make_repo(), "true", queue_retry_backoff_seconds=1e12)
     run = _run(tmp_path, job, state)
     _, err = run.communicate(timeout=60)
-    assert run.returncode == 2 and "queue_retry_backoff_seconds" in err and "at most" in err, err
+    assert run.returncode == 2 and "queue_retry_backoff_seconds" in err and "must be <=" in err, err
     assert len(err.strip().splitlines()) == 1
 
