@@ -123,11 +123,12 @@ def run_attempt(
     stem = f"step-{plan.step.index:04d}-attempt-{plan.attempt:04d}"
     prompt = ctx.redactor.redact(prompt_text(plan))
     prompt_file = prompt_dir / f"{stem}.prompt.txt"
-    atomic_write(prompt_file, prompt)
+    atomic_write(prompt_file, prompt, durable=False)  # written again by every attempt
     retry_file: Path | None = None
     if plan.retry_context is not None:
         retry_file = prompt_dir / f"{stem}.retry.json"
-        atomic_write(retry_file, json.dumps(ctx.redactor.redact_obj(dict(plan.retry_context)), indent=2))
+        atomic_write(retry_file, json.dumps(ctx.redactor.redact_obj(dict(plan.retry_context)), indent=2),
+                     durable=False)
     spec = RuntimeSpec(
         argv=plan.argv,
         cwd=ws.path,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from celery_selfheal.errors import InputError, WorkspaceError
+from celery_selfheal.workspace import libgit
 
 BASE_REF = "refs/selfheal/base"
 IDENTITY = {
@@ -199,7 +200,14 @@ class GitWorkspace:
                 raise WorkspaceError(f"commit {sha} not found in {repo}")
         if checkout:
             ws.git(["checkout", "--quiet", "--force", "--detach", sha])
-        else:
+        fast = ws._fast()
+        if fast is not None:
+            try:
+                fast.set_refs(sha, head=not checkout)
+                return ws
+            except libgit.Error:
+                pass  # the CLI below does the same
+        if not checkout:
             ws.git(["update-ref", "--no-deref", "HEAD", sha])
         ws.git(["update-ref", BASE_REF, sha])
         return ws
@@ -210,7 +218,7 @@ class GitWorkspace:
         ws = cls(Path(path))
         if not ws.git_dir.is_dir():
             raise WorkspaceError(f"{path} is not a git workspace (no .git directory)")
-        ws.git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+        ws.rev("HEAD^{commit}")
         return ws
 
     def git(self, args: Sequence[str], *, input: bytes | None = None, env: Mapping[str, str] | None = None,
@@ -218,7 +226,14 @@ class GitWorkspace:
         """Run git in this workspace (isolated configuration unless ``isolated=False``)."""
         return git(args, cwd=self.path, input=input, env=env, isolated=isolated, timeout=timeout)
 
+    def _fast(self) -> libgit.InProcess | None:
+        """This workspace opened in-process (`workspace.libgit`), or None to use the CLI."""
+        return libgit.open_workspace(self.path, BASE_REF)
+
     def _has_commit(self, sha: str) -> bool:
+        fast = self._fast()
+        if fast is not None and fast.has_commit(sha):
+            return True
         try:
             self.git(["cat-file", "-e", f"{sha}^{{commit}}"])
             return True
@@ -227,10 +242,22 @@ class GitWorkspace:
 
     def rev(self, spec: str) -> str:
         """The object id ``spec`` resolves to (e.g. ``sha^{tree}``)."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                return fast.rev(spec)
+            except libgit.Error:
+                pass  # the CLI gives the error message
         return self.git(["rev-parse", "--verify", "--quiet", spec]).decode().strip()
 
     def head_tree(self) -> str:
         """Tree sha of HEAD."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                return fast.head_tree()
+            except libgit.Error:
+                pass
         return self.rev("HEAD^{tree}")
 
     def _base(self) -> str:
@@ -241,6 +268,12 @@ class GitWorkspace:
 
     def _base_and_tree(self) -> tuple[str, str]:
         """The base commit and its tree, in one git call when the base ref exists."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                return fast.base_and_tree()
+            except libgit.Error:
+                pass
         try:
             out = self.git(["rev-parse", f"{BASE_REF}^{{commit}}", f"{BASE_REF}^{{tree}}"])
         except WorkspaceError:
@@ -251,7 +284,7 @@ class GitWorkspace:
 
     def base_tree(self) -> str:
         """Tree sha of the base (the last checkpoint commit; HEAD unless the runtime committed)."""
-        return self.rev(f"{self._base()}^{{tree}}")
+        return self._base_and_tree()[1]
 
     def _snapshot(self, base: str) -> tuple[str, Path]:
         """Stage the whole work tree into a private copy of the index; return (tree, index path)."""
@@ -275,6 +308,16 @@ class GitWorkspace:
             index.unlink(missing_ok=True)
             raise
 
+    def _fast_snapshot(self) -> str | None:
+        """The work tree's tree sha staged in-process (nothing written), or None to use the CLI."""
+        fast = self._fast()
+        if fast is None:
+            return None
+        try:
+            return fast.snapshot()[0]
+        except libgit.Error:
+            return None
+
     def diff(self, old_tree: str, new_tree: str) -> tuple[bytes, tuple[str, ...]]:
         """The binary patch from ``old_tree`` to ``new_tree`` and the paths it touches."""
         patch = self.git(["diff-tree", "-p", *_DIFF_ARGS, old_tree, new_tree])
@@ -291,8 +334,10 @@ class GitWorkspace:
         """The full change of the work tree against the base (untracked files included, ignored ones
         not), computed on a private index copy: the real index is left untouched."""
         base, base_tree = self._base_and_tree()
-        tree, index = self._snapshot(base)
-        index.unlink(missing_ok=True)
+        tree = self._fast_snapshot()
+        if tree is None:
+            tree, index = self._snapshot(base)
+            index.unlink(missing_ok=True)
         patch, files = self.diff(base_tree, tree) if tree != base_tree else (b"", ())
         return Change(hashlib.sha256(patch).hexdigest(), files, patch, tree, base_tree, base)
 
@@ -303,6 +348,13 @@ class GitWorkspace:
 
     def move_head(self, commit: str) -> None:
         """Detach HEAD at ``commit`` and make it the base, in one ref transaction."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                fast.set_refs(commit)
+                return
+            except libgit.Error:
+                pass
         self.git(["update-ref", "--no-deref", "--stdin"],
                  input=f"update HEAD {commit}\nupdate {BASE_REF} {commit}\n".encode())
 
@@ -310,6 +362,14 @@ class GitWorkspace:
         """Commit the whole working state (even when unchanged) on the base; return its tree sha.
         ``base`` saves looking it up when the caller just measured it (`Change.base`)."""
         base = base or self._base()
+        fast = self._fast()
+        if fast is not None:
+            try:
+                tree, staged = fast.snapshot()
+                fast.commit(tree, base, message, staged, IDENTITY)
+                return tree
+            except libgit.Error:
+                pass  # e.g. a nested repository libgit2 cannot stage: the CLI records it as a gitlink
         tree, index = self._snapshot(base)
         try:
             self.move_head(self.commit_tree(tree, base, message))
@@ -320,6 +380,12 @@ class GitWorkspace:
 
     def is_clean_at(self, tree: str) -> bool:
         """True if HEAD's tree is ``tree`` and neither index nor work tree differ from HEAD."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                return fast.head_tree() == tree and fast.is_clean()
+            except libgit.Error:
+                pass
         try:
             if self.head_tree() != tree:
                 return False
