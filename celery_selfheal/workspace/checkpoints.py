@@ -158,7 +158,7 @@ def _build(tmp: Path, repo: str, baseline_sha: str, metas: Sequence[Mapping[str,
                 raise ReplayError(f"{_label(meta)}: tree before step {index} is {tree}, checkpoint "
                                   f"{_rel(arts, arts.step_state_path(index))} says {before}", **where)
             try:
-                tree = stack.push(patch, checkpoint_message(meta))
+                tree = stack.push(patch, checkpoint_message(meta), expected=meta.get("treeAfter"))
             except WorkspaceError as exc:
                 raise ReplayError(f"{_label(meta)}: patch {_rel(arts, path)} does not apply: {exc}",
                                   **where) from None

@@ -50,6 +50,7 @@ class InProcess:
     def __init__(self, repo: Any, base_ref: str) -> None:
         self.repo = repo
         self.base_ref = base_ref
+        self._index_tree: str | None = None  # the tree `apply_cached` left in the index
 
     def _commit_of(self, name: str) -> Any:
         return self.repo.revparse_single(name).peel(pygit2.Commit)
@@ -105,6 +106,19 @@ class InProcess:
             for ref in refs:
                 txn.lock_ref(ref)
                 txn.set_target(ref, oid, message="selfheal checkpoint")
+
+    def apply_cached(self, tree: str, patch: bytes) -> str:
+        """``git apply --cached`` of ``patch`` onto ``tree`` in the workspace's own index (replay's
+        private build, whose work tree is never touched); returns the resulting tree."""
+        index = self.repo.index
+        if self._index_tree != tree:
+            index.read_tree(pygit2.Oid(hex=tree))
+            index.write()
+        self._index_tree = None  # unknown until the apply below succeeded
+        self.repo.apply(pygit2.Diff.parse_diff(patch), pygit2.enums.ApplyLocation.INDEX)
+        index.read(force=True)
+        self._index_tree = str(index.write_tree())
+        return self._index_tree
 
     def is_clean(self) -> bool:
         """``git status --porcelain --untracked-files=all`` is empty: no staged, unstaged or
