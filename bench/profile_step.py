@@ -46,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     repo = make_baseline_repo(tmp)
@@ -57,7 +58,12 @@ def main() -> None:
     from celery_selfheal.settings import load_settings
     from celery_selfheal.wiring.install import SelfHeal
 
-    settings = load_settings()
+    broker = None
+    if args.store == "redis":
+        from bench.bench_cluster import start_redis
+
+        redis_proc, broker = start_redis(tmp)
+    settings = load_settings(broker_url=broker)
     app = Celery("profile")
     app.conf.update(settings.celery_conf())
     sh = SelfHeal(app, settings)
@@ -99,13 +105,16 @@ def main() -> None:
         last_counts = dict(counts)
     per_job, samples = per_job[1:], {k: v[1:] for k, v in samples.items()}  # drop the warm-up job
     step = statistics.median(per_job) / args.steps * 1000
-    print(f"machine: {os.cpu_count()} cores; {args.jobs} jobs x {args.steps} no-op steps in-process, SQLite store")
+    print(f"machine: {os.cpu_count()} cores; {args.jobs} jobs x {args.steps} no-op steps in-process, "
+          f"{args.store} store")
     print(f"{'part':34} {'ms/step':>8} {'calls/step':>10}")
     print(f"{'whole step (task body)':34} {step:8.1f}")
     for key in sorted(samples, key=lambda k: -statistics.median(samples[k])):
         if key.startswith("#"):
             continue
         print(f"{key:34} {statistics.median(samples[key]) * 1000:8.2f} {last_counts.get(key, 0) / args.steps:10.1f}")
+    if broker is not None:
+        redis_proc.terminate()
 
 
 if __name__ == "__main__":

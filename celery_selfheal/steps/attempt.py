@@ -115,6 +115,7 @@ def run_attempt(
     cancel_check: Callable[[], bool] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_activity: Callable[[str], None] | None = None,
+    cancel_poll: float = 0.25,
 ) -> AttemptFacts:
     """Run the step's runtime once in ``ws`` under the plan's budgets and collect the facts."""
     arts = ctx.artifacts(plan.job_id)
@@ -146,7 +147,7 @@ def run_attempt(
 
     try:
         result = run_runtime(spec, log=log, redact_stream=redact_stream, cancel_check=cancel_check,
-                             on_start=on_start)
+                             cancel_poll=cancel_poll, on_start=on_start)
     finally:
         log.close()
     return AttemptFacts(result=result, change=ws.current_change(), prompt_file=prompt_file, log_path=log_path)
