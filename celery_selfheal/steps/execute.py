@@ -148,6 +148,8 @@ def _run_and_finish(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, *, task_i
         ctx.store.transition_attempt(plan.job_id, idx, plan.attempt, "running", {"pid": pid})
 
     cancel = preempt_check(ctx, plan.job_id, plan.epoch)
+    if lease is not None:  # a fenced attempt's runtime must be dead before its lease can expire
+        lease.fit_kill_grace(plan.budgets.kill_grace_seconds)
     try:
         facts = run_attempt(ctx, plan, ws, cancel_check=lease.guard(cancel) if lease is not None else cancel,
                             on_start=on_start, on_activity=OutputToucher(registry, task_id),
