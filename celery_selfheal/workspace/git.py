@@ -106,6 +106,9 @@ def resolve_ref(repo: str, ref: str) -> str:
         root = Path(repo).resolve()
         if not root.is_dir():
             raise InputError(f"{repo} does not exist or is not a directory", where="job.repo")
+        fast = libgit.resolve_local(root, ref)
+        if fast is not None:
+            return fast
         try:
             out = git(["rev-parse", "--absolute-git-dir"], cwd=root, isolated=False)
             git_dir: Path | None = Path(out.decode().strip())

@@ -91,3 +91,13 @@ def test_workspace_autocrlf_uses_the_cli(baseline: tuple[Path, str], scratch: Pa
     assert libgit.open_workspace(ws.path, BASE_REF) is None
     (ws.path / "crlf.txt").write_bytes(b"a\r\nb\r\n")
     assert ws.current_change().tree == cli_tree(ws)
+
+
+def test_resolve_local_equals_rev_parse_or_defers(baseline: tuple[Path, str], tmp_path: Path) -> None:
+    repo, sha = baseline
+    for ref in ("HEAD", "main", sha, sha[:12], "HEAD~0"):
+        assert libgit.resolve_local(repo, ref) == run_git(repo, "rev-parse", "--verify", f"{ref}^{{commit}}").strip()
+    (repo / "sub").mkdir(exist_ok=True)
+    assert libgit.resolve_local(repo / "sub", "HEAD") is None  # not the top: the CLI says why
+    assert libgit.resolve_local(repo, "no-such-branch") is None
+    assert libgit.resolve_local(tmp_path, "HEAD") is None
