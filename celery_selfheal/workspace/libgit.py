@@ -159,5 +159,7 @@ def resolve_local(root: Path, ref: str) -> str | None:
     try:
         repo = pygit2.Repository(str(root), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
         return str(repo.revparse_single(ref).peel(pygit2.Commit).id)
-    except (*Error, pygit2.InvalidSpecError, TypeError):
+    except Error:
+        return None
+    except TypeError:  # e.g. a ref text libgit2 refuses to take
         return None
