@@ -21,6 +21,9 @@ from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.wiring.install import SelfHeal
 from celery_selfheal.wiring.routing import enqueue_from
 
+#: events read per poll by `follow_events`
+FOLLOW_PAGE = 1000
+
 __all__ = ["export_artifacts", "follow_events", "job_status", "list_artifacts", "recover", "require_job", "submit"]
 
 
@@ -80,10 +83,13 @@ def follow_events(ctx: Context, job_id: str, *, after: int = 0, until_terminal: 
     seq = after
     ended = False
     while True:
-        batch = ctx.store.list_events(job_id, after=seq)
+        # paged: a follower's memory stays bounded however many events the job has
+        batch = ctx.store.list_events(job_id, after=seq, limit=FOLLOW_PAGE)
         for seq, event in batch:
             yield seq, event
         ended = ended or any(e["event"] in TERMINAL_JOB_EVENTS for _, e in batch)
+        if len(batch) == FOLLOW_PAGE:
+            continue  # not at the tail yet
         if until_terminal and ended:
             job = ctx.store.get_job(job_id) or {}
             # a pending operator request (retry_step, resume_from_step...) may revive it: keep following

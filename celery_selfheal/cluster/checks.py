@@ -5,17 +5,17 @@ Options come from env, then ``config.toml`` ``[worker]``, then defaults:
 ==================================  ===============================  =======  ==========================
 env                                 ``[worker]`` key                 default  meaning
 ==================================  ===============================  =======  ==========================
-``SELFHEAL_LEASE_TTL_SECONDS``      ``lease_ttl_seconds``            9        attempt lease time to live
+``SELFHEAL_LEASE_TTL_SECONDS``      ``lease_ttl_seconds``            8        attempt lease time to live
 ``SELFHEAL_SWEEP_INTERVAL_SECONDS`` ``sweep_interval_seconds``       1        how often workers look for
                                                                               expired leases
 ``SELFHEAL_VISIBILITY_TIMEOUT``     ``visibility_timeout_seconds``   (none)   Redis ``visibility_timeout``
                                                                               (Celery's 3600 s if unset)
 ==================================  ===============================  =======  ==========================
 
-A dead worker's attempt is picked up by another worker within ``ttl + sweep_interval`` (10 s by
+A dead worker's attempt is picked up by another worker within ``ttl + sweep_interval`` (9 s by
 default) plus the time to rebuild its workspace. A lease is renewed every second (one small script
 call: 100 running attempts cost 100 store calls a second) and an attempt fences itself after
-``ttl - kill_grace - 1`` seconds without a successful renewal (3 s by default; at most ``2/3`` of
+``ttl - kill_grace - 1`` seconds without a successful renewal (2 s by default; at most ``2/3`` of
 the TTL), so that its runtime is dead before the lease can expire and another worker start the step.
 `startup_warnings` is pure: it compares numbers and returns messages; the worker logs them (see
 ``docs/cluster.md`` for why each one matters).
@@ -31,7 +31,7 @@ from typing import Any
 from celery_selfheal.core.budgets import Budgets
 from celery_selfheal.errors import ConfigError
 
-DEFAULT_LEASE_TTL = 9.0
+DEFAULT_LEASE_TTL = 8.0
 DEFAULT_SWEEP_INTERVAL = 1.0
 #: longest pause between two lease renewals (shorter when a third of the TTL is shorter)
 RENEW_MAX = 1.0

@@ -350,8 +350,8 @@ def test_cluster_options_env_over_config_over_defaults() -> None:
 
 
 def test_fence_leaves_the_kill_grace_before_the_lease_can_expire(ctx: Context) -> None:
-    opts = ClusterOptions()  # 9 s TTL, renewed every second
-    assert opts.fence_after(5.0) == 3.0 and opts.fence_after(0.0) == 6.0  # never over 2/3 of the TTL
+    opts = ClusterOptions()  # 8 s TTL, renewed every second
+    assert opts.fence_after(5.0) == 2.0 and opts.fence_after(0.0) == 8 * 2 / 3  # never over 2/3 of the TTL
     assert ClusterOptions(lease_ttl=20).fence_after(5.0) == 20 * 2 / 3  # the former defaults are unchanged
     now = [100.0]
     assert ctx.store.acquire_lease("attempt:j", "me", opts.lease_ttl)
@@ -359,12 +359,12 @@ def test_fence_leaves_the_kill_grace_before_the_lease_can_expire(ctx: Context) -
                          renew_every=opts.renew_every)
     lease.fit_kill_grace(5.0)
     assert lease.fence == opts.fence_after(5.0)
-    now[0] += 2.9
+    now[0] += 1.9
     assert not lease.lost
     assert lease.renew() and not lease.lost  # a renewal moves the fence on
-    now[0] += 2.9
+    now[0] += 1.9
     assert not lease.lost
-    now[0] += 0.2  # 3.1 s without a renewal: TERM now, KILL after 5 s, 0.9 s before the 9 s TTL runs out
+    now[0] += 0.2  # 2.1 s without a renewal: TERM now, KILL after 5 s, 0.9 s before the 8 s TTL runs out
     assert lease.lost
     lease.fit_kill_grace(30.0)  # a grace longer than the TTL: fence after two renewals at least
     assert lease.fence == 2 * opts.renew_every
