@@ -31,9 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_cluster import start_redis  # noqa: E402
-from celery_selfheal.store._codec import dumps  # noqa: E402
-from celery_selfheal.store.base import StateStore, open_store  # noqa: E402
+from bench.bench_cluster import start_redis
+from celery_selfheal.store._codec import dumps
+from celery_selfheal.store.base import StateStore, open_store
 
 EVENT = {"event": "task.step.attempt.finished", "ts": "2026-01-01T00:00:00.000Z", "stepId": "s0",
          "stepIndex": 0, "attempt": 1, "epoch": 0, "exitCode": 0, "wallClockSeconds": 0.01,

@@ -5,7 +5,7 @@ Each bench runs as its own process with the defaults below (the benches' own def
 issue's goals were measured, fewer runs where noted) and measures its plain-Celery baseline in the
 same run, interleaved; this script only parses their output lines.
 
-    python bench/run_all.py [--quick] [--only overhead,cluster,cancel,replay]
+    python bench/run_all.py [--quick] [--only overhead,cluster,cancel,replay,store]
 """
 
 from __future__ import annotations
@@ -87,8 +87,24 @@ def replay(quick: bool) -> list[Row]:
                 "<= 0.5 s", ours <= 0.5)]
 
 
+def store(quick: bool) -> list[Row]:
+    args = ["--jobs", "2000", "--events", "200000", "--big", "20000"] if quick else []
+    out = _run("bench_store_scale.py", *args)
+    rows = []
+    for name in ("sqlite", "redis"):
+        page = _num(rf"{name} list_jobs\(50\)\s+([\d.]+) ms", out)
+        big = _num(rf"{name} tail poll, big job\s+([\d.]+) ms", out)
+        small = _num(rf"{name} tail poll, small job\s+([\d.]+) ms", out)
+        mem = _num(rf"{name} follow peak memory \(MiB\)\s+([\d.]+)", out)
+        rows += [Row(f"{name}: jobs first page", f"{page:.2f} ms", "-", "-", "<= 100 ms", page <= 100),
+                 Row(f"{name}: follow poll, big job", f"{big:.2f} ms", f"{small:.2f} ms (small job)",
+                     f"{big / small:.2f}x", "O(new events)", big <= 3 * small + 0.5),
+                 Row(f"{name}: follow big job, peak memory", f"{mem:.1f} MiB", "-", "-", "bounded", mem <= 64)]
+    return rows
+
+
 BENCHES: dict[str, Callable[[bool], list[Row]]] = {
-    "overhead": overhead, "cluster": cluster, "cancel": cancel, "replay": replay}
+    "overhead": overhead, "cluster": cluster, "cancel": cancel, "replay": replay, "store": store}
 
 
 def main() -> None:
