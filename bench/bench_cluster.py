@@ -14,7 +14,7 @@ workspace root and a shared artifact root, as two hosts would have.
    other worker (median and worst of ``--kills`` runs), with the lease TTL and sweep interval used.
 
     python bench/bench_cluster.py [--jobs 200] [--steps 3] [--runs 3] [--kills 3] [--concurrency 2]
-                                  [--lease-ttl 20] [--sweep-interval 5]
+                                  [--lease-ttl 9] [--sweep-interval 1]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._common import make_baseline_repo  # noqa: E402
 from celery_selfheal.api import submit  # noqa: E402
+from celery_selfheal.cluster.checks import DEFAULT_LEASE_TTL, DEFAULT_SWEEP_INTERVAL  # noqa: E402
 from celery_selfheal.embedded.local_worker import worker_running  # noqa: E402
 from celery_selfheal.settings import Settings, load_settings  # noqa: E402
 from celery_selfheal.wiring.install import SelfHeal  # noqa: E402
@@ -203,8 +204,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--lease-ttl", type=float, default=None, help="default: the documented 20 s")
-    parser.add_argument("--sweep-interval", type=float, default=None, help="default: the documented 5 s")
+    parser.add_argument("--lease-ttl", type=float, default=None,
+                        help=f"default: the documented {DEFAULT_LEASE_TTL:g} s (20 s before issue 16)")
+    parser.add_argument("--sweep-interval", type=float, default=None,
+                        help=f"default: the documented {DEFAULT_SWEEP_INTERVAL:g} s (5 s before issue 16)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     repo = make_baseline_repo(tmp)
@@ -236,8 +239,8 @@ def main() -> None:
     print(f"plain Celery chains  : {fmt(base)}  -> {steps / med_b:7.1f} steps/s  {args.jobs / med_b:6.1f} jobs/s")
     print(f"throughput ratio     : celery-selfheal = {med_b / med_o:.3f} x plain Celery "
           f"({(med_o - med_b) / steps * 1000 * 2 * args.concurrency:.0f} ms more per step per slot)")
-    ttl = args.lease_ttl or 20.0
-    sweep = args.sweep_interval or 5.0
+    ttl = args.lease_ttl or DEFAULT_LEASE_TTL
+    sweep = args.sweep_interval or DEFAULT_SWEEP_INTERVAL
     print(f"worker death -> step running again ({args.kills} kills, lease TTL {ttl:g} s, sweep {sweep:g} s, "
           f"bound {ttl + sweep:g} s + pickup): {fmt(kills)}")
 

@@ -31,6 +31,8 @@ JOB_ROW_KEYS = ("jobId", "status", "currentStep", "createdAt", "updatedAt", "fin
 MAX_PAGE = 1000
 __all__ = ["export_artifacts", "follow_events", "job_finished", "job_status", "list_artifacts", "list_jobs",
            "missing_artifacts", "recover", "require_job", "submit"]
+#: events read per poll by `follow_events`
+FOLLOW_PAGE = 1000
 
 
 def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
@@ -143,10 +145,13 @@ def follow_events(ctx: Context, job_id: str, *, after: int = 0, until_terminal: 
     seq = after
     ended = False
     while True:
-        batch = ctx.store.list_events(job_id, after=seq)
+        # paged: a follower's memory stays bounded however many events the job has
+        batch = ctx.store.list_events(job_id, after=seq, limit=FOLLOW_PAGE)
         for seq, event in batch:
             yield seq, event
         ended = ended or any(e["event"] in TERMINAL_JOB_EVENTS for _, e in batch)
+        if len(batch) == FOLLOW_PAGE:
+            continue  # not at the tail yet
         if until_terminal and ended and job_finished(ctx, job_id):
             return
         if deadline is not None and time.monotonic() > deadline:

@@ -31,8 +31,14 @@ def check_safe_id(value: str, *, what: str = "id") -> str:
     return value
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+def atomic_write(path: Path, data: bytes | str, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    ``durable``: fsync the data before the rename, so that after an OS crash the file is either
+    the old one or the whole new one, never torn. Atomicity against a crashed *process* needs no
+    fsync (the page cache survives it), so files rebuilt from the store or per attempt (prompts,
+    the running-attempt registry, attempt artifacts) pass ``durable=False``; checkpoints keep it.
+    Empty data is never torn, so it needs no fsync either."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -40,7 +46,8 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable and raw:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -48,9 +55,9 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Atomically write ``obj`` as pretty, key-sorted JSON."""
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:
+    """Atomically write ``obj`` as pretty, key-sorted JSON (``durable``: see `atomic_write`)."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", durable=durable)
 
 
 @dataclass(frozen=True)

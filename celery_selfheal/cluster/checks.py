@@ -5,8 +5,8 @@ Options come from env, then ``config.toml`` ``[worker]``, then defaults:
 ==================================  ===============================  =======  ==========================
 env                                 ``[worker]`` key                 default  meaning
 ==================================  ===============================  =======  ==========================
-``SELFHEAL_LEASE_TTL_SECONDS``      ``lease_ttl_seconds``            20       attempt lease time to live
-``SELFHEAL_SWEEP_INTERVAL_SECONDS`` ``sweep_interval_seconds``       5        how often workers look for
+``SELFHEAL_LEASE_TTL_SECONDS``      ``lease_ttl_seconds``            8        attempt lease time to live
+``SELFHEAL_SWEEP_INTERVAL_SECONDS`` ``sweep_interval_seconds``       1        how often workers look for
                                                                               expired leases
 ``SELFHEAL_VISIBILITY_TIMEOUT``     ``visibility_timeout_seconds``   (none)   Redis ``visibility_timeout``
                                                                               (Celery's 3600 s if unset)
@@ -14,9 +14,13 @@ env                                 ``[worker]`` key                 default  me
                                                                               ``consumer_timeout``
 ==================================  ===============================  =======  ==========================
 
-A dead worker's attempt is picked up by another worker within ``ttl + sweep_interval`` (25 s by
-default) plus the time to rebuild its workspace. `startup_warnings` is pure: it compares numbers and
-returns messages; the worker logs them (see ``docs/cluster.md`` for why each one matters).
+A dead worker's attempt is picked up by another worker within ``ttl + sweep_interval`` (9 s by
+default) plus the time to rebuild its workspace. A lease is renewed every second (one small script
+call: 100 running attempts cost 100 store calls a second) and an attempt fences itself after
+``ttl - kill_grace - 1`` seconds without a successful renewal (2 s by default; at most ``2/3`` of
+the TTL), so that its runtime is dead before the lease can expire and another worker start the step.
+`startup_warnings` is pure: it compares numbers and returns messages; the worker logs them (see
+``docs/cluster.md`` for why each one matters).
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ from typing import Any
 from celery_selfheal.core.budgets import Budgets
 from celery_selfheal.errors import ConfigError
 
-DEFAULT_LEASE_TTL = 20.0
-DEFAULT_SWEEP_INTERVAL = 5.0
+DEFAULT_LEASE_TTL = 8.0
+DEFAULT_SWEEP_INTERVAL = 1.0
+#: longest pause between two lease renewals (shorter when a third of the TTL is shorter)
+RENEW_MAX = 1.0
+#: time kept between a fenced attempt's runtime being dead and its lease running out
+KILL_MARGIN = 1.0
 #: Redis transport default (kombu) when ``visibility_timeout`` is not set
 CELERY_VISIBILITY_TIMEOUT = 3600.0
 #: RabbitMQ's default ``consumer_timeout`` (30 min since 3.8.17) when ``consumer_timeout_seconds`` is unset
@@ -50,7 +58,7 @@ _KEYS = {
 class ClusterOptions:
     """How workers guard running attempts and find the ones whose worker died."""
 
-    #: seconds an attempt lease lives without renewal; renewed every ``ttl / 3``
+    #: seconds an attempt lease lives without renewal; renewed every `renew_every`
     lease_ttl: float = DEFAULT_LEASE_TTL
     #: seconds between two looks at expired leases (per worker)
     sweep_interval: float = DEFAULT_SWEEP_INTERVAL
@@ -61,8 +69,15 @@ class ClusterOptions:
 
     @property
     def renew_every(self) -> float:
-        """Renewal period: three tries before the lease could run out."""
-        return self.lease_ttl / 3
+        """Renewal period: every second (at least three tries before the lease could run out)."""
+        return min(self.lease_ttl / 3, RENEW_MAX)
+
+    def fence_after(self, kill_grace: float) -> float:
+        """Seconds without a successful renewal after which an attempt stops trusting its lease:
+        its runtime, TERMed then KILLed after ``kill_grace``, is gone `KILL_MARGIN` before the lease
+        can expire; never more than 2/3 of the TTL, never less than two renewals (then
+        `startup_warnings` says the guarantee does not hold)."""
+        return max(min(self.lease_ttl * 2 / 3, self.lease_ttl - kill_grace - KILL_MARGIN), 2 * self.renew_every)
 
     @property
     def pending_grace(self) -> float:
@@ -170,8 +185,8 @@ def startup_warnings(*, broker_url: str, store_url: str, transport_options: Mapp
     if opts.sweep_interval >= opts.lease_ttl:
         out.append(f"sweep interval {opts.sweep_interval:g}s is not below the lease TTL {opts.lease_ttl:g}s: "
                    "lost attempts are found late")
-    if budgets.kill_grace_seconds >= opts.lease_ttl / 3:
-        out.append(f"kill grace {budgets.kill_grace_seconds:g}s is not below a third of the lease TTL "
+    if opts.lease_ttl - budgets.kill_grace_seconds - KILL_MARGIN < 2 * opts.renew_every:
+        out.append(f"kill grace {budgets.kill_grace_seconds:g}s leaves less than two renewals of the lease TTL "
                    f"({opts.lease_ttl:g}s): a worker cut off from the store may still be killing its "
                    "runtime when another worker takes the step over")
     if not acks_on_failure_or_timeout:

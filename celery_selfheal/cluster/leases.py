@@ -3,9 +3,9 @@
 A step-task message is identified by ``<task id>/<retries>`` (``Task.retry`` keeps the id and bumps
 ``retries``; a redelivery repeats both); its lease owner adds the worker's hostname. The job's lease
 ``attempt:<job id>`` is taken by the gate (`enter`) before anything runs, renewed by a daemon thread
-in the pool child every ``ttl / 3`` while the attempt runs, and released when the task ends. When a
-worker dies its lease stops being renewed and expires; the sweeper (`cluster.sweeper`) then records
-the attempt as ``worker_lost`` and sends the step again.
+in the pool child every ``renew_every`` (a second by default) while the attempt runs, and released
+when the task ends. When a worker dies its lease stops being renewed and expires; the sweeper
+(`cluster.sweeper`) then records the attempt as ``worker_lost`` and sends the step again.
 
 The gate makes redelivered messages harmless (acks_late brings a dead worker's message back):
 
@@ -18,7 +18,8 @@ The gate makes redelivered messages harmless (acks_late brings a dead worker's m
    re-send it if its worker dies before the attempt starts; deliveries that died that way are
    counted and end the job after `MAX_PRESTART_LOSSES`, so nothing loops forever.
 
-An attempt whose lease is lost (taken over, or not renewed for two thirds of the TTL) is fenced:
+An attempt whose lease is lost (taken over, or not renewed for its fence time: two thirds of the TTL,
+shortened by `AttemptLease.fit_kill_grace` so that the runtime is dead before the lease expires) is fenced:
 `AttemptLease.lost` turns the supervisor's cancel check on, and the step runner records nothing.
 """
 
@@ -33,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from celery_selfheal.cluster.checks import KILL_MARGIN
 from celery_selfheal.context import Context
 from celery_selfheal.core.admission import StepDelivery
 from celery_selfheal.core.job_state import is_terminal
@@ -72,10 +74,13 @@ class AttemptLease:
     """A held lease, renewed by a daemon thread from `start` until `release` or `hand_over`."""
 
     def __init__(self, store: StateStore, key: str, owner: str, *, ttl: float, message: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, renew_every: float | None = None) -> None:
         self.store, self.key, self.owner, self.ttl, self.message = store, key, owner, ttl, message
         self._clock = clock
-        self._deadline = clock() + ttl * FENCE_FRACTION
+        self.renew_every = ttl / 3 if renew_every is None else renew_every
+        self.fence = ttl * FENCE_FRACTION
+        self._renewed = clock()  # when the last successful renewal (or the acquire) was sent
+        self._deadline = self._renewed + self.fence
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,13 +90,19 @@ class AttemptLease:
         """Fields the attempt record carries so that duplicates and the sweeper can find it."""
         return {"messageId": self.message, "leaseKey": self.key, "leaseOwner": self.owner}
 
+    def fit_kill_grace(self, kill_grace: float, margin: float = KILL_MARGIN) -> None:
+        """Fence early enough that a runtime TERMed, then KILLed after ``kill_grace``, is gone
+        ``margin`` seconds before the lease can expire (never less than two renewals)."""
+        self.fence = max(min(self.fence, self.ttl - kill_grace - margin), 2 * self.renew_every)
+        self._deadline = self._renewed + self.fence
+
     def start(self) -> None:
-        """Start renewing every ``ttl / 3`` in a daemon thread."""
+        """Start renewing every ``renew_every`` seconds in a daemon thread."""
         self._thread = threading.Thread(target=self._run, name=f"selfheal-lease-{self.key}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
+        while not self._stop.wait(self.renew_every):
             if not self.renew() and self._lost.is_set():
                 return
 
@@ -104,7 +115,8 @@ class AttemptLease:
             log.warning("celery-selfheal: renewing lease %s failed: %s", self.key, exc)
             return False
         if ok:
-            self._deadline = max(self._deadline, sent + self.ttl * FENCE_FRACTION)
+            self._renewed = max(self._renewed, sent)
+            self._deadline = self._renewed + self.fence
         else:
             self._lost.set()
             log.error("celery-selfheal: lease %s is no longer ours (%s): the attempt stops", self.key,
@@ -235,7 +247,7 @@ def _lease_state(store: StateStore, key: str, owner: str) -> str:
 
 
 def enter(ctx: Context, delivery: Delivery, *, ttl: float, busy_wait: float, sweep_interval: float,
-          sleep: Callable[[float], None] = time.sleep) -> Gate:
+          sleep: Callable[[float], None] = time.sleep, renew_every: float | None = None) -> Gate:
     """Let a step-task message in (with the job's lease), or say why it must not run (module docstring)."""
     store, key, owner, message = ctx.store, lease_key(delivery.job_id), delivery.owner, delivery.message
     deadline = time.monotonic() + busy_wait
@@ -256,7 +268,7 @@ def enter(ctx: Context, delivery: Delivery, *, ttl: float, busy_wait: float, swe
             return Gate(GateKind.BUSY, reason=f"job {delivery.job_id} is held by {holder}",
                         countdown=sweep_interval if state == "expired" else 1.0)
         sleep(_POLL)
-    lease = AttemptLease(store, key, owner, ttl=ttl, message=message)
+    lease = AttemptLease(store, key, owner, ttl=ttl, message=message, renew_every=renew_every)
     try:
         return _admit(ctx, delivery, lease)
     except BaseException:

@@ -120,6 +120,7 @@ def run_attempt(
     cancel_check: Callable[[], bool] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_activity: Callable[[str], None] | None = None,
+    cancel_poll: float = 0.25,
 ) -> AttemptFacts:
     """Run the step's runtime once in ``ws`` under the plan's budgets and collect the facts."""
     arts = ctx.artifacts(plan.job_id)
@@ -128,11 +129,12 @@ def run_attempt(
     stem = f"step-{plan.step.index:04d}-attempt-{plan.attempt:04d}"
     prompt = ctx.redactor.redact(prompt_text(plan))
     prompt_file = prompt_dir / f"{stem}.prompt.txt"
-    atomic_write(prompt_file, prompt)
+    atomic_write(prompt_file, prompt, durable=False)  # written again by every attempt
     retry_file: Path | None = None
     if plan.retry_context is not None:
         retry_file = prompt_dir / f"{stem}.retry.json"
-        atomic_write(retry_file, json.dumps(ctx.redactor.redact_obj(dict(plan.retry_context)), indent=2))
+        atomic_write(retry_file, json.dumps(ctx.redactor.redact_obj(dict(plan.retry_context)), indent=2),
+                     durable=False)
     spec = RuntimeSpec(
         argv=plan.argv,
         cwd=ws.path,
@@ -152,7 +154,7 @@ def run_attempt(
 
     try:
         result = run_runtime(spec, log=log, redact_stream=redact_stream, cancel_check=cancel_check,
-                             on_start=on_start, redact_text=ctx.redactor.redact)
+                             cancel_poll=cancel_poll, on_start=on_start, redact_text=ctx.redactor.redact)
     finally:
         log.close()
     return AttemptFacts(result=result, change=ws.current_change(), prompt_file=prompt_file, log_path=log_path)

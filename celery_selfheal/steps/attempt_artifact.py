@@ -45,4 +45,5 @@ def write_attempt_artifact(ctx: Context, job_id: str, record: Mapping[str, Any],
         "retryContext": dict(retry_context) if retry_context else None,
         "events": events,
     }
-    atomic_write_json(arts.attempt_state_path(idx, attempt), ctx.redactor.redact_obj(doc))
+    # a copy of the store's record, rewritten whenever the attempt is recorded: no fsync needed
+    atomic_write_json(arts.attempt_state_path(idx, attempt), ctx.redactor.redact_obj(doc), durable=False)

@@ -32,7 +32,8 @@ class RunningAttempts:
 
     def register(self, task_id: str, record: dict[str, Any]) -> None:
         """Record a running attempt (``jobId, stepIndex, attempt, epoch, pgid, ...``)."""
-        atomic_write_json(self._path(task_id), {**record, "taskId": task_id, "registeredAt": time.time()})
+        atomic_write_json(self._path(task_id), {**record, "taskId": task_id, "registeredAt": time.time()},
+                          durable=False)  # a registry of live processes: meaningless after an OS crash
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         """The record of a task, or None."""

@@ -26,6 +26,16 @@ redis.call('ZADD', KEYS[4], seq, ARGV[2])
 return 1
 """
 
+#: KEYS: the key. ARGV: hash field ('' for a string key), the JSON text read, the new JSON text.
+#: Sets the new text only if the value is still exactly the text read (compare-and-set); returns 1.
+CAS = """
+local cur
+if ARGV[1] == '' then cur = redis.call('GET', KEYS[1]) else cur = redis.call('HGET', KEYS[1], ARGV[1]) end
+if cur ~= ARGV[2] then return 0 end
+if ARGV[1] == '' then redis.call('SET', KEYS[1], ARGV[3]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+return 1
+"""
+
 # Leases. KEYS: owner hash (lease key -> owner), expiry zset (lease key -> expiresAt in ms).
 # A lease stays recorded until released by its owner or taken by another owner after it expired,
 # which is what lets expired_leases() name the owner of a lease whose time ran out.
@@ -91,9 +101,10 @@ class Scripts:
     release: Any
     get: Any
     expired: Any
+    cas: Any
 
     @classmethod
     def register(cls, client: Any) -> Scripts:
         """Register every script on ``client``."""
-        sources = (CREATE_JOB, ACQUIRE, RENEW, RELEASE, GET, EXPIRED)
+        sources = (CREATE_JOB, ACQUIRE, RENEW, RELEASE, GET, EXPIRED, CAS)
         return cls(*(client.register_script(src) for src in sources))

@@ -24,8 +24,10 @@ key                             type    content
 ==============================  ======  ================================================
 
 Atomicity: ``RPUSH`` numbers events (its reply is the new length: no gaps, no duplicates),
-``HSETNX`` records a checkpoint once, ``WATCH``/``MULTI`` guards the compare-and-set updates (JSON is
-merged in Python, never re-encoded in Lua), Lua scripts create jobs and handle leases. Leases are
+``HSETNX`` records a checkpoint once, a compare-and-set script guards record updates (JSON is
+merged in Python, never re-encoded in Lua: the script sets the new text only if the value is still
+the text read, two round trips where ``WATCH``/``MULTI`` took three), Lua scripts create jobs and
+handle leases. Leases are
 not Redis TTL keys, because an expired key vanishes with its owner and ``expired_leases`` must still
 name it. The client is created lazily per process (redis-py pools must not cross ``fork()``) and
 retries commands through a Redis restart of up to ~15 s (a command whose reply was lost as the old
@@ -111,24 +113,19 @@ class RedisStore(StateStore):
         return f"{self.prefix}job:{{{job_id}}}{part}"
 
     def _update(self, key: str, field: str | None, change: Callable[[Record], str | None]) -> bool:
-        """Compare-and-set one JSON value (a string key, or a field of a hash) with WATCH/MULTI.
-
-        ``change`` gets the current record and returns the new JSON text, or None to leave it.
-        """
-        def txn(pipe: Any) -> bool:
-            raw = pipe.get(key) if field is None else pipe.hget(key, field)
+        """Compare-and-set one JSON value (a string key, or a field of a hash): read it, let
+        ``change`` turn the record into the new JSON text (None: leave it), and write that text
+        only if the value is still the one read (the `Scripts.cas` script), else start again."""
+        # A script whose reply was lost in a reconnect is retried and refused (the value changed:
+        # to ours); the loop then reads our own write back, as WATCH/MULTI's rerun did.
+        client, cas = self._r(), self._lua().cas
+        while True:
+            raw = client.get(key) if field is None else client.hget(key, field)
             new = None if raw is None else change(codec.loads(raw))
             if new is None:
                 return False
-            pipe.multi()
-            if field is None:
-                pipe.set(key, new)
-            else:
-                pipe.hset(key, field, new)
-            return True
-
-        # redis-py reruns txn when a watched key changed before EXEC
-        return bool(self._r().transaction(txn, key, value_from_callable=True))
+            if cas(keys=[key], args=[field or "", raw, new]):
+                return True
 
     # -- jobs -------------------------------------------------------------------------------
     def _by_status(self, status: Any) -> str:

@@ -66,7 +66,8 @@ def run_step_body(task: Task, ctx: Context, delivery: Delivery) -> dict[str, Any
         task.request.chain = None
         return _result(delivery, "stop", str(exc))
     # the attempt lease: one running attempt per job; a redelivered message does nothing (cluster.leases)
-    gate = enter(ctx, delivery, ttl=opts.lease_ttl, busy_wait=opts.busy_wait, sweep_interval=opts.sweep_interval)
+    gate = enter(ctx, delivery, ttl=opts.lease_ttl, busy_wait=opts.busy_wait, sweep_interval=opts.sweep_interval,
+                 renew_every=opts.renew_every)
     if gate.kind is GateKind.BUSY:
         hard_limit, soft_limit = task.request.timelimit or (None, None)
         raise task.retry(args=(), kwargs=_kwargs(delivery, delivery.strategy, delivery.retry_context,

@@ -105,8 +105,10 @@ def write_checkpoint(
         "treeAfter": change.tree,
     }
     _archive_existing(arts, step_index)
+    # Durable: the patch bytes (fsynced before the caller records the checkpoint in the store).
+    # The JSON is a copy of the metadata the store keeps, and replay reads the store's: atomic only.
     atomic_write(patch_path, change.patch)
-    atomic_write_json(state_path, meta)
+    atomic_write_json(state_path, meta, durable=False)
     tree = ws.commit_change(checkpoint_message(meta), base=change.base)
     if tree != change.tree:
         # The work tree changed while we recorded it. The checkpoint stays authoritative: the next
@@ -169,7 +171,7 @@ def _build(tmp: Path, repo: str, baseline_sha: str, metas: Sequence[Mapping[str,
                 raise ReplayError(f"{_label(meta)}: tree before step {index} is {tree}, checkpoint "
                                   f"{_rel(arts, arts.step_state_path(index))} says {before}", **where)
             try:
-                tree = stack.push(patch, checkpoint_message(meta))
+                tree = stack.push(patch, checkpoint_message(meta), expected=meta.get("treeAfter"))
             except WorkspaceError as exc:
                 raise ReplayError(f"{_label(meta)}: patch {_rel(arts, path)} does not apply: {exc}",
                                   **where) from None

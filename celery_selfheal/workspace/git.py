@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from celery_selfheal.errors import InputError, WorkspaceError
+from celery_selfheal.workspace import libgit
 
 BASE_REF = "refs/selfheal/base"
 IDENTITY = {
@@ -105,6 +106,9 @@ def resolve_ref(repo: str, ref: str) -> str:
         root = Path(repo).resolve()
         if not root.is_dir():
             raise InputError(f"{repo} does not exist or is not a directory", where="job.repo")
+        fast = libgit.resolve_local(root, ref)
+        if fast is not None:
+            return fast
         try:
             out = git(["rev-parse", "--absolute-git-dir"], cwd=root, isolated=False)
             git_dir: Path | None = Path(out.decode().strip())
@@ -199,7 +203,14 @@ class GitWorkspace:
                 raise WorkspaceError(f"commit {sha} not found in {repo}")
         if checkout:
             ws.git(["checkout", "--quiet", "--force", "--detach", sha])
-        else:
+        fast = ws._fast()
+        if fast is not None:
+            try:
+                fast.set_refs(sha, head=not checkout)
+                return ws
+            except libgit.Error:
+                pass  # the CLI below does the same
+        if not checkout:
             ws.git(["update-ref", "--no-deref", "HEAD", sha])
         ws.git(["update-ref", BASE_REF, sha])
         return ws
@@ -209,7 +220,7 @@ class GitWorkspace:
         """An existing workspace at ``path``; WorkspaceError if it is not one of our git work trees."""
         ws = cls(Path(path))
         ws.verify()
-        ws.git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"])
+        ws.rev("HEAD^{commit}")
         return ws
 
     def verify(self) -> None:
@@ -237,7 +248,14 @@ class GitWorkspace:
                   "GIT_CEILING_DIRECTORIES": str(self.path.parent), **(env or {})}
         return git(args, cwd=self.path, input=input, env=pinned, isolated=isolated, timeout=timeout)
 
+    def _fast(self) -> libgit.InProcess | None:
+        """This workspace opened in-process (`workspace.libgit`), or None to use the CLI."""
+        return libgit.open_workspace(self.path, BASE_REF)
+
     def _has_commit(self, sha: str) -> bool:
+        fast = self._fast()
+        if fast is not None and fast.has_commit(sha):
+            return True
         try:
             self.git(["cat-file", "-e", f"{sha}^{{commit}}"])
             return True
@@ -246,10 +264,22 @@ class GitWorkspace:
 
     def rev(self, spec: str) -> str:
         """The object id ``spec`` resolves to (e.g. ``sha^{tree}``)."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                return fast.rev(spec)
+            except libgit.Error:
+                pass  # the CLI gives the error message
         return self.git(["rev-parse", "--verify", "--quiet", spec]).decode().strip()
 
     def head_tree(self) -> str:
         """Tree sha of HEAD."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                return fast.head_tree()
+            except libgit.Error:
+                pass
         return self.rev("HEAD^{tree}")
 
     def _base(self) -> str:
@@ -260,6 +290,12 @@ class GitWorkspace:
 
     def _base_and_tree(self) -> tuple[str, str]:
         """The base commit and its tree, in one git call when the base ref exists."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                return fast.base_and_tree()
+            except libgit.Error:
+                pass
         try:
             out = self.git(["rev-parse", f"{BASE_REF}^{{commit}}", f"{BASE_REF}^{{tree}}"])
         except WorkspaceError:
@@ -270,7 +306,7 @@ class GitWorkspace:
 
     def base_tree(self) -> str:
         """Tree sha of the base (the last checkpoint commit; HEAD unless the runtime committed)."""
-        return self.rev(f"{self._base()}^{{tree}}")
+        return self._base_and_tree()[1]
 
     def _snapshot(self, base: str) -> tuple[str, Path]:
         """Stage the whole work tree into a private copy of the index; return (tree, index path)."""
@@ -295,6 +331,16 @@ class GitWorkspace:
             index.unlink(missing_ok=True)
             raise
 
+    def _fast_snapshot(self) -> str | None:
+        """The work tree's tree sha staged in-process (nothing written), or None to use the CLI."""
+        fast = self._fast()
+        if fast is None:
+            return None
+        try:
+            return fast.snapshot()[0]
+        except libgit.Error:
+            return None
+
     def diff(self, old_tree: str, new_tree: str) -> tuple[bytes, tuple[str, ...]]:
         """The binary patch from ``old_tree`` to ``new_tree`` and the paths it touches."""
         patch = self.git(["diff-tree", "-p", *_DIFF_ARGS, old_tree, new_tree])
@@ -312,8 +358,10 @@ class GitWorkspace:
         """The full change of the work tree against the base (untracked files included, ignored ones
         not), computed on a private index copy: the real index is left untouched."""
         base, base_tree = self._base_and_tree()
-        tree, index = self._snapshot(base)
-        index.unlink(missing_ok=True)
+        tree = self._fast_snapshot()
+        if tree is None:
+            tree, index = self._snapshot(base)
+            index.unlink(missing_ok=True)
         patch, files = self.diff(base_tree, tree) if tree != base_tree else (b"", ())
         return Change(hashlib.sha256(patch).hexdigest(), files, patch, tree, base_tree, base)
 
@@ -324,6 +372,13 @@ class GitWorkspace:
 
     def move_head(self, commit: str) -> None:
         """Detach HEAD at ``commit`` and make it the base, in one ref transaction."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                fast.set_refs(commit)
+                return
+            except libgit.Error:
+                pass
         self.git(["update-ref", "--no-deref", "--stdin"],
                  input=f"update HEAD {commit}\nupdate {BASE_REF} {commit}\n".encode())
 
@@ -331,6 +386,14 @@ class GitWorkspace:
         """Commit the whole working state (even when unchanged) on the base; return its tree sha.
         ``base`` saves looking it up when the caller just measured it (`Change.base`)."""
         base = base or self._base()
+        fast = self._fast()
+        if fast is not None:
+            try:
+                tree, staged = fast.snapshot()
+                fast.commit(tree, base, message, staged, IDENTITY)
+                return tree
+            except libgit.Error:
+                pass  # e.g. a nested repository libgit2 cannot stage: the CLI records it as a gitlink
         tree, index = self._snapshot(base)
         try:
             self.move_head(self.commit_tree(tree, base, message))
@@ -341,6 +404,12 @@ class GitWorkspace:
 
     def is_clean_at(self, tree: str) -> bool:
         """True if HEAD's tree is ``tree`` and neither index nor work tree differ from HEAD."""
+        fast = self._fast()
+        if fast is not None:
+            try:
+                return fast.head_tree() == tree and fast.is_clean()
+            except libgit.Error:
+                pass
         try:
             if self.head_tree() != tree:
                 return False

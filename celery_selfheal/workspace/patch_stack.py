@@ -1,6 +1,10 @@
-"""Fast verified replay: patches applied to a private index one after another, commits written in
+"""Fast verified replay: patches applied one after another without a work tree, commits written in
 one ``git fast-import``, the work tree checked out once (used by `checkpoints.replay`). Runs git
-only through `GitWorkspace.git`."""
+only through `GitWorkspace.git` and `workspace.libgit`.
+
+Each patch is applied in-process (libgit2) to the previous tree; when libgit2 cannot apply it, or
+its tree is not the one the checkpoint recorded, the same patch goes through ``git apply
+--cached`` on a private index instead, so the CLI stays the judge of what a patch means."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from celery_selfheal.workspace import libgit
 from celery_selfheal.workspace.git import APPLY_ARGS, BASE_REF, IDENTITY, GitWorkspace
 
 
@@ -25,14 +30,36 @@ class PatchStack:
         self.index = Path(name)
         self.index.unlink()
         self.env = {"GIT_INDEX_FILE": str(self.index)}
-        ws.git(["read-tree", self.start], env=self.env)
+        self.fast = libgit.open_workspace(ws.path, BASE_REF)
+        self.tree = ws.rev(f"{self.start}^{{tree}}")
+        self._index_at: str | None = None  # the tree the private index holds (None: not read yet)
 
-    def push(self, patch: bytes, message: str) -> str:
-        """Apply ``patch`` (may be empty), queue a commit of the result, return its tree sha."""
+    def push(self, patch: bytes, message: str, expected: str | None = None) -> str:
+        """Apply ``patch`` (may be empty), queue a commit of the result, return its tree sha.
+        ``expected``: the tree the checkpoint recorded; a different in-process result is redone by
+        the CLI (whose result is returned, whatever it is)."""
+        tree = self._apply_fast(patch) if patch else self.tree
+        if tree is None or (expected is not None and tree != expected):
+            tree = self._apply_cli(patch)
+        self.tree = tree
+        self.commits.append((tree, message))
+        return tree
+
+    def _apply_fast(self, patch: bytes) -> str | None:
+        if self.fast is None:
+            return None
+        try:
+            return self.fast.apply_cached(self.tree, patch)
+        except libgit.Error:
+            return None
+
+    def _apply_cli(self, patch: bytes) -> str:
+        if self._index_at != self.tree:
+            self.ws.git(["read-tree", self.tree], env=self.env)
         if patch:
             self.ws.git(["apply", "--cached", *APPLY_ARGS], input=patch, env=self.env)
         tree = self.ws.git(["write-tree"], env=self.env).decode().strip()
-        self.commits.append((tree, message))
+        self._index_at = tree
         return tree
 
     def finish(self) -> None:

@@ -345,7 +345,30 @@ def test_cluster_options_env_over_config_over_defaults() -> None:
     opts = cluster_options({"lease_ttl_seconds": 30, "sweep_interval_seconds": 2},
                            env={"SELFHEAL_LEASE_TTL_SECONDS": "12", "SELFHEAL_VISIBILITY_TIMEOUT": "7200"})
     assert (opts.lease_ttl, opts.sweep_interval, opts.visibility_timeout) == (12.0, 2.0, 7200.0)
-    assert opts.renew_every == 4.0 and opts.worst_case_pickup == 14.0
+    assert opts.renew_every == 1.0 and opts.worst_case_pickup == 14.0
+    assert ClusterOptions().worst_case_pickup <= 10.0  # issue 16: a lost worker's step runs again within 10 s
+
+
+def test_fence_leaves_the_kill_grace_before_the_lease_can_expire(ctx: Context) -> None:
+    opts = ClusterOptions()  # 8 s TTL, renewed every second
+    assert opts.fence_after(5.0) == 2.0 and opts.fence_after(0.0) == 8 * 2 / 3  # never over 2/3 of the TTL
+    assert ClusterOptions(lease_ttl=20).fence_after(5.0) == 20 * 2 / 3  # the former defaults are unchanged
+    now = [100.0]
+    assert ctx.store.acquire_lease("attempt:j", "me", opts.lease_ttl)
+    lease = AttemptLease(ctx.store, "attempt:j", "me", ttl=opts.lease_ttl, message="t/0", clock=lambda: now[0],
+                         renew_every=opts.renew_every)
+    lease.fit_kill_grace(5.0)
+    assert lease.fence == opts.fence_after(5.0)
+    now[0] += 1.9
+    assert not lease.lost
+    assert lease.renew() and not lease.lost  # a renewal moves the fence on
+    now[0] += 1.9
+    assert not lease.lost
+    now[0] += 0.2  # 2.1 s without a renewal: TERM now, KILL after 5 s, 0.9 s before the 8 s TTL runs out
+    assert lease.lost
+    lease.fit_kill_grace(30.0)  # a grace longer than the TTL: fence after two renewals at least
+    assert lease.fence == 2 * opts.renew_every
+    lease.release()
 
 
 @pytest.mark.parametrize(("table", "env", "where"), [

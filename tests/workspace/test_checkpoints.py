@@ -225,7 +225,7 @@ def test_interrupted_replay_leaves_path_untouched(
     before, head = _listing(ws.path), run_git(ws.path, "rev-parse", "HEAD")
     calls = []
 
-    def interrupted(self: Any, patch: bytes, message: str) -> str:
+    def interrupted(self: Any, patch: bytes, message: str, expected: Any = None) -> str:
         calls.append(message)
         raise KeyboardInterrupt
 
