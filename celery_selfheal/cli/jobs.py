@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from celery_selfheal.cli.main import get_selfheal, handle_errors, location_options, selfheal
-from celery_selfheal.cli.render import printable
 from celery_selfheal.core.control_rules import STATUSES
+from celery_selfheal.core.text_bounds import terminal_safe
 
 
 @selfheal.command(name="jobs")
@@ -37,6 +37,11 @@ def jobs_table(rows: list[dict[str, Any]]) -> list[str]:
         return ["no jobs"]
     head = ("JOB", "STATUS", "STEP", "CREATED", "FINISHED", "OBJECTIVE")
     cells = [(r["jobId"], r["status"], str(r.get("currentStep") or 0), r.get("createdAt") or "",
-              r.get("finishedAt") or "-", printable(str(r.get("objective") or ""))[:60]) for r in rows]
+              r.get("finishedAt") or "-", _shown(r.get("objective"))) for r in rows]
     widths = [max(len(c[i]) for c in [head, *cells]) for i in range(len(head) - 1)]
     return ["  ".join(c[i].ljust(w) for i, w in enumerate(widths)) + "  " + c[-1] for c in [head, *cells]]
+
+
+def _shown(text: object) -> str:
+    """A stored string on one table line: no terminal escapes, no line breaks, at most 60 characters."""
+    return terminal_safe(str(text or "")).replace("\n", "\\n")[:60]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 from datetime import datetime
 from typing import Any
@@ -94,15 +93,6 @@ def event_line(e: dict[str, Any]) -> str:
 def json_line(e: dict[str, Any]) -> str:
     """The ``--json`` form of an event (one line, stable key order)."""
     return json.dumps({k: v for k, v in e.items() if k != "seq"}, sort_keys=True)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """Stored text made safe for a terminal: control characters (escape sequences, newlines) shown
-    as ``\\xNN`` instead of acting on the operator's screen."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def status_text(doc: dict[str, Any]) -> str:
