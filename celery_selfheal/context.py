@@ -47,7 +47,10 @@ def redaction_config(settings: Settings) -> RedactionConfig:
     checks as the built-in rule file's."""
     table = settings.redaction
     where = f"{settings.config_path or 'config.toml'}: [redaction] rules"
-    for i, rule in enumerate(table.get("rules", ())):
+    rules = table.get("rules", ())
+    if not isinstance(rules, (list, tuple)) or not all(isinstance(r, dict) for r in rules):
+        raise ConfigError("must be an array of tables ([[redaction.rules]])", where=where)
+    for i, rule in enumerate(rules):
         try:
             make_rule(dict(rule), f"entry {i}")
         except CatalogError as exc:

@@ -146,6 +146,9 @@ def _follow(sh: Any, job_id: str, *, as_json: bool, drive_local: bool, started: 
             from celery_selfheal.cli.interrupt import stop_local_worker
             from celery_selfheal.embedded.local_worker import stop_local_workers
 
+            unwinding = sys.exc_info()[1]  # called while an interrupt unwinds the follow: say so first
+            if isinstance(unwinding, Interrupted):
+                announce_interrupt(sh, job_id, unwinding)
             stop_local_worker(started.pop()) if started else stop_local_workers(ctx.settings)
 
         events = follow_local(ctx, job_id, follow_events, functools.partial(click.echo, err=True),

@@ -357,6 +357,7 @@ class GitWorkspace:
     def current_change(self) -> Change:
         """The full change of the work tree against the base (untracked files included, ignored ones
         not), computed on a private index copy: the real index is left untouched."""
+        self.verify()  # in-process or not: never snapshot a repository that replaced ours
         base, base_tree = self._base_and_tree()
         tree = self._fast_snapshot()
         if tree is None:
@@ -385,6 +386,7 @@ class GitWorkspace:
     def commit_change(self, message: str, *, base: str = "") -> str:
         """Commit the whole working state (even when unchanged) on the base; return its tree sha.
         ``base`` saves looking it up when the caller just measured it (`Change.base`)."""
+        self.verify()  # in-process or not: never commit into a repository that replaced ours
         base = base or self._base()
         fast = self._fast()
         if fast is not None:

@@ -225,7 +225,7 @@ def test_redaction_config_rules_key() -> None:
     assert redaction_config(_settings({})).rules == ()  # type: ignore[arg-type]
     rule = {"id": "acme-key", "keyword": "acme_", "regex": "acme_[a-z0-9]{24}"}
     assert redaction_config(_settings({"rules": [rule]})).rules == (rule,)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"config.toml: redaction.rules.*does not compile"):
+    with pytest.raises(ConfigError, match=r"config.toml: \[redaction\] rules.*does not compile"):
         redaction_config(_settings({"rules": [{**rule, "regex": "acme_("}]}))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="array of tables"):
         redaction_config(_settings({"rules": "acme"}))  # type: ignore[arg-type]
