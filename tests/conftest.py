@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 pytest_plugins = ["tests.redis_server", "tests.rabbitmq_server"]
 
@@ -25,6 +29,18 @@ def process_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat[stat.rfind(")") + 2] not in "ZX"
+
+
+def wait_for(pred: Callable[[], T], what: str, timeout: float = 30.0) -> T:
+    """Poll ``pred`` until it is truthy and return its value (a condition, never a guessed delay)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -21,23 +20,13 @@ from celery_selfheal.control.remote import recover
 from celery_selfheal.control.requests import request_control
 from celery_selfheal.errors import ControlError
 from celery_selfheal.settings import load_settings
-from tests.conftest import process_alive
+from tests.conftest import process_alive, wait_for
 from tests.integration.conftest import Harness, names
 
 pytestmark = pytest.mark.slow
-T = TypeVar("T")
 ACTOR = "tester"
 
 
-def wait_for(pred: Callable[[], T], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def ctl(h: Harness, job_id: str, action: str, **kw: Any) -> dict[str, Any]:

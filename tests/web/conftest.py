@@ -24,6 +24,7 @@ from celery_selfheal.api import submit
 from celery_selfheal.settings import load_settings
 from celery_selfheal.web.app import build_app
 from celery_selfheal.web.auth import Tokens
+from tests.conftest import wait_for  # noqa: F401  (shared; re-exported for the tests here)
 from tests.integration.conftest import AGENT, client_selfheal
 
 ALICE, BOB = "alice", "bob"
@@ -130,16 +131,6 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         stop_worker(proc)
 
 
-def wait_for(pred: Any, what: str, timeout: float = 30.0) -> Any:
-    """Poll ``pred`` until it is truthy (a condition, never a guessed delay)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 from tests.web.browser import browser  # noqa: E402,F401  (the fixture, for the console tests)
