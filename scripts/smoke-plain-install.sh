@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A plain `pip install .` (no test extras) in a fresh virtualenv runs a real job on
-# (1) the embedded default, (2) Redis as broker and store, (3) RabbitMQ broker + Redis store.
+# (1) the embedded default, (2) Redis as broker and store, (3) RabbitMQ broker + Redis store,
+# and (4) `selfheal web` answering /healthz and /api/jobs over that store.
 # Starts its own redis-server and rabbitmq-server on free loopback ports; prints the time of each.
 # Needs redis-server and rabbitmq-server (scripts/setup-env.sh with SELFHEAL_NEED_REDIS=1
 # SELFHEAL_NEED_RABBITMQ=1 installs them).
@@ -100,3 +101,18 @@ export SELFHEAL_BROKER_URL=amqp://guest:guest@127.0.0.1:$RABBIT_PORT// SELFHEAL_
 export SELFHEAL_STORE_URL=redis://127.0.0.1:$REDIS_PORT/1
 start_worker rabbitmq "$BIN/celery" -A celery_selfheal.app worker --pool prefork -c 1 --loglevel WARNING
 run_job rabbitmq
+
+# (4) the console from the same plain install: health, and the job just run through the JSON API
+WEB_PORT=$(free_port)
+SELFHEAL_WEB_TOKEN=smoke-token-0123456789abcdef "$BIN/selfheal" web --port "$WEB_PORT" >"$TMP/web.log" 2>&1 &
+PIDS+=($!)
+wait_port "$WEB_PORT" 30 || { cat "$TMP/web.log" >&2; exit 1; }
+"$TMP/venv/bin/python" - "$WEB_PORT" <<'PY' || { cat "$TMP/web.log" >&2; exit 1; }
+import json, sys, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}"
+assert urllib.request.urlopen(base + "/healthz", timeout=10).status == 200
+req = urllib.request.Request(base + "/api/jobs", headers={"Authorization": "Bearer smoke-token-0123456789abcdef"})
+jobs = json.load(urllib.request.urlopen(req, timeout=10))["jobs"]
+assert jobs and jobs[0]["status"] == "succeeded", jobs
+print("smoke: web: /healthz and /api/jobs answer from a plain install")
+PY
