@@ -48,6 +48,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from celery_selfheal.runtime import guard as _guard
+from celery_selfheal.runtime.pid_window import PidWindow, proc_pids
 from celery_selfheal.runtime.process_group import group_alive
 
 log = logging.getLogger(__name__)
@@ -62,23 +63,32 @@ def new_marker() -> str:
     return secrets.token_hex(16)
 
 
-def marked_pids(marker: str) -> list[int]:
-    """Live processes carrying ``marker`` (empty off Linux)."""
-    return _guard.marked_pids([marker], exclude=os.getpid()) if _LINUX else []
+def marked_pids(marker: str, window: PidWindow | None = None) -> list[int]:
+    """Live processes carrying ``marker`` (empty off Linux), forked within ``window`` if given
+    (`runtime.pid_window`: the attempt's processes all are)."""
+    if not _LINUX:
+        return []
+    return _guard.marked_pids([marker], exclude=os.getpid(), names=proc_pids(window) if window else None)
 
 
-def attempt_alive(marker: str, pgid: int) -> bool:
+def attempt_alive(marker: str, pgid: int, window: PidWindow | None = None) -> bool:
     """True while the group or any marked process is alive (zombies count as gone)."""
-    return group_alive(pgid) or bool(marked_pids(marker))
+    return group_alive(pgid, _names(window)) or bool(marked_pids(marker, window))
+
+
+def _names(window: PidWindow | None) -> Callable[[], list[str]] | None:
+    return (lambda: proc_pids(window)) if window is not None else None
 
 
 def end_attempt(marker: str, pgid: int, *, grace: float, wait: Callable[[float], object] | None = None,
-                adopted_since: int | None = None, keep: Collection[int] = ()) -> None:
+                adopted_since: int | None = None, keep: Collection[int] = (),
+                window: PidWindow | None = None) -> None:
     """TERM the group and every marked process, up to ``grace`` seconds, then KILL what is left.
 
     ``wait(seconds)`` is called while waiting (the supervisor keeps reading output in it). In a
     subreaper (:func:`become_subreaper`), also the orphans adopted since ``adopted_since`` (the
-    leader's start, in clock ticks) other than ``keep``, which are then reaped."""
+    leader's start, in clock ticks) other than ``keep``, which are then reaped. ``window`` (opened
+    before the leader was started) limits every look at ``/proc`` to the processes forked since."""
     if not _LINUX:
         from celery_selfheal.runtime.process_group import kill_process_group
 
@@ -87,10 +97,12 @@ def end_attempt(marker: str, pgid: int, *, grace: float, wait: Callable[[float],
     extra: Callable[[], list[int]] = list
     if _subreaper and adopted_since is not None:
         def extra() -> list[int]:
-            return adopted(adopted_since, {pgid, *keep})
-    _guard.sweep([marker], [pgid], grace, group_alive=group_alive, wait=wait or _sleep, extra=extra)
+            return adopted(adopted_since, {pgid, *keep}, window)
+    names = _names(window)
+    _guard.sweep([marker], [pgid], grace, group_alive=lambda p: group_alive(p, names), wait=wait or _sleep,
+                 extra=extra, marked=lambda: marked_pids(marker, window))
     if _subreaper:
-        reap_adopted({pgid, *keep, Guard.pid()})
+        reap_adopted({pgid, *keep, Guard.pid()}, window)
 
 
 def _sleep(seconds: float) -> None:
@@ -134,10 +146,10 @@ def start_ticks(pid: int) -> int:
     return int(fields[19]) if fields and len(fields) > 19 else 0
 
 
-def _children(pred: Callable[[list[bytes]], bool]) -> list[int]:
+def _children(pred: Callable[[list[bytes]], bool], window: PidWindow | None) -> list[int]:
     me = str(os.getpid()).encode()
     out = []
-    for name in os.listdir("/proc"):
+    for name in proc_pids(window):
         if name.isdigit():
             fields = _stat_fields(name)
             if fields and len(fields) > 19 and fields[1] == me and pred(fields):
@@ -145,15 +157,17 @@ def _children(pred: Callable[[list[bytes]], bool]) -> list[int]:
     return out
 
 
-def adopted(since: int, exclude: Collection[int]) -> list[int]:
-    """Live children of ours started at or after ``since`` (ticks), other than ``exclude``."""
-    return [pid for pid in _children(lambda f: f[0] not in (b"Z", b"X") and int(f[19]) >= since)
+def adopted(since: int, exclude: Collection[int], window: PidWindow | None = None) -> list[int]:
+    """Live children of ours started at or after ``since`` (ticks), other than ``exclude``
+    (forked within ``window`` if given)."""
+    return [pid for pid in _children(lambda f: f[0] not in (b"Z", b"X") and int(f[19]) >= since, window)
             if pid not in exclude]
 
 
-def reap_adopted(exclude: Collection[int]) -> None:
-    """Reap our zombie children other than ``exclude`` (what the subreaper adopted and we ended)."""
-    for pid in _children(lambda f: f[0] == b"Z"):
+def reap_adopted(exclude: Collection[int], window: PidWindow | None = None) -> None:
+    """Reap our zombie children other than ``exclude`` (what the subreaper adopted and we ended;
+    forked within ``window`` if given)."""
+    for pid in _children(lambda f: f[0] == b"Z", window):
         if pid not in exclude:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
@@ -213,6 +227,12 @@ class Guard:
             if cls._w is not None and lines:
                 with contextlib.suppress(OSError):
                     os.write(cls._w, lines.encode())
+
+    @classmethod
+    def running(cls) -> bool:
+        """Whether this process has a live guard (it then covers this process's death)."""
+        proc = cls._proc
+        return proc is not None and cls._owner == os.getpid() and proc.poll() is None
 
     @classmethod
     def pid(cls) -> int:

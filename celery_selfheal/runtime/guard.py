@@ -22,19 +22,20 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 
 MARKER_VAR = "SELFHEAL_ATTEMPT_MARKER"
 _POLL = 0.02
 
 
-def marked_pids(markers: Collection[str], *, exclude: int = 0) -> list[int]:
-    """Pids of live processes whose environment has ``SELFHEAL_ATTEMPT_MARKER=<m>``, m in ``markers``."""
+def marked_pids(markers: Collection[str], *, exclude: int = 0, names: Iterable[str] | None = None) -> list[int]:
+    """Pids of live processes whose environment has ``SELFHEAL_ATTEMPT_MARKER=<m>``, m in ``markers``;
+    among the ``/proc`` entries ``names`` if given (the caller knows where they can be)."""
     needles = [f"\0{MARKER_VAR}={m}\0".encode() for m in markers]
     found: list[int] = []
     if not needles:
         return found
-    for name in os.listdir("/proc"):
+    for name in os.listdir("/proc") if names is None else names:
         if not name.isdigit() or int(name) == exclude:
             continue
         try:
@@ -62,14 +63,15 @@ def _group_members(pgid: int) -> bool:
 
 
 def signal_all(markers: Collection[str], pgids: Collection[int], sig: int,
-               extra: Callable[[], list[int]] = list) -> int:
-    """Send ``sig`` to the groups, every marked process and the pids ``extra()`` names; the number
-    of processes signalled outside the groups."""
+               extra: Callable[[], list[int]] = list, marked: Callable[[], list[int]] | None = None) -> int:
+    """Send ``sig`` to the groups, every marked process (``marked()`` if given finds them) and the
+    pids ``extra()`` names; the number of processes signalled outside the groups."""
     for pgid in pgids:
         if _group_members(pgid):
             with contextlib.suppress(OSError):
                 os.killpg(pgid, sig)
-    pids = set(marked_pids(markers, exclude=os.getpid())) | set(extra())
+    found = marked() if marked is not None else marked_pids(markers, exclude=os.getpid())
+    pids = set(found) | set(extra())
     for pid in pids:
         with contextlib.suppress(OSError):
             os.kill(pid, sig)
@@ -78,18 +80,19 @@ def signal_all(markers: Collection[str], pgids: Collection[int], sig: int,
 
 def sweep(markers: Collection[str], pgids: Collection[int], grace: float, *,
           group_alive: Callable[[int], bool] = _group_members, wait: Callable[[float], object] = time.sleep,
-          extra: Callable[[], list[int]] = list) -> None:
+          extra: Callable[[], list[int]] = list, marked: Callable[[], list[int]] | None = None) -> None:
     """TERM everything of the attempts, wait up to ``grace`` for it to go, KILL what is left.
 
     ``group_alive`` and ``wait`` let a supervisor that owns the leader count its zombie as gone
     and keep reading output while it waits; ``extra()`` names more processes of the attempt (the
-    orphans a subreaper adopted)."""
+    orphans a subreaper adopted); ``marked()`` finds the marked processes faster than a look at
+    every process."""
+    find = marked if marked is not None else (lambda: marked_pids(markers, exclude=os.getpid()))
 
     def alive() -> bool:
-        return (any(group_alive(p) for p in pgids) or bool(marked_pids(markers, exclude=os.getpid()))
-                or bool(extra()))
+        return any(group_alive(p) for p in pgids) or bool(find()) or bool(extra())
 
-    if not signal_all(markers, pgids, signal.SIGTERM, extra) and not any(group_alive(p) for p in pgids):
+    if not signal_all(markers, pgids, signal.SIGTERM, extra, find) and not any(group_alive(p) for p in pgids):
         return
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
@@ -97,7 +100,7 @@ def sweep(markers: Collection[str], pgids: Collection[int], grace: float, *,
         if not alive():
             return
     for _ in range(50):  # a process may fork while we kill: repeat until nothing is left
-        if not signal_all(markers, pgids, signal.SIGKILL, extra) and not any(group_alive(p) for p in pgids):
+        if not signal_all(markers, pgids, signal.SIGKILL, extra, find) and not any(group_alive(p) for p in pgids):
             return
         time.sleep(_POLL)
 

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,11 @@ def start_group_child_preexec() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _proc_members_alive(pgid: int) -> bool | None:
-    """True/False from /proc: is any non-zombie process in the group; None if /proc is unusable."""
+def _proc_members_alive(pgid: int, names: Callable[[], Iterable[str]] | None = None) -> bool | None:
+    """True/False from /proc: is any non-zombie process in the group (among ``names`` if given);
+    None if /proc is unusable."""
     try:
-        entries = os.listdir("/proc")
+        entries = os.listdir("/proc") if names is None else names()
     except OSError:
         return None
     for name in entries:
@@ -79,11 +80,12 @@ def _proc_members_alive(pgid: int) -> bool | None:
     return False
 
 
-def group_alive(pgid: int) -> bool:
+def group_alive(pgid: int, names: Callable[[], Iterable[str]] | None = None) -> bool:
     """True when the process group still has a live member.
 
     ``os.killpg(pgid, 0)`` answers first; on Linux a group whose remaining members are only
     zombies (exited, not yet reaped by a parent that may never reap them) counts as gone.
+    ``names()`` may say which ``/proc`` entries can hold members (`runtime.pid_window`).
     """
     try:
         os.killpg(pgid, 0)
@@ -93,7 +95,7 @@ def group_alive(pgid: int) -> bool:
         # A member we may not signal (setuid helper) is still a member.
         pass
     if sys.platform.startswith("linux"):
-        alive = _proc_members_alive(pgid)
+        alive = _proc_members_alive(pgid, names)
         if alive is not None:
             return alive
     return True
