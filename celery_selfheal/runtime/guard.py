@@ -1,19 +1,17 @@
 """The attempt guard: a tiny process that ends the attempts of a process that died.
 
 One guard per supervising process (a Celery pool child, or a threads/solo worker), started with its
-first attempt: ``python -I -S guard.py``, stdlib only, in its own session, with the read end of a
-pipe as stdin whose write end only the supervising process holds. That process names each attempt
-before its runtime starts (``+ MARKER 0 GRACE``), then its process group (``+ MARKER PGID GRACE``),
-and says when the attempt has been cleaned up (``- MARKER``). When the process ends in any way,
-SIGKILL and the OOM killer included, the kernel closes the write end, ``read`` returns end-of-file,
-and the guard ends every attempt still named: its runtime's process group and every process whose
-environment carries its marker (``SELFHEAL_ATTEMPT_MARKER``, inherited by descendants that left
-the group with ``setsid`` or a double fork). TERM, up to GRACE seconds, then KILL; then it exits.
-A process that exits normally has no attempt left, and its guard just exits.
-
-Its own session keeps it out of the worker's process group, so a worker killed as a whole group
-(``kill -9 -PGID``) does not take its guard with it. It does not carry a marker itself.
-"""
+first attempt: ``python -I -S guard.py TABLE_FD``, stdlib only, in its own session, with the read
+end of a pipe as stdin whose write end only the supervising process holds (and never writes), and
+a memfd shared with it, the table (`runtime.guard_link`): one slot of ``SLOT`` bytes per attempt.
+That process names each attempt in a slot before its runtime starts (``+ MARKER 0 GRACE``), then
+its process group (``+ MARKER PGID GRACE``), and blanks the slot when the attempt has been cleaned
+up. When the process ends in any way, SIGKILL and the OOM killer included, the kernel closes the
+write end, ``read`` returns end-of-file, and the guard reads the table and ends every attempt
+still named: its runtime's process group and every process whose environment carries its marker
+(``SELFHEAL_ATTEMPT_MARKER``, inherited by descendants that left the group with ``setsid`` or a
+double fork). TERM, up to GRACE seconds, then KILL; then it exits. A process that exits normally
+has no attempt left, and its guard just exits. Until then it sleeps: nothing wakes it."""
 
 from __future__ import annotations
 
@@ -25,6 +23,8 @@ import time
 from collections.abc import Callable, Collection, Iterable
 
 MARKER_VAR = "SELFHEAL_ATTEMPT_MARKER"
+#: bytes per attempt in the table (``+ MARKER PGID GRACE``, space-padded, newline-terminated)
+SLOT = 128
 _POLL = 0.02
 
 
@@ -105,30 +105,37 @@ def sweep(markers: Collection[str], pgids: Collection[int], grace: float, *,
         time.sleep(_POLL)
 
 
-def main(argv: list[str]) -> int:
-    """Follow the attempts named on stdin; at end-of-file sweep those still running."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the terminal is the worker's, not ours
+def read_table(fd: int) -> dict[str, tuple[int, float]]:
+    """The attempts named in the slot table ``fd``: marker -> (pgid, grace); blank or unreadable
+    slots are skipped."""
     active: dict[str, tuple[int, float]] = {}
-    buf = b""
+    try:
+        data = os.pread(fd, os.fstat(fd).st_size, 0)
+    except OSError:
+        return active
+    for line in data.split(b"\n"):
+        try:
+            op, marker, pgid, grace = line.decode("ascii").split()
+            if op == "+":
+                active[marker] = (int(pgid), float(grace))
+        except ValueError:  # a blank slot
+            continue
+    return active
+
+
+def main(argv: list[str]) -> int:
+    """Sleep until the supervising process is gone (end-of-file on stdin), then sweep the attempts
+    its table (the fd in ``argv[1]``) still names."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C to the terminal is the worker's, not ours
     while True:
         try:
-            data = os.read(0, 4096)
+            if not os.read(0, 4096):
+                break
         except InterruptedError:
             continue
         except OSError:
-            data = b""
-        if not data:
             break
-        buf += data
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            if not line.strip():
-                continue
-            op, marker, *args = line.decode("ascii", "replace").split()
-            if op == "+":
-                active[marker] = (int(args[0]), float(args[1]))
-            elif op == "-":
-                active.pop(marker, None)
+    active = read_table(int(argv[1])) if len(argv) > 1 else {}
     if active:
         sweep(list(active), [p for p, _ in active.values() if p > 1], max(g for _, g in active.values()))
     return 0
