@@ -8,12 +8,14 @@ increasing order, wrapping at ``pid_max``: so they all lie in the cyclic interva
 allocated before the attempt, the last pid allocated now]. ``/proc/loadavg`` names the last pid
 allocated (in the reader's pid namespace), and the ``processes`` line of ``/proc/stat`` counts
 every fork since boot, which tells whether the pids could have gone round a whole lap (then the
-interval means nothing and every process is looked at, as when anything here is unreadable or
-``/proc`` belongs to another pid namespace).
+interval means nothing and every process is looked at, as when anything here is unreadable,
+``/proc`` belongs to another pid namespace or ``/proc/loadavg`` is LXCFS's). The supervisor also
+checks that its leader's pid is in the window before relying on it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -51,12 +53,22 @@ def _pid_max() -> int | None:
 
 
 def _proc_is_ours() -> bool:
+    return _numbers_are_ours(os.getpid())
+
+
+@functools.lru_cache(maxsize=4)
+def _numbers_are_ours(pid: int) -> bool:
     # /proc mounted for another pid namespace (a container sharing the host's) numbers processes
-    # differently from /proc/loadavg's reader: then no window.
+    # differently from our pids; LXCFS and the like mount their own /proc/loadavg or /proc/stat,
+    # whose numbers are not this namespace's: then no window. Checked once per process.
     try:
-        return int(os.readlink("/proc/self")) == os.getpid()
+        if int(os.readlink("/proc/self")) != pid:
+            return False
+        with open("/proc/self/mountinfo", "rb") as fh:
+            mounts = fh.read()
     except (OSError, ValueError):
         return False
+    return not any(f" {path} ".encode() in mounts for path in ("/proc/loadavg", "/proc/stat"))
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ the cyclic interval as a property of a simulated pid allocator."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -77,3 +79,18 @@ def test_after_a_possible_lap_every_process_is_looked_at(monkeypatch: pytest.Mon
     assert str(os.getpid()) in proc_pids(lapped)
     monkeypatch.setattr(pid_window, "_last_pid", lambda: None)  # /proc/loadavg unreadable
     assert window.names() is None and PidWindow.open() is None
+
+
+@linux
+def test_no_window_where_proc_loadavg_is_someone_elses(tmp_path: Path) -> None:
+    # LXCFS-style: a /proc/loadavg of other numbers mounted over the kernel's (here in a private
+    # mount namespace, so nothing else sees it)
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    fake = tmp_path / "loadavg"
+    fake.write_text("0.00 0.00 0.00 1/1 5\n")
+    probe = "from celery_selfheal.runtime.pid_window import PidWindow; print(PidWindow.open())"
+    out = subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$1" /proc/loadavg && exec "$2" -c "$3"',
+                          "sh", str(fake), sys.executable, probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "None", out.stderr
+    assert PidWindow.open() is not None  # and here, outside it, there is one
