@@ -113,7 +113,7 @@ def read_table(fd: int) -> dict[str, tuple[int, float]]:
         data = os.pread(fd, os.fstat(fd).st_size, 0)
     except OSError:
         return active
-    for line in data.split(b"\n"):
+    for line in data.replace(b"\0", b" ").split(b"\n"):  # a slot never written reads as NULs
         try:
             op, marker, pgid, grace = line.decode("ascii").split()
             if op == "+":

@@ -33,9 +33,12 @@ markers = st.text(alphabet="0123456789abcdef", min_size=32, max_size=32)
 def test_the_table_names_exactly_the_attempts_not_yet_released(
         attempts: dict[str, tuple[int, float]], data: st.DataObject) -> None:
     released = data.draw(st.sets(st.sampled_from(sorted(attempts))) if attempts else st.just(set()))
+    # any slots, also with never-written (NUL) slots between them
+    slots = data.draw(st.lists(st.integers(0, 2 * len(attempts)), min_size=len(attempts), max_size=len(attempts),
+                               unique=True))
     fd = os.memfd_create("test-table")
     try:
-        for slot, (marker, (pgid, grace)) in enumerate(attempts.items()):
+        for slot, (marker, (pgid, grace)) in zip(slots, attempts.items(), strict=True):
             record = "" if marker in released else f"+ {marker} {pgid} {grace!r}"
             os.pwrite(fd, record.encode().ljust(SLOT - 1) + b"\n", slot * SLOT)
         expected = {m: (p, g) for m, (p, g) in attempts.items() if m not in released}
