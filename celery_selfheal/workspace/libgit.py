@@ -90,13 +90,17 @@ class InProcess:
     def commit(self, tree: str, parent: str, message: str, index: Any, identity: dict[str, str]) -> str:
         """``git commit-tree tree -p parent`` with the fixed identity, then HEAD (detached) and the
         base ref moved there in one ref transaction, then ``index`` made the real index."""
+        oid = self.commit_tree(tree, parent, message, identity)
+        self.set_refs(oid)
+        index.write()  # atomic (lock file + rename), like the CLI's replace of the index
+        return oid
+
+    def commit_tree(self, tree: str, parent: str, message: str, identity: dict[str, str]) -> str:
+        """``git commit-tree tree -p parent`` with the fixed identity (no ref moves)."""
         author = _signature(identity, "AUTHOR")
         committer = _signature(identity, "COMMITTER")
-        oid = self.repo.create_commit(None, author, committer, message, pygit2.Oid(hex=tree),
-                                      [pygit2.Oid(hex=parent)])
-        self.set_refs(str(oid))
-        index.write()  # atomic (lock file + rename), like the CLI's replace of the index
-        return str(oid)
+        return str(self.repo.create_commit(None, author, committer, message, pygit2.Oid(hex=tree),
+                                           [pygit2.Oid(hex=parent)]))
 
     def set_refs(self, commit: str, *, head: bool = True) -> None:
         """Point the base ref (and a detached HEAD) at ``commit`` in one ref transaction."""
