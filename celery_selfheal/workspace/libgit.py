@@ -124,6 +124,21 @@ class InProcess:
         self._index_tree = str(index.write_tree())
         return self._index_tree
 
+    def checkout_fresh(self, commit: str) -> None:
+        """``git checkout --force --detach commit`` into a work tree never checked out (no index),
+        then HEAD and the base ref moved there. Raises `Error` for a tree with ``.gitattributes``
+        files (the CLI and libgit2 do not apply the same filters: ``working-tree-encoding``, ...)."""
+        if (Path(self.repo.path) / "index").exists() or (Path(self.repo.path) / "info" / "attributes").exists():
+            raise ValueError("not a fresh work tree: the CLI checks out")
+        target = self._commit_of(commit)
+        listing = pygit2.Index()
+        listing.read_tree(target.tree)
+        if any(e.path == ".gitattributes" or e.path.endswith("/.gitattributes") for e in listing):
+            raise ValueError("attributes files: the CLI checks out")
+        strategy = pygit2.enums.CheckoutStrategy
+        self.repo.checkout_tree(target.tree, strategy=strategy.FORCE | strategy.RECREATE_MISSING)
+        self.set_refs(str(target.id))
+
     def is_clean(self) -> bool:
         """``git status --porcelain --untracked-files=all`` is empty: no staged, unstaged or
         untracked (non-ignored) change."""

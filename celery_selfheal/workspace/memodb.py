@@ -138,7 +138,7 @@ def _pack(objects: dict[pygit2.Oid, tuple[int, bytes]]) -> tuple[bytes, list[tup
     body = bytearray(b"PACK" + struct.pack(">II", 2, len(objects)))
     entries = []
     for oid, (kind, data) in objects.items():
-        entry = _header(kind, len(data)) + zlib.compress(data, 1)  # level 1: speed over size
+        entry = _header(kind, len(data)) + zlib.compress(data, 0)  # stored: see write_pack
         entries.append((oid.raw, len(body), zlib.crc32(entry)))
         body += entry
     body += hashlib.sha1(body).digest()
