@@ -5,8 +5,9 @@ update-ref, status) to learn what the runtime changed and to commit it; measured
 machine this was the largest part of a no-op step's overhead (bench/profile_step.py). The same work
 in-process takes a few milliseconds (bench/bench_git_inproc.py). Only these operations live here:
 staging the work tree into an in-memory index and writing its tree, the checkpoint commit and its
-ref update, the clean check, and resolving the base. Diffs, patches, clones, checkouts and replay stay
-on the git CLI, so a checkpoint's patch bytes are exactly what they were.
+ref update, the clean check, resolving the base, replay's patch application (checked against the
+checkpoint's tree, see `workspace.patch_stack`) and a first checkout of a tree without attributes
+files. Diffs (the checkpoint's patch bytes) and clones stay on the git CLI.
 
 Same results as the CLI, or the CLI is used: the trees are those of ``git add --all`` +
 ``write-tree`` (tests/workspace/test_libgit.py compares the two on generated work trees), commits

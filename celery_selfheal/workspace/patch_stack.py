@@ -24,6 +24,9 @@ from celery_selfheal.workspace.git import APPLY_ARGS, BASE_REF, IDENTITY, GitWor
 if TYPE_CHECKING:
     from celery_selfheal.workspace import memodb
 
+#: bytes of new objects replay keeps in memory before it writes them to a pack
+_MEMORY_LIMIT = 64 << 20
+
 
 class PatchStack:
     """Applies patches one after another without touching the work tree and records the tree after
@@ -39,6 +42,8 @@ class PatchStack:
         self.index = Path(name)
         self.index.unlink()
         self.env = {"GIT_INDEX_FILE": str(self.index)}
+        self.tree = ws.rev(f"{self.start}^{{tree}}")
+        self._index_at: str | None = None  # the tree the private index holds (None: not read yet)
         self.fast: libgit.InProcess | None = None
         self.memory: memodb.MemoryObjects | None = None
         self.scratch: Path | None = None
@@ -47,8 +52,6 @@ class PatchStack:
 
             repo, self.memory, self.scratch = memodb.scratch_repository(ws.git_dir / "objects")
             self.fast = libgit.InProcess(repo, BASE_REF)
-        self.tree = ws.rev(f"{self.start}^{{tree}}")
-        self._index_at: str | None = None  # the tree the private index holds (None: not read yet)
 
     def push(self, patch: bytes, message: str, expected: str | None = None) -> str:
         """Apply ``patch`` (may be empty), queue a commit of the result, return its tree sha.
@@ -65,9 +68,12 @@ class PatchStack:
         if self.fast is None:
             return None
         try:
-            return self.fast.apply_cached(self.tree, patch)
+            tree = self.fast.apply_cached(self.tree, patch)
         except libgit.Error:
             return None
+        if self.memory is not None and self.memory.size > _MEMORY_LIMIT:
+            self._write_objects()  # big patches: several packs rather than unbounded memory
+        return tree
 
     def _apply_cli(self, patch: bytes) -> str:
         self._write_objects()  # the CLI reads the trees so far from disk

@@ -196,3 +196,12 @@ def test_attributes_files_are_checked_out_by_the_cli(tmp_path: Path) -> None:
     ws = GitWorkspace.create(tmp_path / "ws", str(repo), sha)
     assert (ws.path / "note.u16").read_bytes() == "h\u00e9llo\n".encode("utf-16-le")
     assert run_git(ws.path, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_memory_over_its_limit_is_written_pack_by_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery_selfheal.workspace import patch_stack
+
+    monkeypatch.setattr(patch_stack, "_MEMORY_LIMIT", 0)  # every patch: a pack of its own
+    job = _job(tmp_path, [("edit", _edit), ("delete", _delete), ("noop", lambda root: None)])
+    rebuilt = _replay_and_check(job, tmp_path / "rebuilt")
+    assert len(list((rebuilt.git_dir / "objects" / "pack").glob("*.pack"))) == 3  # 2 patches + commits
