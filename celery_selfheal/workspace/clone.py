@@ -57,14 +57,14 @@ def _clone(ws: GitWorkspace, repo: str, sha: str, checkout: bool) -> None:
         if not ws.has_commit(sha):
             raise WorkspaceError(f"commit {sha} not found in {repo}")
     if checkout:
-        ws.checkout(sha)  # HEAD and the base too
-        return
+        ws.git(["checkout", "--quiet", "--force", "--detach", sha])
     fast = libgit.open_workspace(ws.path, BASE_REF)
     if fast is not None:
         try:
-            fast.set_refs(sha)
+            fast.set_refs(sha, head=not checkout)
             return
         except libgit.Error:
             pass  # the CLI below does the same
-    ws.git(["update-ref", "--no-deref", "--stdin"],
-           input=f"update HEAD {sha}\nupdate {BASE_REF} {sha}\n".encode())
+    if not checkout:
+        ws.git(["update-ref", "--no-deref", "HEAD", sha])
+    ws.git(["update-ref", BASE_REF, sha])

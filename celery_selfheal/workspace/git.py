@@ -281,13 +281,6 @@ class GitWorkspace:
 
     def checkout(self, commit: str) -> None:
         """Make index and work tree exactly ``commit`` and detach HEAD (and the base) there."""
-        fast = self._fast()
-        if fast is not None and not (self.git_dir / "index").exists():
-            try:  # a first checkout (a clone's, a replay's): in-process, the CLI when in doubt
-                fast.checkout_fresh(commit)
-                return
-            except libgit.Error:
-                pass
         self.git(["checkout", "--quiet", "--force", "--detach", commit])
         self.move_head(commit)
 

@@ -5,9 +5,9 @@ update-ref, status) to learn what the runtime changed and to commit it; measured
 machine this was the largest part of a no-op step's overhead (bench/profile_step.py). The same work
 in-process takes a few milliseconds (bench/bench_git_inproc.py). Only these operations live here:
 staging the work tree into an in-memory index and writing its tree, the checkpoint commit and its
-ref update, the clean check, resolving the base, replay's patch application (checked against the
-checkpoint's tree, see `workspace.patch_stack`) and a first checkout of a tree without attributes
-files. Diffs (the checkpoint's patch bytes) and clones stay on the git CLI.
+ref update, the clean check, resolving the base, and replay's patch application (checked against
+the checkpoint's tree, see `workspace.patch_stack`). Diffs (the checkpoint's patch bytes), clones and
+checkouts stay on the git CLI (a libgit2 checkout of the replay bench's 320 files was no faster).
 
 Same results as the CLI, or the CLI is used: the trees are those of ``git add --all`` +
 ``write-tree`` (tests/workspace/test_libgit.py compares the two on generated work trees), commits
@@ -124,21 +124,6 @@ class InProcess:
         index.read(force=True)
         self._index_tree = str(index.write_tree())
         return self._index_tree
-
-    def checkout_fresh(self, commit: str) -> None:
-        """``git checkout --force --detach commit`` into a work tree never checked out (no index),
-        then HEAD and the base ref moved there. Raises `Error` for a tree with ``.gitattributes``
-        files (the CLI and libgit2 do not apply the same filters: ``working-tree-encoding``, ...)."""
-        if (Path(self.repo.path) / "index").exists() or (Path(self.repo.path) / "info" / "attributes").exists():
-            raise ValueError("not a fresh work tree: the CLI checks out")
-        target = self._commit_of(commit)
-        listing = pygit2.Index()
-        listing.read_tree(target.tree)
-        if any(e.path == ".gitattributes" or e.path.endswith("/.gitattributes") for e in listing):
-            raise ValueError("attributes files: the CLI checks out")
-        strategy = pygit2.enums.CheckoutStrategy
-        self.repo.checkout_tree(target.tree, strategy=strategy.FORCE | strategy.RECREATE_MISSING)
-        self.set_refs(str(target.id))
 
     def is_clean(self) -> bool:
         """``git status --porcelain --untracked-files=all`` is empty: no staged, unstaged or

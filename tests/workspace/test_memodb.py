@@ -1,9 +1,8 @@
-"""Replay's in-memory objects and its one pack (`workspace.memodb`), the fallbacks to the CLI, and
-the in-process first checkout: checked with git itself (``fsck --full --strict``, ``cat-file``)."""
+"""Replay's in-memory objects and its one pack (`workspace.memodb`) and the fallbacks to the CLI,
+checked with git itself (``fsck --full --strict``, ``cat-file``)."""
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 from pathlib import Path
@@ -20,8 +19,8 @@ from celery_selfheal.workspace.checkpoints import replay, workspace_matches, wri
 from celery_selfheal.workspace.git import GitWorkspace
 from celery_selfheal.workspace.patch_stack import PatchStack
 
-from . import BINARY, make_repo, plain_clone, run_git, worktree_tree
-from .test_checkpoints import STEPS, _listing
+from . import BINARY, make_repo, run_git, worktree_tree
+from .test_checkpoints import STEPS
 
 
 def _fsck(path: Path) -> None:
@@ -162,40 +161,6 @@ def test_replay_falls_back_to_the_cli(tmp_path: Path, monkeypatch: pytest.Monkey
         monkeypatch.setattr(libgit, "AVAILABLE", False)
     _replay_and_check(job, tmp_path / "rebuilt")
     assert calls or failure == "no_pygit2"
-
-
-def test_first_checkout_in_process_equals_the_cli(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    sha = make_repo(repo)
-    (repo / "link").symlink_to("README.md")
-    (repo / "empty.txt").write_bytes(b"")
-    (repo / "deep" / "er").mkdir(parents=True)
-    (repo / "deep" / "er" / "x.bin").write_bytes(BINARY)
-    run_git(repo, "add", "-A")
-    run_git(repo, "commit", "-qm", "more")
-    sha = run_git(repo, "rev-parse", "HEAD")
-    ws = GitWorkspace.create(tmp_path / "ws", str(repo), sha)
-    plain = plain_clone(repo, tmp_path / "plain", sha)
-    assert _listing(ws.path) == _listing(plain)
-    modes = {p: os.lstat(ws.path / p).st_mode for p in _listing(ws.path)}
-    assert modes == {p: os.lstat(plain / p).st_mode for p in _listing(plain)}
-    assert ws.is_clean_at(run_git(repo, "rev-parse", "HEAD^{tree}"))
-    assert run_git(ws.path, "status", "--porcelain", "--untracked-files=all") == ""
-    assert run_git(ws.path, "rev-parse", "HEAD", "refs/selfheal/base") == f"{sha}\n{sha}"
-
-
-def test_attributes_files_are_checked_out_by_the_cli(tmp_path: Path) -> None:
-    # libgit2 does not know working-tree-encoding: the CLI must write this file as UTF-16
-    repo = tmp_path / "repo"
-    make_repo(repo)
-    (repo / ".gitattributes").write_text("*.u16 text working-tree-encoding=UTF-16LE eol=lf\n")
-    (repo / "note.u16").write_bytes("h\u00e9llo\n".encode("utf-16-le"))
-    run_git(repo, "add", "-A")
-    run_git(repo, "commit", "-qm", "attributes")
-    sha = run_git(repo, "rev-parse", "HEAD")
-    ws = GitWorkspace.create(tmp_path / "ws", str(repo), sha)
-    assert (ws.path / "note.u16").read_bytes() == "h\u00e9llo\n".encode("utf-16-le")
-    assert run_git(ws.path, "status", "--porcelain", "--untracked-files=all") == ""
 
 
 def test_memory_over_its_limit_is_written_pack_by_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
