@@ -47,7 +47,9 @@ class PatchStack:
         self.fast: libgit.InProcess | None = None
         self.memory: memodb.MemoryObjects | None = None
         self.scratch: Path | None = None
-        if in_process and libgit.AVAILABLE:
+        # Only for a workspace libgit2 opens as the CLI sees it (not, e.g., one of an object format
+        # it does not read): the scratch repository reads the workspace's objects.
+        if in_process and libgit.open_workspace(ws.path, BASE_REF) is not None:
             from celery_selfheal.workspace import memodb  # needs pygit2
 
             repo, self.memory, self.scratch = memodb.scratch_repository(ws.git_dir / "objects")
