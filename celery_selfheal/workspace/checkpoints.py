@@ -37,6 +37,7 @@ from typing import Any
 
 from celery_selfheal.artifacts import JobArtifacts, atomic_write, atomic_write_json
 from celery_selfheal.errors import ReplayError, WorkspaceError
+from celery_selfheal.workspace import libgit
 from celery_selfheal.workspace.git import Change, GitWorkspace
 from celery_selfheal.workspace.patch_stack import PatchStack
 
@@ -153,32 +154,47 @@ def verify_checkpoint(arts: JobArtifacts, meta: Mapping[str, Any]) -> bytes:
     return data
 
 
+def _where(arts: JobArtifacts, meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {"step_index": meta["stepIndex"], "path": str(arts.patch_path(meta["stepIndex"]))}
+
+
 def _build(tmp: Path, repo: str, baseline_sha: str, metas: Sequence[Mapping[str, Any]],
            patches: Sequence[bytes], arts: JobArtifacts) -> None:
+    try:
+        _build_once(tmp, repo, baseline_sha, metas, patches, arts, in_process=True)
+    except libgit.Error:
+        # libgit2 failed where the CLI cannot take over (its objects were still in memory): start
+        # again from an empty directory with the CLI alone.
+        for child in tmp.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        _build_once(tmp, repo, baseline_sha, metas, patches, arts, in_process=False)
+
+
+def _build_once(tmp: Path, repo: str, baseline_sha: str, metas: Sequence[Mapping[str, Any]],
+                patches: Sequence[bytes], arts: JobArtifacts, *, in_process: bool) -> None:
     try:
         ws = GitWorkspace.create(tmp, repo, baseline_sha, checkout=False)
     except WorkspaceError as exc:
         raise ReplayError(f"replay: cannot create a workspace at baseline {baseline_sha}: {exc}") from None
-    stack = PatchStack(ws, baseline_sha)
+    stack = PatchStack(ws, baseline_sha, in_process=in_process)
     try:
         tree = ws.rev(f"{baseline_sha}^{{tree}}")
         for meta, patch in zip(metas, patches, strict=True):
             index = meta["stepIndex"]
-            path = arts.patch_path(index)
-            where = {"step_index": index, "path": str(path)}
             before = meta.get("treeBefore")
             if before and before != tree:
                 raise ReplayError(f"{_label(meta)}: tree before step {index} is {tree}, checkpoint "
-                                  f"{_rel(arts, arts.step_state_path(index))} says {before}", **where)
+                                  f"{_rel(arts, arts.step_state_path(index))} says {before}",
+                                  **_where(arts, meta))
             try:
                 tree = stack.push(patch, checkpoint_message(meta), expected=meta.get("treeAfter"))
             except WorkspaceError as exc:
-                raise ReplayError(f"{_label(meta)}: patch {_rel(arts, path)} does not apply: {exc}",
-                                  **where) from None
+                raise ReplayError(f"{_label(meta)}: patch {_rel(arts, arts.patch_path(index))} does not "
+                                  f"apply: {exc}", **_where(arts, meta)) from None
             if tree != meta.get("treeAfter"):
                 raise ReplayError(f"{_label(meta)}: tree after step {index} is {tree}, checkpoint "
                                   f"{_rel(arts, arts.step_state_path(index))} says {meta.get('treeAfter')}",
-                                  **where)
+                                  **_where(arts, meta))
         stack.finish()
     finally:
         stack.close()

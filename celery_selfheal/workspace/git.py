@@ -1,10 +1,8 @@
-"""Git workspaces: the only module of celery-selfheal that runs git (the CLI, never a shell).
+"""Git workspaces: a clone of the job's baseline repository, detached at the baseline commit.
 
-A workspace is a clone of the job's baseline repository, detached at the baseline commit. Every git
-command runs with a fixed set of ``-c`` overrides (no hooks, no fsmonitor, no autocrlf, no gpg, no
-auto-gc) and, for work on a workspace, without the user's global and system configuration, so that a
-patch or a tree hash never depends on who runs the worker. Reading the user's baseline repository
-(``resolve_ref``, the clone) keeps the user's configuration: credentials, ``safe.directory``.
+Git runs only through this package (`workspace.gitcmd` for the CLI and its fixed configuration,
+`workspace.libgit` in-process, `workspace.resolve` for submission's ``resolve_ref``); the names
+other modules import from here (``git``, ``resolve_ref``, ``IDENTITY``, ...) are re-exported.
 
 The workspace remembers its *base*, the commit of the last checkpoint (``refs/selfheal/base``). A
 step's change is the working state against that base, so a runtime that commits on its own (aider
@@ -14,127 +12,26 @@ detaches HEAD there again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from celery_selfheal.errors import InputError, WorkspaceError
-from celery_selfheal.workspace import libgit
-
-BASE_REF = "refs/selfheal/base"
-IDENTITY = {
-    "GIT_AUTHOR_NAME": "celery-selfheal",
-    "GIT_AUTHOR_EMAIL": "selfheal@localhost",
-    "GIT_COMMITTER_NAME": "celery-selfheal",
-    "GIT_COMMITTER_EMAIL": "selfheal@localhost",
-    # Fixed dates make a checkpoint commit reproducible: a replay rebuilds the very same commit ids.
-    "GIT_AUTHOR_DATE": "946684800 +0000",
-    "GIT_COMMITTER_DATE": "946684800 +0000",
-}
-_OVERRIDES = (
-    "core.hooksPath=/dev/null", "core.fsmonitor=false", "core.autocrlf=false", "commit.gpgSign=false",
-    "gc.auto=0", "maintenance.auto=false", "advice.detachedHead=false",
+from celery_selfheal.errors import WorkspaceError
+from celery_selfheal.workspace import clone, libgit
+from celery_selfheal.workspace.gitcmd import (
+    APPLY_ARGS,
+    BASE_REF,
+    DIFF_ARGS,
+    IDENTITY,
+    git,
 )
-_CONFIG_ARGS = tuple(arg for kv in _OVERRIDES for arg in ("-c", kv))
-# Environment variables that point git somewhere else (or carry credentials/proxies, which we keep).
-_KEEP_GIT_ENV = ("GIT_SSH", "GIT_ASKPASS", "GIT_SSL", "GIT_HTTP", "GIT_PROXY", "GIT_TRACE", "GIT_CURL")
-_HEX_SHA = re.compile(r"^[0-9a-fA-F]{40}([0-9a-fA-F]{24})?$")
-_NETWORK_TIMEOUT = 600.0
-APPLY_ARGS = ("--binary", "--whitespace=nowarn", "-")
-_DIFF_ARGS = ("-r", "--full-index", "--binary", "-M", "--no-color", "--no-ext-diff", "--no-textconv")
+from celery_selfheal.workspace.resolve import resolve_ref
 
-
-def _env(isolated: bool, extra: Mapping[str, str] | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k.startswith(_KEEP_GIT_ENV)}
-    env["GIT_TERMINAL_PROMPT"] = "0"  # never wait for a password on a worker
-    if isolated:
-        env["GIT_CONFIG_NOSYSTEM"] = "1"
-        env["GIT_CONFIG_GLOBAL"] = os.devnull
-    env.update(extra or {})
-    return env
-
-
-def _one_line(stderr: bytes) -> str:
-    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
-    text = " | ".join(lines) or "no message"
-    return text if len(text) <= 600 else text[:600] + "..."
-
-
-def git(
-    args: Sequence[str], *, cwd: Path | str | None = None, input: bytes | None = None,
-    env: Mapping[str, str] | None = None, isolated: bool = True, timeout: float | None = None,
-) -> bytes:
-    """Run ``git args`` and return stdout; WorkspaceError with git's message when it fails."""
-    try:
-        proc = subprocess.run(
-            ["git", *_CONFIG_ARGS, *args], cwd=cwd, input=input, capture_output=True,
-            stdin=subprocess.DEVNULL if input is None else None, env=_env(isolated, env), timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise WorkspaceError(f"git {args[0]} timed out after {timeout:.0f}s") from exc
-    except OSError as exc:
-        raise WorkspaceError(f"cannot run git: {exc}") from exc
-    if proc.returncode != 0:
-        raise WorkspaceError(f"git {args[0]} failed: {_one_line(proc.stderr)}")
-    return proc.stdout
-
-
-def _is_local(repo: str) -> bool:
-    return Path(repo).exists() or not (
-        "://" in repo or re.match(r"^[A-Za-z0-9._-]+@[^:/]+:", repo) or re.match(r"^[^/:]{2,}:", repo)
-    )
-
-
-def resolve_ref(repo: str, ref: str) -> str:
-    """The commit sha of ``ref`` in ``repo`` (a local path or a URL); InputError naming the job key.
-
-    A local repository is asked with ``rev-parse``; a URL with ``ls-remote`` (branches, tags, HEAD; a
-    full hex sha is accepted as is, since a server cannot be asked about unadvertised commits).
-    """
-    if not repo or repo.startswith("-"):
-        raise InputError(f"{repo!r} is not a git repository path or URL", where="job.repo")
-    if not ref or ref.startswith("-") or any(c.isspace() for c in ref):
-        raise InputError(f"{ref!r} is not a valid git ref", where="job.ref")
-    if _is_local(repo):
-        root = Path(repo).resolve()
-        if not root.is_dir():
-            raise InputError(f"{repo} does not exist or is not a directory", where="job.repo")
-        fast = libgit.resolve_local(root, ref)
-        if fast is not None:
-            return fast
-        try:
-            out = git(["rev-parse", "--absolute-git-dir"], cwd=root, isolated=False)
-            git_dir: Path | None = Path(out.decode().strip())
-        except WorkspaceError:
-            git_dir = None
-        if git_dir is None or not ((root / ".git").exists() or git_dir == root):
-            raise InputError(f"{repo} is not a git repository", where="job.repo")
-        try:
-            out = git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=root, isolated=False)
-        except WorkspaceError:
-            raise InputError(f"{ref!r} does not name a commit in {repo}", where="job.ref") from None
-        return out.decode().strip()
-    try:
-        listing = git(["ls-remote", repo, ref, f"{ref}^{{}}"], isolated=False, timeout=_NETWORK_TIMEOUT)
-    except WorkspaceError as exc:
-        raise InputError(f"cannot read {repo}: {exc}", where="job.repo") from None
-    found: dict[str, str] = {}
-    for line in listing.decode("utf-8", "replace").splitlines():
-        sha, _, name = line.partition("\t")
-        found[name] = sha
-    for name in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}^{{}}", f"refs/tags/{ref}"):
-        if name in found:
-            return found[name]
-    if _HEX_SHA.match(ref):
-        return ref.lower()
-    raise InputError(f"{ref!r} is not a branch, tag or full commit sha of {repo}", where="job.ref")
+__all__ = ["APPLY_ARGS", "BASE_REF", "IDENTITY", "Change", "GitWorkspace", "git", "resolve_ref"]
 
 
 @dataclass(frozen=True)
@@ -169,51 +66,7 @@ class GitWorkspace:
         A local repository is cloned with hard-linked objects (git falls back to copying across
         file systems). ``checkout=False`` leaves the work tree and index empty (used by replay).
         """
-        path = Path(path)
-        existed = path.exists()
-        if existed and (not path.is_dir() or any(path.iterdir())):
-            raise WorkspaceError(f"workspace path {path} exists and is not empty")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return cls._clone(path, repo, sha, checkout)
-        except BaseException:  # leave `path` as it was: absent or empty
-            if existed:
-                for child in path.iterdir():
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child)
-                    else:
-                        child.unlink()
-            else:
-                shutil.rmtree(path, ignore_errors=True)
-            raise
-
-    @classmethod
-    def _clone(cls, path: Path, repo: str, sha: str, checkout: bool) -> GitWorkspace:
-        local = _is_local(repo)
-        source = str(Path(repo).resolve()) if local else repo
-        conf = [arg for kv in (*_OVERRIDES, f"user.name={IDENTITY['GIT_AUTHOR_NAME']}",
-                               f"user.email={IDENTITY['GIT_AUTHOR_EMAIL']}") for arg in ("--config", kv)]
-        git(["clone", "--quiet", "--no-checkout", "--template=", *conf, "--", source, str(path)],
-            isolated=False, timeout=None if local else _NETWORK_TIMEOUT)
-        ws = cls(path)
-        if not ws._has_commit(sha):
-            with contextlib.suppress(WorkspaceError):  # a server may serve an unadvertised commit
-                ws.git(["fetch", "-q", "--no-tags", "origin", sha], isolated=False, timeout=_NETWORK_TIMEOUT)
-            if not ws._has_commit(sha):
-                raise WorkspaceError(f"commit {sha} not found in {repo}")
-        if checkout:
-            ws.git(["checkout", "--quiet", "--force", "--detach", sha])
-        fast = ws._fast()
-        if fast is not None:
-            try:
-                fast.set_refs(sha, head=not checkout)
-                return ws
-            except libgit.Error:
-                pass  # the CLI below does the same
-        if not checkout:
-            ws.git(["update-ref", "--no-deref", "HEAD", sha])
-        ws.git(["update-ref", BASE_REF, sha])
-        return ws
+        return clone.create(cls(Path(path)), repo, sha, checkout=checkout)
 
     @classmethod
     def open(cls, path: Path) -> GitWorkspace:
@@ -252,7 +105,8 @@ class GitWorkspace:
         """This workspace opened in-process (`workspace.libgit`), or None to use the CLI."""
         return libgit.open_workspace(self.path, BASE_REF)
 
-    def _has_commit(self, sha: str) -> bool:
+    def has_commit(self, sha: str) -> bool:
+        """True if ``sha`` names a commit of this workspace's repository."""
         fast = self._fast()
         if fast is not None and fast.has_commit(sha):
             return True
@@ -343,8 +197,8 @@ class GitWorkspace:
 
     def diff(self, old_tree: str, new_tree: str) -> tuple[bytes, tuple[str, ...]]:
         """The binary patch from ``old_tree`` to ``new_tree`` and the paths it touches."""
-        patch = self.git(["diff-tree", "-p", *_DIFF_ARGS, old_tree, new_tree])
-        tokens = self.git(["diff-tree", "--name-status", "-z", *_DIFF_ARGS, old_tree, new_tree]).split(b"\0")
+        patch = self.git(["diff-tree", "-p", *DIFF_ARGS, old_tree, new_tree])
+        tokens = self.git(["diff-tree", "--name-status", "-z", *DIFF_ARGS, old_tree, new_tree]).split(b"\0")
         names: set[str] = set()
         i = 0
         while i < len(tokens) and tokens[i]:  # -z: status, path (a second one for renames/copies)

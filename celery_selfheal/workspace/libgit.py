@@ -5,8 +5,9 @@ update-ref, status) to learn what the runtime changed and to commit it; measured
 machine this was the largest part of a no-op step's overhead (bench/profile_step.py). The same work
 in-process takes a few milliseconds (bench/bench_git_inproc.py). Only these operations live here:
 staging the work tree into an in-memory index and writing its tree, the checkpoint commit and its
-ref update, the clean check, and resolving the base. Diffs, patches, clones, checkouts and replay stay
-on the git CLI, so a checkpoint's patch bytes are exactly what they were.
+ref update, the clean check, resolving the base, and replay's patch application (checked against
+the checkpoint's tree, see `workspace.patch_stack`). Diffs (the checkpoint's patch bytes), clones and
+checkouts stay on the git CLI (a libgit2 checkout of the replay bench's 320 files was no faster).
 
 Same results as the CLI, or the CLI is used: the trees are those of ``git add --all`` +
 ``write-tree`` (tests/workspace/test_libgit.py compares the two on generated work trees), commits
@@ -90,13 +91,17 @@ class InProcess:
     def commit(self, tree: str, parent: str, message: str, index: Any, identity: dict[str, str]) -> str:
         """``git commit-tree tree -p parent`` with the fixed identity, then HEAD (detached) and the
         base ref moved there in one ref transaction, then ``index`` made the real index."""
+        oid = self.commit_tree(tree, parent, message, identity)
+        self.set_refs(oid)
+        index.write()  # atomic (lock file + rename), like the CLI's replace of the index
+        return oid
+
+    def commit_tree(self, tree: str, parent: str, message: str, identity: dict[str, str]) -> str:
+        """``git commit-tree tree -p parent`` with the fixed identity (no ref moves)."""
         author = _signature(identity, "AUTHOR")
         committer = _signature(identity, "COMMITTER")
-        oid = self.repo.create_commit(None, author, committer, message, pygit2.Oid(hex=tree),
-                                      [pygit2.Oid(hex=parent)])
-        self.set_refs(str(oid))
-        index.write()  # atomic (lock file + rename), like the CLI's replace of the index
-        return str(oid)
+        return str(self.repo.create_commit(None, author, committer, message, pygit2.Oid(hex=tree),
+                                           [pygit2.Oid(hex=parent)]))
 
     def set_refs(self, commit: str, *, head: bool = True) -> None:
         """Point the base ref (and a detached HEAD) at ``commit`` in one ref transaction."""

@@ -1,27 +1,39 @@
-"""Fast verified replay: patches applied one after another without a work tree, commits written in
-one ``git fast-import``, the work tree checked out once (used by `checkpoints.replay`). Runs git
+"""Fast verified replay: patches applied one after another without a work tree, the commits
+written after the last one, the work tree checked out once (used by `checkpoints.replay`). Runs git
 only through `GitWorkspace.git` and `workspace.libgit`.
 
-Each patch is applied in-process (libgit2) to the previous tree; when libgit2 cannot apply it, or
-its tree is not the one the checkpoint recorded, the same patch goes through ``git apply
---cached`` on a private index instead, so the CLI stays the judge of what a patch means."""
+In-process (the default), each patch is applied with libgit2 to the previous tree and every new
+blob, tree and commit stays in memory (`workspace.memodb`) until `finish` writes them all as one
+pack: loose-object writes were most of a replay's time. When libgit2 cannot apply a patch, or its
+tree is not the one the checkpoint recorded, the objects so far are written out and the same patch
+goes through ``git apply --cached`` on a private index instead, so the CLI stays the judge of what a
+patch means. Any other libgit2 error propagates (one of `libgit.Error`): the caller starts again
+with ``in_process=False``, where the commits are written by one ``git fast-import``."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery_selfheal.workspace import libgit
 from celery_selfheal.workspace.git import APPLY_ARGS, BASE_REF, IDENTITY, GitWorkspace
 
+if TYPE_CHECKING:
+    from celery_selfheal.workspace import memodb
+
+#: bytes of new objects replay keeps in memory before it writes them to a pack
+_MEMORY_LIMIT = 64 << 20
+
 
 class PatchStack:
-    """Applies patches one after another to a private index, without touching the work tree, and
-    records the tree after each; ``finish`` writes all commits in one ``git fast-import`` and checks
-    the last one out once. Commit ids equal those of ``commit_tree`` with the same messages."""
+    """Applies patches one after another without touching the work tree and records the tree after
+    each; ``finish`` writes all commits and checks the last one out once. Commit ids equal those of
+    ``commit_tree`` with the same messages."""
 
-    def __init__(self, ws: GitWorkspace, start: str) -> None:
+    def __init__(self, ws: GitWorkspace, start: str, *, in_process: bool = True) -> None:
         self.ws = ws
         self.start = ws.rev(f"{start}^{{commit}}")
         self.commits: list[tuple[str, str]] = []
@@ -30,9 +42,18 @@ class PatchStack:
         self.index = Path(name)
         self.index.unlink()
         self.env = {"GIT_INDEX_FILE": str(self.index)}
-        self.fast = libgit.open_workspace(ws.path, BASE_REF)
         self.tree = ws.rev(f"{self.start}^{{tree}}")
         self._index_at: str | None = None  # the tree the private index holds (None: not read yet)
+        self.fast: libgit.InProcess | None = None
+        self.memory: memodb.MemoryObjects | None = None
+        self.scratch: Path | None = None
+        # Only for a workspace libgit2 opens as the CLI sees it (not, e.g., one of an object format
+        # it does not read): the scratch repository reads the workspace's objects.
+        if in_process and libgit.open_workspace(ws.path, BASE_REF) is not None:
+            from celery_selfheal.workspace import memodb  # needs pygit2
+
+            repo, self.memory, self.scratch = memodb.scratch_repository(ws.git_dir / "objects")
+            self.fast = libgit.InProcess(repo, BASE_REF)
 
     def push(self, patch: bytes, message: str, expected: str | None = None) -> str:
         """Apply ``patch`` (may be empty), queue a commit of the result, return its tree sha.
@@ -49,11 +70,15 @@ class PatchStack:
         if self.fast is None:
             return None
         try:
-            return self.fast.apply_cached(self.tree, patch)
+            tree = self.fast.apply_cached(self.tree, patch)
         except libgit.Error:
             return None
+        if self.memory is not None and self.memory.size > _MEMORY_LIMIT:
+            self._write_objects()  # big patches: several packs rather than unbounded memory
+        return tree
 
     def _apply_cli(self, patch: bytes) -> str:
+        self._write_objects()  # the CLI reads the trees so far from disk
         if self._index_at != self.tree:
             self.ws.git(["read-tree", self.tree], env=self.env)
         if patch:
@@ -62,11 +87,29 @@ class PatchStack:
         self._index_at = tree
         return tree
 
+    def _write_objects(self) -> None:
+        if self.memory is not None:
+            from celery_selfheal.workspace import memodb
+
+            memodb.write_pack(self.memory, self.ws.git_dir / "objects" / "pack")
+
     def finish(self) -> None:
-        """Create the queued commits (one process for all) and check the last one out."""
+        """Create the queued commits and check the last one out."""
         if not self.commits:
             self.ws.checkout(self.start)
             return
+        head = self._commit_in_process() if self.fast is not None else self._fast_import()
+        self.ws.checkout(head)
+
+    def _commit_in_process(self) -> str:
+        assert self.fast is not None
+        head = self.start
+        for tree, message in self.commits:
+            head = self.fast.commit_tree(tree, head, message, IDENTITY)
+        self._write_objects()
+        return head
+
+    def _fast_import(self) -> str:
         who = f"{IDENTITY['GIT_AUTHOR_NAME']} <{IDENTITY['GIT_AUTHOR_EMAIL']}> {IDENTITY['GIT_AUTHOR_DATE']}"
         stream = bytearray()
         for mark, (tree, message) in enumerate(self.commits, start=1):
@@ -77,8 +120,10 @@ class PatchStack:
             stream += f"\nfrom {parent}\nM 040000 {tree} \"\"\n\n".encode()
         stream += b"done\n"
         self.ws.git(["fast-import", "--quiet", "--force", "--done"], input=bytes(stream))
-        self.ws.checkout(self.ws.rev(f"{BASE_REF}^{{commit}}"))
+        return self.ws.rev(f"{BASE_REF}^{{commit}}")
 
     def close(self) -> None:
-        """Remove the private index."""
+        """Remove the private index (and repository)."""
         self.index.unlink(missing_ok=True)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
