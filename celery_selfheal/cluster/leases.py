@@ -186,6 +186,8 @@ class Gate:
     countdown: float = 0.0
     #: the job record as read once the lease was held (saves the step execution a read)
     job: Mapping[str, Any] | None = None
+    #: the job's attempt records, read with ``job``
+    attempts: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -224,14 +226,15 @@ class Delivery:
 
 
 def duplicate_reason(store: StateStore, job: Mapping[str, Any], message: str, step_index: int,
-                     epoch: int) -> str | None:
-    """Why ``message`` must not run (it already did, or was re-sent by the sweeper), else None."""
+                     epoch: int, attempts: list[dict[str, Any]] | None = None) -> str | None:
+    """Why ``message`` must not run (it already did, or was re-sent by the sweeper), else None.
+    ``attempts``: the job's attempt records if the caller has them (else they are read)."""
     if message in (job.get("recoveredMessages") or []):
         return f"message {message} was re-sent by lost-worker recovery"
     steps = job.get("steps") or []
     if job.get("epoch") == epoch and step_index < len(steps) and steps[step_index].get("status") == "succeeded":
         return f"step {step_index} already succeeded in epoch {epoch}"
-    for record in store.list_attempts(job["jobId"]):
+    for record in store.list_attempts(job["jobId"]) if attempts is None else attempts:
         if record.get("messageId") == message:
             return f"message {message} already ran attempt {record['attempt']} ({record.get('status')})"
     return None
@@ -246,24 +249,33 @@ def _lease_state(store: StateStore, key: str, owner: str) -> str:
     return "expired" if stale and stale[0].get("owner") != owner else "free"
 
 
+def _unguarded(job: Mapping[str, Any] | None, delivery: Delivery) -> bool:
+    """The job is gone, over or at another epoch: the step runner stops the message, no lease needed."""
+    return job is None or is_terminal(job.get("status")) or job.get("epoch") != delivery.epoch
+
+
 def enter(ctx: Context, delivery: Delivery, *, ttl: float, busy_wait: float, sweep_interval: float,
           sleep: Callable[[float], None] = time.sleep, renew_every: float | None = None) -> Gate:
-    """Let a step-task message in (with the job's lease), or say why it must not run (module docstring)."""
+    """Let a step-task message in (with the job's lease), or say why it must not run (module docstring).
+
+    The lease is tried first (free or ours: one store call; another owner's, even expired, is never
+    taken here: the sweeper records that owner's attempt first), then the job is read once under it.
+    Only a message that has to wait reads the job before holding the lease, so that a duplicate
+    does not wait for a lease it will never need."""
     store, key, owner, message = ctx.store, lease_key(delivery.job_id), delivery.owner, delivery.message
     deadline = time.monotonic() + busy_wait
-    while True:
+    while not store.acquire_lease(key, owner, ttl, take_expired=False):
         job = store.get_job(delivery.job_id)
-        if job is None or is_terminal(job.get("status")) or job.get("epoch") != delivery.epoch:
+        if _unguarded(job, delivery):
             return Gate(GateKind.RUN, reason="nothing to guard")  # the step runner stops it
+        assert job is not None
         why = duplicate_reason(store, job, message, delivery.step_index, delivery.epoch)
         if why is not None:
             log.warning("celery-selfheal: job %s: duplicate delivery of message %s does nothing: %s",
                         delivery.job_id, message, why)
             return Gate(GateKind.DUPLICATE, reason=why)
-        state = _lease_state(store, key, owner)
-        if state == "free" and store.acquire_lease(key, owner, ttl):
-            break
         if time.monotonic() >= deadline:
+            state = _lease_state(store, key, owner)
             holder = (store.get_lease(key) or {}).get("owner", "a lost worker")
             return Gate(GateKind.BUSY, reason=f"job {delivery.job_id} is held by {holder}",
                         countdown=sweep_interval if state == "expired" else 1.0)
@@ -277,10 +289,20 @@ def enter(ctx: Context, delivery: Delivery, *, ttl: float, busy_wait: float, swe
 
 
 def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease) -> Gate:
-    job = ctx.store.get_job(delivery.job_id) or {}
-    why = duplicate_reason(ctx.store, job, delivery.message, delivery.step_index, delivery.epoch) if job else None
-    if why is not None:  # it ran while we waited for the lease
+    job = ctx.store.get_job(delivery.job_id)
+    if _unguarded(job, delivery):
         lease.release()
+        return Gate(GateKind.RUN, reason="nothing to guard")  # the step runner stops it
+    assert job is not None
+    attempts = ctx.store.list_attempts(delivery.job_id)
+    why = duplicate_reason(ctx.store, job, delivery.message, delivery.step_index, delivery.epoch, attempts)
+    if why is not None:  # it ran before we got the lease
+        log.warning("celery-selfheal: job %s: duplicate delivery of message %s does nothing: %s",
+                    delivery.job_id, delivery.message, why)
+        if any(a.get("status") == "running" and a.get("leaseOwner") == delivery.owner for a in attempts):
+            lease.abandon()  # its earlier run died holding this very lease: it expires, the sweeper records it
+        else:
+            lease.release()
         return Gate(GateKind.DUPLICATE, reason=why)
     before = job.get("inflight") or {}
     earlier = before.get("deliveries", 0) if before.get("messageId") == delivery.message else 0
@@ -291,7 +313,9 @@ def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease) -> Gate:
         lease.release()
         return Gate(GateKind.FAILED, reason="the step's worker died before the attempt started, too often")
     lease.start()
-    return Gate(GateKind.RUN, lease=lease, job={**job, "inflight": inflight} if job and not earlier else None)
+    if earlier:
+        return Gate(GateKind.RUN, lease=lease)
+    return Gate(GateKind.RUN, lease=lease, job={**job, "inflight": inflight}, attempts=attempts)
 
 
 def note_prestart_loss(ctx: Context, job_id: str, step_index: int, epoch: int, *, why: str) -> bool:

@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from celery_selfheal.context import Context
 from celery_selfheal.core.admission import Admission, StepDelivery, Verdict, admit
-from celery_selfheal.core.job_state import JobState, StepStatus
+from celery_selfheal.core.job_state import DECIDED_ATTEMPTS, JobState, StepStatus
 from celery_selfheal.core.model import FailureClass, Strategy
 from celery_selfheal.errors import ReplayError, WorkspaceError
 from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs import transitions
-from celery_selfheal.jobs.records import step_budgets, update_step
+from celery_selfheal.jobs.records import outcome_of, step_budgets
 from celery_selfheal.steps.attempt import AttemptPlan, run_attempt
 from celery_selfheal.steps.crashed import crash_reason, exception_class, finish_crashed_attempt
 from celery_selfheal.steps.finish import fail_step, finish_attempt
 from celery_selfheal.steps.outcome import Enqueue, StepOutcome
 from celery_selfheal.steps.running import OutputToucher, RunningAttempts
 from celery_selfheal.steps.workspace import prepare_workspace
+from celery_selfheal.store.base import AttemptWrite
 from celery_selfheal.workspace.git import GitWorkspace
 
 if TYPE_CHECKING:
@@ -54,14 +56,15 @@ def preempt_check(ctx: Context, job_id: str, epoch: int) -> Callable[[], bool]:
 
 def execute_step(ctx: Context, delivery: StepDelivery, *, task_id: str, hostname: str = "",
                  enqueue: Enqueue | None = None, lease: AttemptLease | None = None,
-                 job: Mapping[str, Any] | None = None) -> StepOutcome:
+                 job: Mapping[str, Any] | None = None, attempts: list[dict[str, Any]] | None = None) -> StepOutcome:
     """Run one attempt of the delivered step if the job still wants it, and decide what comes next.
 
     ``enqueue(job, step_index, countdown=..., **first_kwargs)`` sends a chain from a step; operator
-    requests pending on the job are applied with it before anything runs. ``job``: the record as the
-    caller just read it (the attempt gate), to save a read when no request was pending."""
+    requests pending on the job are applied with it before anything runs. ``job`` and ``attempts``:
+    the records as the caller just read them under the job's lease (the attempt gate), to save the
+    reads when no request was pending."""
     if enqueue is not None and _apply_controls(ctx, delivery.job_id, enqueue):
-        job = None  # the requests changed the job: read it again
+        job = attempts = None  # the requests changed the job: read it again
     state, admission = _admission(ctx, delivery, job)
     if admission.verdict is not Verdict.RUN or state is None:
         return StepOutcome.stop(delivery.step_index, admission.reason)
@@ -76,12 +79,13 @@ def execute_step(ctx: Context, delivery: StepDelivery, *, task_id: str, hostname
         cls = exception_class(exc)
         return fail_step(ctx, delivery.job_id, delivery.epoch, state.spec.steps[delivery.step_index], cls,
                          ctx.redactor.redact(crash_reason(exc, "preparing the workspace")), retryable=cls.retryable)
-    if (ctx.store.get_job(delivery.job_id) or {}).get("epoch") != delivery.epoch:  # an operator rerun began
-        return StepOutcome.stop(delivery.step_index, "superseded while preparing the workspace")
-    plan = plan_attempt(ctx, state, delivery)
+    plan = plan_attempt(ctx, state, delivery, attempts)
     stage = StageTracker("starting the attempt")
     try:
-        record_start(ctx, plan, delivery, task_id=task_id, hostname=hostname, lease=lease)
+        started = record_start(ctx, plan, delivery, task_id=task_id, hostname=hostname, lease=lease)
+        if started is None:  # an operator rerun began (new epoch): nothing was recorded
+            return StepOutcome.stop(delivery.step_index, "superseded while preparing the workspace")
+        plan = replace(plan, events_after=started - 1)
         outcome = _run_and_finish(ctx, plan, ws, task_id=task_id, hostname=hostname, lease=lease, stage=stage)
     except Exception as exc:  # the last line of defence: the attempt never stays `running`
         if lease is not None and lease.lost:  # fenced: another worker may own the step, the sweeper records it
@@ -128,34 +132,49 @@ class StageTracker:
         self.name = name
 
 
-def plan_attempt(ctx: Context, job: JobState, delivery: StepDelivery) -> AttemptPlan:
-    """Number the attempt and say what it runs (no record written yet)."""
+def plan_attempt(ctx: Context, job: JobState, delivery: StepDelivery,
+                 attempts: list[dict[str, Any]] | None = None) -> AttemptPlan:
+    """Number the attempt and say what it runs (no record written yet). ``attempts``: the job's
+    attempt records if the caller read them under the lease."""
     idx = delivery.step_index
     spec = job.spec
-    earlier = ctx.store.list_attempts(delivery.job_id, idx)
+    if attempts is None:
+        earlier = ctx.store.list_attempts(delivery.job_id, idx)
+    else:
+        earlier = sorted((a for a in attempts if a.get("stepIndex") == idx), key=lambda a: a["attempt"])
+    prior = tuple(outcome_of(a) for a in earlier
+                  if a.get("status") in DECIDED_ATTEMPTS and a.get("epoch", 0) == delivery.epoch)
     return AttemptPlan(job_id=delivery.job_id, step=spec.steps[idx], argv=spec.step_runtime(idx),
                        attempt=max((a["attempt"] for a in earlier), default=0) + 1, round=job.steps[idx].round,
                        epoch=delivery.epoch, strategy=delivery.strategy, budgets=step_budgets(job.to_record(), idx),
                        retry_context=delivery.retry_context, step_count=len(job.steps), resets_used=job.resets_used,
                        queue_retries_used=job.queue_retries_used, objective=spec.objective,
-                       start_tree=kept_tree(earlier, delivery.strategy))
+                       start_tree=kept_tree(earlier, delivery.strategy), prior=prior)
 
 
 def record_start(ctx: Context, plan: AttemptPlan, delivery: StepDelivery, *, task_id: str, hostname: str,
-                 lease: AttemptLease | None) -> None:
-    """Store the attempt's ``running`` record, mark the step running, emit ``attempt.started``."""
+                 lease: AttemptLease | None) -> int | None:
+    """Store the attempt's ``running`` record, mark the step running and persist ``attempt.started``,
+    in one store write, while the job is still at the attempt's epoch. Returns the event's sequence
+    number, or None (nothing written) when an operator rerun moved the job to another epoch."""
     idx, epoch, step, attempt = plan.step.index, plan.epoch, plan.step, plan.attempt
-    ctx.store.put_attempt(delivery.job_id, idx, attempt, {
+    record = {
         "jobId": delivery.job_id, "stepId": step.id, "stepIndex": idx, "attempt": attempt,
         "round": plan.round, "epoch": epoch, "status": "running", "attemptStrategy": delivery.strategy,
         "taskId": task_id, "hostname": hostname, "startedAt": utc_now_iso(),
         **(lease.record_fields() if lease is not None else {}),
-    })
-    update_step(ctx, delivery.job_id, idx, status=StepStatus.RUNNING.value, attempts=attempt,
-                job_changes={"currentStep": idx})
-    ctx.bus.emit("task.step.attempt.started", delivery.job_id, epoch=epoch, stepId=step.id, stepIndex=idx,
-                 attempt=attempt, strategy=plan.recovery_strategy, attemptStrategy=plan.recovery_strategy,
-                 round=plan.round)
+    }
+    event = ctx.bus.build("task.step.attempt.started", delivery.job_id, epoch=epoch, stepId=step.id, stepIndex=idx,
+                          attempt=attempt, strategy=plan.recovery_strategy, attemptStrategy=plan.recovery_strategy,
+                          round=plan.round)
+    seqs = ctx.store.write_job(delivery.job_id, {"currentStep": idx, "updatedAt": utc_now_iso()},
+                               expect={"epoch": epoch},
+                               step=(idx, {"status": StepStatus.RUNNING.value, "attempts": attempt}),
+                               attempt=AttemptWrite(idx, attempt, record), events=[event])
+    if not seqs:
+        return None
+    ctx.bus.publish(event, seqs[0])
+    return seqs[0]
 
 
 def kept_tree(earlier: list[dict[str, Any]], strategy: str) -> str | None:

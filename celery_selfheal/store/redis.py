@@ -26,8 +26,8 @@ key                             type    content
 Atomicity: ``RPUSH`` numbers events (its reply is the new length: no gaps, no duplicates),
 ``HSETNX`` records a checkpoint once, a compare-and-set script guards record updates (JSON is
 merged in Python, never re-encoded in Lua: the script sets the new text only if the value is still
-the text read, two round trips where ``WATCH``/``MULTI`` took three), Lua scripts create jobs and
-handle leases. Leases are
+the text read, two round trips where ``WATCH``/``MULTI`` took three; ``write_job`` writes a job, its
+attempt and its events that way in one script), Lua scripts create jobs and handle leases. Leases are
 not Redis TTL keys, because an expired key vanishes with its owner and ``expired_leases`` must still
 name it. The client is created lazily per process (redis-py pools must not cross ``fork()``) and
 retries commands through a Redis restart of up to ~15 s (a command whose reply was lost as the old
@@ -37,7 +37,7 @@ server died may then run twice: at worst an event is appended twice; CAS updates
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -47,7 +47,7 @@ from redis.retry import Retry
 
 from celery_selfheal.store import _codec as codec
 from celery_selfheal.store._redis_scripts import Scripts
-from celery_selfheal.store.base import FINISHED, Record, StateStore
+from celery_selfheal.store.base import FINISHED, AttemptWrite, Record, StateStore
 
 #: clients inherited through fork(): kept referenced so the child never closes the parent's sockets
 _INHERITED: list[redis.Redis] = []
@@ -143,24 +143,41 @@ class RedisStore(StateStore):
         return codec.loads(raw) if raw is not None else None
 
     def update_job(self, job_id: str, changes: Record, *, expect: Record | None = None) -> bool:
-        codec.dumps(changes)  # refuse non-JSON input before touching anything
-        key, jobs = self._job(job_id), f"{self.prefix}jobs"
+        return self.write_job(job_id, changes, expect=expect) is not None
 
-        def txn(pipe: Any) -> bool:
-            raw = pipe.get(key)
-            job = None if raw is None else codec.loads(raw)
-            if job is None or not codec.matches(job, expect):
-                return False
-            old, new = job.get("status"), changes.get("status", job.get("status"))
-            seq = pipe.zscore(jobs, job_id) if old != new else None
-            pipe.multi()
-            pipe.set(key, codec.merged(job, changes))
-            if seq is not None:  # keep the per-status index of page_jobs in step, in the same MULTI
-                pipe.zrem(self._by_status(old), job_id)
-                pipe.zadd(self._by_status(new), {job_id: seq})
-            return True
-
-        return bool(self._r().transaction(txn, key, value_from_callable=True))
+    def write_job(self, job_id: str, changes: Record | None = None, *, expect: Record | None = None,
+                  step: tuple[int, Record] | None = None, attempt: AttemptWrite | None = None,
+                  events: Sequence[Record] = ()) -> list[int] | None:
+        # Read the job (and attempt) in one round trip, merge in Python, then one script writes all
+        # parts if nothing changed since the read (the per-status index of page_jobs too), else again.
+        texts = [codec.dumps(event) for event in events]  # refuse non-JSON input before touching anything
+        codec.dumps([changes, step, attempt.changes if attempt else None])
+        key, attempts = self._job(job_id), self._job(job_id, ":attempts")
+        field = f"{attempt.step_index}:{attempt.attempt}" if attempt is not None else ""
+        client, script = self._r(), self._lua().write_job
+        while True:
+            pipe = client.pipeline(transaction=False)
+            pipe.get(key)
+            if field:
+                pipe.hget(attempts, field)
+            raw, raw_attempt = (*pipe.execute(), None)[:2]
+            job = None if raw is None else codec.job_written(codec.loads(raw), changes, expect, step)
+            if job is None:
+                return None
+            new_attempt = ""
+            if attempt is not None:
+                found = None if raw_attempt is None else codec.loads(raw_attempt)
+                new_attempt = codec.attempt_written(job_id, found, attempt) or ""
+                if not new_attempt:
+                    return None
+            old, new = codec.loads(raw).get("status"), job.get("status")
+            mode = "" if attempt is None else ("put" if attempt.from_status is None else "cas")
+            seqs = script(keys=[key, attempts, self._job(job_id, ":events"), f"{self.prefix}jobs",
+                                self._by_status(old), self._by_status(new)],
+                          args=[raw, codec.dumps(job), field, mode, raw_attempt or "", new_attempt, job_id,
+                                "1" if old != new else "0", *texts])
+            if seqs is not None:
+                return [int(seq) for seq in seqs]
 
     def list_jobs(self, limit: int = 100) -> list[Record]:
         if limit <= 0:
@@ -281,8 +298,9 @@ class RedisStore(StateStore):
         return [codec.loads(raw) for raw in self._r().lrange(self._job(job_id, ":audit"), 0, -1)]
 
     # -- leases -----------------------------------------------------------------------------
-    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        return bool(self._lua().acquire(keys=self._lease_keys, args=[key, owner, _ms(ttl)]))
+    def acquire_lease(self, key: str, owner: str, ttl: float, *, take_expired: bool = True) -> bool:
+        return bool(self._lua().acquire(keys=self._lease_keys,
+                                        args=[key, owner, _ms(ttl), "1" if take_expired else "0"]))
 
     def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         return bool(self._lua().renew(keys=self._lease_keys, args=[key, owner, _ms(ttl)]))
