@@ -186,8 +186,9 @@ class Gate:
     countdown: float = 0.0
     #: the job record as read once the lease was held (saves the step execution a read)
     job: Mapping[str, Any] | None = None
-    #: the job's attempt records, read with ``job``
+    #: the job's attempt records and its pending operator requests, read with ``job``
     attempts: list[dict[str, Any]] | None = None
+    pending: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -289,12 +290,11 @@ def enter(ctx: Context, delivery: Delivery, *, ttl: float, busy_wait: float, swe
 
 
 def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease) -> Gate:
-    job = ctx.store.get_job(delivery.job_id)
+    job, attempts, pending = ctx.store.get_job_state(delivery.job_id)  # one read of all the step needs
     if _unguarded(job, delivery):
         lease.release()
         return Gate(GateKind.RUN, reason="nothing to guard")  # the step runner stops it
     assert job is not None
-    attempts = ctx.store.list_attempts(delivery.job_id)
     why = duplicate_reason(ctx.store, job, delivery.message, delivery.step_index, delivery.epoch, attempts)
     if why is not None:  # it ran before we got the lease
         log.warning("celery-selfheal: job %s: duplicate delivery of message %s does nothing: %s",
@@ -315,7 +315,7 @@ def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease) -> Gate:
     lease.start()
     if earlier:
         return Gate(GateKind.RUN, lease=lease)
-    return Gate(GateKind.RUN, lease=lease, job={**job, "inflight": inflight}, attempts=attempts)
+    return Gate(GateKind.RUN, lease=lease, job={**job, "inflight": inflight}, attempts=attempts, pending=pending)
 
 
 def note_prestart_loss(ctx: Context, job_id: str, step_index: int, epoch: int, *, why: str) -> bool:

@@ -56,14 +56,15 @@ def preempt_check(ctx: Context, job_id: str, epoch: int) -> Callable[[], bool]:
 
 def execute_step(ctx: Context, delivery: StepDelivery, *, task_id: str, hostname: str = "",
                  enqueue: Enqueue | None = None, lease: AttemptLease | None = None,
-                 job: Mapping[str, Any] | None = None, attempts: list[dict[str, Any]] | None = None) -> StepOutcome:
+                 job: Mapping[str, Any] | None = None, attempts: list[dict[str, Any]] | None = None,
+                 pending: list[dict[str, Any]] | None = None) -> StepOutcome:
     """Run one attempt of the delivered step if the job still wants it, and decide what comes next.
 
     ``enqueue(job, step_index, countdown=..., **first_kwargs)`` sends a chain from a step; operator
-    requests pending on the job are applied with it before anything runs. ``job`` and ``attempts``:
-    the records as the caller just read them under the job's lease (the attempt gate), to save the
-    reads when no request was pending."""
-    if enqueue is not None and _apply_controls(ctx, delivery.job_id, enqueue):
+    requests pending on the job are applied with it before anything runs. ``job``, ``attempts`` and
+    ``pending`` (its pending requests): the records as the caller just read them under the job's
+    lease (the attempt gate), to save the reads when no request was pending."""
+    if enqueue is not None and _apply_controls(ctx, delivery.job_id, enqueue, pending):
         job = attempts = None  # the requests changed the job: read it again
     state, admission = _admission(ctx, delivery, job)
     if admission.verdict is not Verdict.RUN or state is None:
@@ -85,8 +86,10 @@ def execute_step(ctx: Context, delivery: StepDelivery, *, task_id: str, hostname
         started = record_start(ctx, plan, delivery, task_id=task_id, hostname=hostname, lease=lease)
         if started is None:  # an operator rerun began (new epoch): nothing was recorded
             return StepOutcome.stop(delivery.step_index, "superseded while preparing the workspace")
-        plan = replace(plan, events_after=started - 1)
-        outcome = _run_and_finish(ctx, plan, ws, task_id=task_id, hostname=hostname, lease=lease, stage=stage)
+        seq, record = started
+        plan = replace(plan, events_after=seq - 1)
+        outcome = _run_and_finish(ctx, plan, ws, task_id=task_id, hostname=hostname, lease=lease, stage=stage,
+                                  record=record)
     except Exception as exc:  # the last line of defence: the attempt never stays `running`
         if lease is not None and lease.lost:  # fenced: another worker may own the step, the sweeper records it
             return StepOutcome.stop(delivery.step_index, "attempt lease lost")
@@ -97,9 +100,11 @@ def execute_step(ctx: Context, delivery: StepDelivery, *, task_id: str, hostname
     return outcome
 
 
-def _apply_controls(ctx: Context, job_id: str, enqueue: Enqueue) -> bool:
-    """Apply the job's pending operator requests (True if there were any)."""
-    if not ctx.store.pending_control(job_id):
+def _apply_controls(ctx: Context, job_id: str, enqueue: Enqueue,
+                    pending: list[dict[str, Any]] | None = None) -> bool:
+    """Apply the job's pending operator requests (True if there were any). ``pending``: as just
+    read by the caller (None: read them now)."""
+    if not (ctx.store.pending_control(job_id) if pending is None else pending):
         return False
     from celery_selfheal.control.apply import apply_pending_controls
 
@@ -153,10 +158,11 @@ def plan_attempt(ctx: Context, job: JobState, delivery: StepDelivery,
 
 
 def record_start(ctx: Context, plan: AttemptPlan, delivery: StepDelivery, *, task_id: str, hostname: str,
-                 lease: AttemptLease | None) -> int | None:
+                 lease: AttemptLease | None) -> tuple[int, dict[str, Any]] | None:
     """Store the attempt's ``running`` record, mark the step running and persist ``attempt.started``,
     in one store write, while the job is still at the attempt's epoch. Returns the event's sequence
-    number, or None (nothing written) when an operator rerun moved the job to another epoch."""
+    number and the record as stored, or None (nothing written) when an operator rerun moved the job
+    to another epoch."""
     idx, epoch, step, attempt = plan.step.index, plan.epoch, plan.step, plan.attempt
     record = {
         "jobId": delivery.job_id, "stepId": step.id, "stepIndex": idx, "attempt": attempt,
@@ -174,7 +180,7 @@ def record_start(ctx: Context, plan: AttemptPlan, delivery: StepDelivery, *, tas
     if not seqs:
         return None
     ctx.bus.publish(event, seqs[0])
-    return seqs[0]
+    return seqs[0], {**record, "jobId": delivery.job_id, "stepIndex": idx, "attempt": attempt}
 
 
 def kept_tree(earlier: list[dict[str, Any]], strategy: str) -> str | None:
@@ -187,16 +193,23 @@ def kept_tree(earlier: list[dict[str, Any]], strategy: str) -> str | None:
 
 
 def _run_and_finish(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, *, task_id: str, hostname: str,
-                    lease: AttemptLease | None, stage: StageTracker) -> StepOutcome:
-    """Run the runtime under the watchdogs and the cancel check, then record and decide."""
+                    lease: AttemptLease | None, stage: StageTracker,
+                    record: dict[str, Any] | None = None) -> StepOutcome:
+    """Run the runtime under the watchdogs and the cancel check, then record and decide. ``record``:
+    the attempt's record as stored (kept up to date here, so that recording the end needs no read)."""
     registry = RunningAttempts(ctx.settings.run_dir)
     idx = plan.step.index
+    fresh = [True]  # emptied if the record changed in a way this execution did not write
 
     def on_start(pid: int) -> None:
         registry.register(task_id, {"jobId": plan.job_id, "stepId": plan.step.id, "stepIndex": idx,
                                     "attempt": plan.attempt, "epoch": plan.epoch, "pgid": pid, "hostname": hostname,
                                     **(lease.record_fields() if lease is not None else {})})
-        ctx.store.transition_attempt(plan.job_id, idx, plan.attempt, "running", {"pid": pid})
+        if ctx.store.transition_attempt(plan.job_id, idx, plan.attempt, "running", {"pid": pid}):
+            if record is not None:
+                record["pid"] = pid
+        else:
+            fresh.clear()  # someone else changed the record: read it when recording the end
 
     cancel = preempt_check(ctx, plan.job_id, plan.epoch)
     stage.name = "running the attempt"
@@ -212,4 +225,4 @@ def _run_and_finish(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, *, task_i
         # another worker may own the step now: record nothing, the lost-worker sweeper records this attempt
         return StepOutcome.stop(idx, "attempt lease lost")
     stage.name = "recording the attempt"
-    return finish_attempt(ctx, plan, facts, ws)
+    return finish_attempt(ctx, plan, facts, ws, started=record if fresh else None)

@@ -36,11 +36,12 @@ log = logging.getLogger(__name__)
 
 
 def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: GitWorkspace, *,
-                   workspace_lost: bool = False) -> StepOutcome:
+                   workspace_lost: bool = False, started: dict[str, Any] | None = None) -> StepOutcome:
     """Record the attempt, ask the controller what next, checkpoint on success, emit events.
 
     ``workspace_lost``: the attempt's workspace is on a lost worker, so a soft reset continues on
-    any worker from a workspace rebuilt from the checkpoints (same round: no queue-retry budget)."""
+    any worker from a workspace rebuilt from the checkpoints (same round: no queue-retry budget).
+    ``started``: the attempt's record as this execution stored it (None: read it)."""
     r, idx = facts.result, plan.step.index
     # file names are chosen by the runtime: what is stored or shown passes the redactor (the patch
     # itself is checked below and never persisted when it holds a secret)
@@ -66,7 +67,7 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
     if ok:
         leak = secret_in_change(ctx, facts.change.patch)
         if leak is None:
-            return _succeeded(ctx, current, ws, recovered=any(not h.ok for h in history[:-1]))
+            return _succeeded(ctx, current, ws, recovered=any(not h.ok for h in history[:-1]), started=started)
         # A patch is replayed byte for byte, so it cannot be redacted: refuse to persist it. The file
         # name may itself be the secret: it is named redacted.
         reason = (f"the step's change contains a secret in {ctx.redactor.redact(leak)}; refusing to checkpoint it "
@@ -121,7 +122,8 @@ def _artifact(ctx: Context, plan: AttemptPlan, record: dict[str, Any] | None = N
         log.warning("celery-selfheal: job %s: attempt artifact not written: %s", plan.job_id, exc)
 
 
-def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recovered: bool) -> StepOutcome:
+def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recovered: bool,
+               started: dict[str, Any] | None = None) -> StepOutcome:
     plan = done.plan
     job_id, step, epoch = plan.job_id, plan.step, plan.epoch
     arts = ctx.artifacts(job_id)
@@ -143,7 +145,7 @@ def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recover
     if recovered:
         events.append(ctx.bus.build("task.self_heal.recovered", job_id, **done.event_fields(),
                                     strategy=plan.recovery_strategy))
-    outcome = _record_success(ctx, plan, fields, events)
+    outcome = _record_success(ctx, plan, fields, events, started)
     if outcome is not None:
         return outcome
     # the job moved on meanwhile (or the attempt was recorded by another path): one write at a time
@@ -153,8 +155,8 @@ def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recover
     return complete_step(ctx, plan)
 
 
-def _record_success(ctx: Context, plan: AttemptPlan, fields: dict[str, Any],
-                    events: list[dict[str, Any]]) -> StepOutcome | None:
+def _record_success(ctx: Context, plan: AttemptPlan, fields: dict[str, Any], events: list[dict[str, Any]],
+                    started: dict[str, Any] | None) -> StepOutcome | None:
     """The usual end of a succeeded attempt in one store write: the attempt's record, its events,
     the step (and the job, after the last step) succeeded. None if any part's guard failed
     (nothing written): the caller then writes the parts one by one, as `complete_step` does."""
@@ -167,7 +169,7 @@ def _record_success(ctx: Context, plan: AttemptPlan, fields: dict[str, Any],
     else:
         changes["currentStep"] = step.index + 1
     # the artifact first (from what is about to be stored), as before: it exists once the job has ended
-    record = ctx.store.get_attempt(job_id, step.index, plan.attempt)
+    record = started if started is not None else ctx.store.get_attempt(job_id, step.index, plan.attempt)
     if record is None or record.get("status") != AttemptStatus.RUNNING.value:
         return None
     _artifact(ctx, plan, {**record, **fields}, new_events=events)

@@ -63,6 +63,12 @@ class StateStore(abc.ABC):
         attempt is in its ``from_status``. Returns the events' sequence numbers (``[]`` without
         events) if applied, None if not (unknown job, a guard failed, or no such step entry)."""
 
+    def get_job_state(self, job_id: str) -> tuple[Record | None, list[Record], list[Record]]:
+        """The job (or None), its attempts (as `list_attempts`) and its pending control requests (as
+        `pending_control`), read together: what a step execution needs before it starts (a backend
+        may answer in one round trip)."""
+        return self.get_job(job_id), self.list_attempts(job_id), self.pending_control(job_id)
+
     @abc.abstractmethod
     def list_jobs(self, limit: int = 100) -> list[Record]:
         """Most recently created first."""

@@ -26,8 +26,9 @@ key                             type    content
 Atomicity: ``RPUSH`` numbers events (its reply is the new length: no gaps, no duplicates),
 ``HSETNX`` records a checkpoint once, a compare-and-set script guards record updates (JSON is
 merged in Python, never re-encoded in Lua: the script sets the new text only if the value is still
-the text read, two round trips where ``WATCH``/``MULTI`` took three; ``write_job`` writes a job, its
-attempt and its events that way in one script), Lua scripts create jobs and handle leases. Leases are
+the text read; ``write_job`` writes a job, its attempt and its events that way in one script; the
+text is the one this process last read or wrote when it has it, so a write is usually one round trip:
+`_redis_writes`), Lua scripts create jobs and handle leases. Leases are
 not Redis TTL keys, because an expired key vanishes with its owner and ``expired_leases`` must still
 name it. The client is created lazily per process (redis-py pools must not cross ``fork()``) and
 retries commands through a Redis restart of up to ~15 s (a command whose reply was lost as the old
@@ -46,7 +47,9 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from celery_selfheal.store import _codec as codec
+from celery_selfheal.store import _redis_writes
 from celery_selfheal.store._redis_scripts import Scripts
+from celery_selfheal.store._seen import Seen
 from celery_selfheal.store.base import FINISHED, AttemptWrite, Record, StateStore
 
 #: clients inherited through fork(): kept referenced so the child never closes the parent's sockets
@@ -78,6 +81,7 @@ class RedisStore(StateStore):
         self._pid = 0
         self._scripts: Scripts | None = None
         self._lease_keys = [f"{self.prefix}lease:owner", f"{self.prefix}lease:expiry"]
+        self._seen = Seen()  # first guesses of compare-and-set writes (`_seen`)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -113,19 +117,8 @@ class RedisStore(StateStore):
         return f"{self.prefix}job:{{{job_id}}}{part}"
 
     def _update(self, key: str, field: str | None, change: Callable[[Record], str | None]) -> bool:
-        """Compare-and-set one JSON value (a string key, or a field of a hash): read it, let
-        ``change`` turn the record into the new JSON text (None: leave it), and write that text
-        only if the value is still the one read (the `Scripts.cas` script), else start again."""
-        # A script whose reply was lost in a reconnect is retried and refused (the value changed:
-        # to ours); the loop then reads our own write back, as WATCH/MULTI's rerun did.
-        client, cas = self._r(), self._lua().cas
-        while True:
-            raw = client.get(key) if field is None else client.hget(key, field)
-            new = None if raw is None else change(codec.loads(raw))
-            if new is None:
-                return False
-            if cas(keys=[key], args=[field or "", raw, new]):
-                return True
+        """Compare-and-set one JSON value (`_redis_writes.cas_update`)."""
+        return _redis_writes.cas_update(self, key, field, change)
 
     # -- jobs -------------------------------------------------------------------------------
     def _by_status(self, status: Any) -> str:
@@ -140,6 +133,7 @@ class RedisStore(StateStore):
 
     def get_job(self, job_id: str) -> Record | None:
         raw = self._r().get(self._job(job_id))
+        self._seen.put(self._job(job_id), "", raw)
         return codec.loads(raw) if raw is not None else None
 
     def update_job(self, job_id: str, changes: Record, *, expect: Record | None = None) -> bool:
@@ -148,36 +142,21 @@ class RedisStore(StateStore):
     def write_job(self, job_id: str, changes: Record | None = None, *, expect: Record | None = None,
                   step: tuple[int, Record] | None = None, attempt: AttemptWrite | None = None,
                   events: Sequence[Record] = ()) -> list[int] | None:
-        # Read the job (and attempt) in one round trip, merge in Python, then one script writes all
-        # parts if nothing changed since the read (the per-status index of page_jobs too), else again.
-        texts = [codec.dumps(event) for event in events]  # refuse non-JSON input before touching anything
-        codec.dumps([changes, step, attempt.changes if attempt else None])
-        key, attempts = self._job(job_id), self._job(job_id, ":attempts")
-        field = f"{attempt.step_index}:{attempt.attempt}" if attempt is not None else ""
-        client, script = self._r(), self._lua().write_job
-        while True:
-            pipe = client.pipeline(transaction=False)
-            pipe.get(key)
-            if field:
-                pipe.hget(attempts, field)
-            raw, raw_attempt = (*pipe.execute(), None)[:2]
-            job = None if raw is None else codec.job_written(codec.loads(raw), changes, expect, step)
-            if job is None:
-                return None
-            new_attempt = ""
-            if attempt is not None:
-                found = None if raw_attempt is None else codec.loads(raw_attempt)
-                new_attempt = codec.attempt_written(job_id, found, attempt) or ""
-                if not new_attempt:
-                    return None
-            old, new = codec.loads(raw).get("status"), job.get("status")
-            mode = "" if attempt is None else ("put" if attempt.from_status is None else "cas")
-            seqs = script(keys=[key, attempts, self._job(job_id, ":events"), f"{self.prefix}jobs",
-                                self._by_status(old), self._by_status(new)],
-                          args=[raw, codec.dumps(job), field, mode, raw_attempt or "", new_attempt, job_id,
-                                "1" if old != new else "0", *texts])
-            if seqs is not None:
-                return [int(seq) for seq in seqs]
+        return _redis_writes.write_job(self, job_id, changes, expect, step, attempt, events)
+
+    def get_job_state(self, job_id: str) -> tuple[Record | None, list[Record], list[Record]]:
+        pipe = self._r().pipeline(transaction=True)  # one round trip, one consistent snapshot
+        pipe.get(self._job(job_id))
+        pipe.hgetall(self._job(job_id, ":attempts"))
+        pipe.lrange(self._job(job_id, ":control:order"), 0, -1)
+        pipe.hgetall(self._job(job_id, ":control"))
+        raw, attempts, order, control = pipe.execute()
+        self._seen.put(self._job(job_id), "", raw)
+        records = sorted((codec.loads(text) for text in attempts.values()),
+                         key=lambda rec: (rec["stepIndex"], rec["attempt"]))
+        requests = [codec.loads(control[rid]) for rid in order if rid in control]
+        return (codec.loads(raw) if raw is not None else None, records,
+                [rec for rec in requests if rec.get("state") == codec.PENDING])
 
     def list_jobs(self, limit: int = 100) -> list[Record]:
         if limit <= 0:
@@ -202,9 +181,11 @@ class RedisStore(StateStore):
     def put_attempt(self, job_id: str, step_index: int, attempt: int, record: Record) -> None:
         data = codec.dumps({**record, "jobId": job_id, "stepIndex": step_index, "attempt": attempt})
         self._r().hset(self._job(job_id, ":attempts"), f"{step_index}:{attempt}", data)
+        self._seen.put(self._job(job_id, ":attempts"), f"{step_index}:{attempt}", data)
 
     def get_attempt(self, job_id: str, step_index: int, attempt: int) -> Record | None:
         raw = self._r().hget(self._job(job_id, ":attempts"), f"{step_index}:{attempt}")
+        self._seen.put(self._job(job_id, ":attempts"), f"{step_index}:{attempt}", raw)
         return codec.loads(raw) if raw is not None else None
 
     def transition_attempt(

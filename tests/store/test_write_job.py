@@ -121,3 +121,31 @@ def test_gate_acquire_never_takes_another_owners_expired_lease(store: StateStore
     assert store.acquire_lease("attempt:j1", "w1", 30, take_expired=False)  # its owner may take it back
     assert store.release_lease("attempt:j1", "w1")
     assert store.acquire_lease("attempt:j1", "w2", 30, take_expired=False)  # free
+
+
+def test_a_stale_guess_of_another_writer_never_decides(redis_url: str) -> None:
+    """The Redis store sends a compare-and-set with the text it last saw (one round trip); another
+    process's write in between makes that a stale guess: the write must still apply (or be refused)
+    on what is stored now."""
+    from celery_selfheal.store.redis import RedisStore
+
+    mine, other = RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        mine.create_job(job(steps=_steps(1)))
+        mine.put_attempt("j1", 0, 1, {"status": "running"})
+        assert mine.get_job("j1") is not None and mine.get_attempt("j1", 0, 1) is not None  # guesses
+        assert other.update_job("j1", {"epoch": 1})
+        assert other.transition_attempt("j1", 0, 1, "running", {"pid": 5})
+        # the guess says epoch 0: the guard is checked again on the stored record
+        assert mine.write_job("j1", {"x": 1}, expect={"epoch": 1}, events=[{"event": "e"}]) == [1]
+        assert mine.write_job("j1", {"x": 2}, expect={"epoch": 0}) is None
+        done = AttemptWrite(0, 1, {"status": "succeeded"}, from_status="running")
+        assert mine.write_job("j1", attempt=done) == []
+        assert mine.get_attempt("j1", 0, 1) == {"jobId": "j1", "stepIndex": 0, "attempt": 1, "status": "succeeded",
+                                                "pid": 5}
+        assert other.update_job("j1", {"y": 1})  # its own guess is stale now: refused, read, applied
+        assert mine.transition_attempt("j1", 0, 1, "succeeded", {"z": 1})
+        assert other.get_job("j1") == {**job(steps=_steps(1)), "epoch": 1, "x": 1, "y": 1}
+    finally:
+        mine.close()
+        other.close()
