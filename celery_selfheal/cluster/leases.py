@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery_selfheal.cluster.checks import KILL_MARGIN
@@ -42,7 +42,7 @@ from celery_selfheal.core.model import FailureClass
 from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs import transitions
 from celery_selfheal.jobs.records import update_job
-from celery_selfheal.store.base import StateStore
+from celery_selfheal.store.base import JobSnapshot, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +186,8 @@ class Gate:
     countdown: float = 0.0
     #: the job record as read once the lease was held (saves the step execution a read)
     job: Mapping[str, Any] | None = None
-    #: the job's attempt records and its pending operator requests, read with ``job``
-    attempts: list[dict[str, Any]] | None = None
-    pending: list[dict[str, Any]] | None = None
+    #: the job with its attempts, pending operator requests and checkpoints, read with the lease
+    state: JobSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -259,18 +258,17 @@ def enter(ctx: Context, delivery: Delivery, *, ttl: float, busy_wait: float, swe
           sleep: Callable[[float], None] = time.sleep, renew_every: float | None = None) -> Gate:
     """Let a step-task message in (with the job's lease), or say why it must not run (module docstring).
 
-    The lease is tried first (free or ours: one store call; another owner's, even expired, is never
-    taken here: the sweeper records that owner's attempt first), then the job is read once under it.
-    Only a message that has to wait reads the job before holding the lease, so that a duplicate
-    does not wait for a lease it will never need."""
+    One store call tries the lease (free or ours; another owner's, even expired, is never taken here:
+    the sweeper records that owner's attempt first) and reads the job with everything the step needs.
+    A message that does not get the lease looks at what it read: a duplicate does not wait for a
+    lease it will never need."""
     store, key, owner, message = ctx.store, lease_key(delivery.job_id), delivery.owner, delivery.message
     deadline = time.monotonic() + busy_wait
-    while not store.acquire_lease(key, owner, ttl, take_expired=False):
-        job = store.get_job(delivery.job_id)
-        if _unguarded(job, delivery):
+    while not (snap := store.get_job_state(delivery.job_id, lease=(key, owner, ttl))).leased:
+        if _unguarded(snap.job, delivery):
             return Gate(GateKind.RUN, reason="nothing to guard")  # the step runner stops it
-        assert job is not None
-        why = duplicate_reason(store, job, message, delivery.step_index, delivery.epoch)
+        assert snap.job is not None
+        why = duplicate_reason(store, snap.job, message, delivery.step_index, delivery.epoch, snap.attempts)
         if why is not None:
             log.warning("celery-selfheal: job %s: duplicate delivery of message %s does nothing: %s",
                         delivery.job_id, message, why)
@@ -283,14 +281,14 @@ def enter(ctx: Context, delivery: Delivery, *, ttl: float, busy_wait: float, swe
         sleep(_POLL)
     lease = AttemptLease(store, key, owner, ttl=ttl, message=message, renew_every=renew_every)
     try:
-        return _admit(ctx, delivery, lease)
+        return _admit(ctx, delivery, lease, snap)
     except BaseException:
         lease.release()
         raise
 
 
-def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease) -> Gate:
-    job, attempts, pending = ctx.store.get_job_state(delivery.job_id)  # one read of all the step needs
+def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease, snap: JobSnapshot) -> Gate:
+    job, attempts = snap.job, snap.attempts  # read with the lease: no one else adds an attempt now
     if _unguarded(job, delivery):
         lease.release()
         return Gate(GateKind.RUN, reason="nothing to guard")  # the step runner stops it
@@ -315,7 +313,8 @@ def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease) -> Gate:
     lease.start()
     if earlier:
         return Gate(GateKind.RUN, lease=lease)
-    return Gate(GateKind.RUN, lease=lease, job={**job, "inflight": inflight}, attempts=attempts, pending=pending)
+    return Gate(GateKind.RUN, lease=lease, job={**job, "inflight": inflight},
+                state=replace(snap, job={**job, "inflight": inflight}))
 
 
 def note_prestart_loss(ctx: Context, job_id: str, step_index: int, epoch: int, *, why: str) -> bool:

@@ -75,8 +75,9 @@ class AttemptPlan:
     #: anyone else from adding one): what the controller reads with this one; None: read them then
     prior: tuple[AttemptOutcome, ...] | None = None
     #: the sequence number before the attempt's ``attempt.started`` event (its artifact lists the
-    #: attempt's events from there)
+    #: attempt's events from there), and that event as stored (None: read it back)
     events_after: int = 0
+    started_event: Mapping[str, Any] | None = None
 
     @property
     def recovery_strategy(self) -> str | None:

@@ -11,13 +11,16 @@ from celery_selfheal.context import Context
 
 def write_attempt_artifact(ctx: Context, job_id: str, record: Mapping[str, Any],
                            retry_context: Mapping[str, Any] | None, *, after: int = 0,
-                           new_events: Sequence[Mapping[str, Any]] = ()) -> None:
+                           new_events: Sequence[Mapping[str, Any]] = (),
+                           stored: Sequence[Mapping[str, Any]] | None = None) -> None:
     """``state/self_heal/attempt-NNNN-AAAA.json`` with the contract fields and the attempt's events:
     the stored ones after sequence number ``after`` (the attempt's own start: no need to read the
-    job's whole history), then ``new_events`` (about to be stored with the record)."""
+    job's whole history; ``stored``: those events, when the caller knows them), then ``new_events``
+    (about to be stored with the record)."""
     arts = ctx.artifacts(job_id)
     idx, attempt = record["stepIndex"], record["attempt"]
-    stored = [e for _, e in ctx.store.list_events(job_id, after=after)]
+    if stored is None:
+        stored = [e for _, e in ctx.store.list_events(job_id, after=after)]
     events = [{k: v for k, v in e.items() if k != "seq"} for e in [*stored, *new_events]
               if e.get("stepIndex") == idx and e.get("attempt") == attempt]
     doc = {

@@ -27,7 +27,7 @@ from celery_selfheal.steps.finish import fail_step, finish_attempt
 from celery_selfheal.steps.outcome import Enqueue, StepOutcome
 from celery_selfheal.steps.running import OutputToucher, RunningAttempts
 from celery_selfheal.steps.workspace import prepare_workspace
-from celery_selfheal.store.base import AttemptWrite
+from celery_selfheal.store.base import AttemptWrite, JobSnapshot
 from celery_selfheal.workspace.git import GitWorkspace
 
 if TYPE_CHECKING:
@@ -56,22 +56,33 @@ def preempt_check(ctx: Context, job_id: str, epoch: int) -> Callable[[], bool]:
 
 def execute_step(ctx: Context, delivery: StepDelivery, *, task_id: str, hostname: str = "",
                  enqueue: Enqueue | None = None, lease: AttemptLease | None = None,
-                 job: Mapping[str, Any] | None = None, attempts: list[dict[str, Any]] | None = None,
-                 pending: list[dict[str, Any]] | None = None) -> StepOutcome:
+                 job: Mapping[str, Any] | None = None, state: JobSnapshot | None = None) -> StepOutcome:
     """Run one attempt of the delivered step if the job still wants it, and decide what comes next.
 
     ``enqueue(job, step_index, countdown=..., **first_kwargs)`` sends a chain from a step; operator
-    requests pending on the job are applied with it before anything runs. ``job``, ``attempts`` and
-    ``pending`` (its pending requests): the records as the caller just read them under the job's
-    lease (the attempt gate), to save the reads when no request was pending."""
-    if enqueue is not None and _apply_controls(ctx, delivery.job_id, enqueue, pending):
-        job = attempts = None  # the requests changed the job: read it again
-    state, admission = _admission(ctx, delivery, job)
+    requests pending on the job are applied with it before anything runs. ``job``, or ``state`` (the
+    job with its attempts, pending requests and checkpoints): the records as the caller just read
+    them under the job's lease (the attempt gate), to save the reads when no request was pending."""
+    if state is not None and job is None:
+        job = state.job
+    if enqueue is not None and _apply_controls(ctx, delivery.job_id, enqueue, state.pending if state else None):
+        job = state = None  # the requests changed the job: read it again
+    job_state, admission = _admission(ctx, delivery, job)
+    attempts = state.attempts if state is not None else None
+    checkpoints = state.checkpoints if state is not None else None
+    return _execute(ctx, delivery, job_state, admission, attempts, checkpoints, task_id=task_id, hostname=hostname,
+                    enqueue=enqueue, lease=lease)
+
+
+def _execute(ctx: Context, delivery: StepDelivery, state: JobState | None, admission: Admission,
+             attempts: list[dict[str, Any]] | None, checkpoints: list[dict[str, Any]] | None, *, task_id: str,
+             hostname: str, enqueue: Enqueue | None, lease: AttemptLease | None) -> StepOutcome:
+    """`execute_step` once the delivery was admitted (or not)."""
     if admission.verdict is not Verdict.RUN or state is None:
         return StepOutcome.stop(delivery.step_index, admission.reason)
     transitions.start(ctx, state)
     try:
-        ws = prepare_workspace(ctx, state, delivery.step_index, delivery.strategy)
+        ws = prepare_workspace(ctx, state, delivery.step_index, delivery.strategy, checkpoints)
     except (ReplayError, WorkspaceError) as exc:
         step = state.spec.steps[delivery.step_index]
         return fail_step(ctx, delivery.job_id, delivery.epoch, step, FailureClass.DETERMINISTIC_REPO, str(exc),
@@ -86,8 +97,8 @@ def execute_step(ctx: Context, delivery: StepDelivery, *, task_id: str, hostname
         started = record_start(ctx, plan, delivery, task_id=task_id, hostname=hostname, lease=lease)
         if started is None:  # an operator rerun began (new epoch): nothing was recorded
             return StepOutcome.stop(delivery.step_index, "superseded while preparing the workspace")
-        seq, record = started
-        plan = replace(plan, events_after=seq - 1)
+        seq, record, event = started
+        plan = replace(plan, events_after=seq - 1, started_event=event)
         outcome = _run_and_finish(ctx, plan, ws, task_id=task_id, hostname=hostname, lease=lease, stage=stage,
                                   record=record)
     except Exception as exc:  # the last line of defence: the attempt never stays `running`
@@ -158,10 +169,10 @@ def plan_attempt(ctx: Context, job: JobState, delivery: StepDelivery,
 
 
 def record_start(ctx: Context, plan: AttemptPlan, delivery: StepDelivery, *, task_id: str, hostname: str,
-                 lease: AttemptLease | None) -> tuple[int, dict[str, Any]] | None:
+                 lease: AttemptLease | None) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
     """Store the attempt's ``running`` record, mark the step running and persist ``attempt.started``,
     in one store write, while the job is still at the attempt's epoch. Returns the event's sequence
-    number and the record as stored, or None (nothing written) when an operator rerun moved the job
+    number, the record and the event as stored, or None (nothing written) when an operator rerun moved the job
     to another epoch."""
     idx, epoch, step, attempt = plan.step.index, plan.epoch, plan.step, plan.attempt
     record = {
@@ -179,8 +190,9 @@ def record_start(ctx: Context, plan: AttemptPlan, delivery: StepDelivery, *, tas
                                attempt=AttemptWrite(idx, attempt, record), events=[event])
     if not seqs:
         return None
+    stored = dict(event)
     ctx.bus.publish(event, seqs[0])
-    return seqs[0], {**record, "jobId": delivery.job_id, "stepIndex": idx, "attempt": attempt}
+    return seqs[0], {**record, "jobId": delivery.job_id, "stepIndex": idx, "attempt": attempt}, stored
 
 
 def kept_tree(earlier: list[dict[str, Any]], strategy: str) -> str | None:

@@ -8,7 +8,7 @@ was is built once as a `FinishedAttempt`; this module only writes it out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -109,14 +109,15 @@ def _cancelled(ctx: Context, plan: AttemptPlan, facts: AttemptFacts) -> StepOutc
 
 
 def _artifact(ctx: Context, plan: AttemptPlan, record: dict[str, Any] | None = None,
-              new_events: Sequence[dict[str, Any]] = ()) -> None:
+              new_events: Sequence[dict[str, Any]] = (), stored: Sequence[Mapping[str, Any]] | None = None) -> None:
     """Write the attempt artifact from the stored record (or ``record``, what it is about to be) and
-    the attempt's events (the stored ones, plus ``new_events`` about to be stored with it)."""
+    the attempt's events (the stored ones, or ``stored`` when the caller knows them, plus
+    ``new_events`` about to be stored with it)."""
     if record is None:
         record = ctx.store.get_attempt(plan.job_id, plan.step.index, plan.attempt) or {}
     try:
         write_attempt_artifact(ctx, plan.job_id, record, plan.retry_context, after=plan.events_after,
-                               new_events=new_events)
+                               new_events=new_events, stored=stored)
     except (OSError, ValueError) as exc:
         # evidence only, written after the decision was recorded: losing it must not lose the decision
         log.warning("celery-selfheal: job %s: attempt artifact not written: %s", plan.job_id, exc)
@@ -172,13 +173,17 @@ def _record_success(ctx: Context, plan: AttemptPlan, fields: dict[str, Any], eve
     record = started if started is not None else ctx.store.get_attempt(job_id, step.index, plan.attempt)
     if record is None or record.get("status") != AttemptStatus.RUNNING.value:
         return None
-    _artifact(ctx, plan, {**record, **fields}, new_events=events)
+    # the attempt's events so far: its `started` event, unless others were stored after it (seen below)
+    known = [plan.started_event] if plan.started_event is not None else None
+    _artifact(ctx, plan, {**record, **fields}, new_events=events, stored=known)
     seqs = ctx.store.write_job(job_id, changes, expect=transitions.succeed_expect(epoch) if last else {"epoch": epoch},
                                step=(step.index, {"status": StepStatus.SUCCEEDED.value}),
                                attempt=AttemptWrite(step.index, plan.attempt, fields, AttemptStatus.RUNNING.value),
                                events=events)
     if seqs is None:
         return None
+    if known is not None and seqs and seqs[0] != plan.events_after + 2:  # other events came in between
+        _artifact(ctx, plan, {**record, **fields})
     for event, seq in zip(events, seqs, strict=True):
         ctx.bus.publish(event, seq)
     if last:

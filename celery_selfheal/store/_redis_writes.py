@@ -1,4 +1,5 @@
-"""The compare-and-set writes of the Redis store: one value (`cas_update`) or a job's stage (`write_job`).
+"""The Redis store's round-trip savers: compare-and-set writes of one value (`cas_update`) or of a
+job's stage (`write_job`), and the read of all a step needs, lease included (`job_state`).
 
 Records are merged in Python and written by a script only if the stored text is still the text the
 merge started from (`_redis_scripts`). The text comes from `_seen.Seen` when this process read or
@@ -14,8 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from celery_selfheal.store import _codec as codec
-from celery_selfheal.store.base import AttemptWrite, Record
+from celery_selfheal.store._redis_scripts import ACQUIRE
+from celery_selfheal.store.base import AttemptWrite, JobSnapshot, Record
 
 if TYPE_CHECKING:
     from celery_selfheal.store.redis import RedisStore
@@ -108,3 +112,37 @@ def _merge(job_id: str, raw: str | None, raw_attempt: str | None, changes: Recor
         if not new_attempt:
             return None
     return codec.dumps(job), new_attempt, before.get("status"), job.get("status")
+
+
+def job_state(store: RedisStore, job_id: str, lease: tuple[str, str, float] | None) -> JobSnapshot:
+    """`StateStore.get_job_state` in one round trip: MULTI with the lease script (EVALSHA, loaded
+    again if the server lost it) and the reads."""
+    from celery_selfheal.store.redis import _checkpoints, _ms
+
+    client = store._r()
+    acquire = store._lua().acquire
+    for _ in range(2):
+        pipe = client.pipeline(transaction=True)
+        if lease is not None:
+            key, owner, ttl = lease
+            pipe.evalsha(acquire.sha, len(store._lease_keys), *store._lease_keys, key, owner, _ms(ttl), "0")
+        pipe.get(store._job(job_id))
+        pipe.hgetall(store._job(job_id, ":attempts"))
+        pipe.lrange(store._job(job_id, ":control:order"), 0, -1)
+        pipe.hgetall(store._job(job_id, ":control"))
+        pipe.hgetall(store._job(job_id, ":checkpoints"))
+        pipe.smembers(store._job(job_id, ":checkpoints:old"))
+        try:
+            replies = pipe.execute()
+            break
+        except redis.exceptions.NoScriptError:  # the server restarted without its scripts
+            client.script_load(ACQUIRE)
+    leased = bool(replies.pop(0)) if lease is not None else False
+    raw, attempts, order, control, found, old = replies
+    store._seen.put(store._job(job_id), "", raw)
+    records = sorted((codec.loads(text) for text in attempts.values()),
+                     key=lambda rec: (rec["stepIndex"], rec["attempt"]))
+    requests = [codec.loads(control[rid]) for rid in order if rid in control]
+    return JobSnapshot(job=codec.loads(raw) if raw is not None else None, attempts=records,
+                       pending=[rec for rec in requests if rec.get("state") == codec.PENDING],
+                       checkpoints=_checkpoints(found, old), leased=leased)

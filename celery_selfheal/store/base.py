@@ -34,6 +34,18 @@ class AttemptWrite:
     from_status: str | None = None
 
 
+@dataclass(frozen=True)
+class JobSnapshot:
+    """`StateStore.get_job_state`: a job and what hangs off it, read together."""
+
+    job: Record | None
+    attempts: list[Record]
+    pending: list[Record]
+    checkpoints: list[Record]
+    #: whether the lease asked for was acquired (False when none was asked for)
+    leased: bool = False
+
+
 class StateStore(abc.ABC):
     """Jobs, attempts, events, checkpoints, control requests, audit and leases of all jobs."""
 
@@ -63,11 +75,14 @@ class StateStore(abc.ABC):
         attempt is in its ``from_status``. Returns the events' sequence numbers (``[]`` without
         events) if applied, None if not (unknown job, a guard failed, or no such step entry)."""
 
-    def get_job_state(self, job_id: str) -> tuple[Record | None, list[Record], list[Record]]:
-        """The job (or None), its attempts (as `list_attempts`) and its pending control requests (as
-        `pending_control`), read together: what a step execution needs before it starts (a backend
-        may answer in one round trip)."""
-        return self.get_job(job_id), self.list_attempts(job_id), self.pending_control(job_id)
+    def get_job_state(self, job_id: str, *, lease: tuple[str, str, float] | None = None) -> JobSnapshot:
+        """What a step execution reads before it starts, together (a backend may answer in one round
+        trip): with ``lease=(key, owner, ttl)`` first ``acquire_lease(key, owner, ttl,
+        take_expired=False)``, then the job (or None), its attempts (as `list_attempts`), its pending
+        control requests (as `pending_control`) and its active checkpoints (as `list_checkpoints`)."""
+        leased = lease is not None and self.acquire_lease(*lease, take_expired=False)
+        return JobSnapshot(self.get_job(job_id), self.list_attempts(job_id), self.pending_control(job_id),
+                           self.list_checkpoints(job_id), leased)
 
     @abc.abstractmethod
     def list_jobs(self, limit: int = 100) -> list[Record]:

@@ -50,7 +50,7 @@ from celery_selfheal.store import _codec as codec
 from celery_selfheal.store import _redis_writes
 from celery_selfheal.store._redis_scripts import Scripts
 from celery_selfheal.store._seen import Seen
-from celery_selfheal.store.base import FINISHED, AttemptWrite, Record, StateStore
+from celery_selfheal.store.base import FINISHED, AttemptWrite, JobSnapshot, Record, StateStore
 
 #: clients inherited through fork(): kept referenced so the child never closes the parent's sockets
 _INHERITED: list[redis.Redis] = []
@@ -144,19 +144,8 @@ class RedisStore(StateStore):
                   events: Sequence[Record] = ()) -> list[int] | None:
         return _redis_writes.write_job(self, job_id, changes, expect, step, attempt, events)
 
-    def get_job_state(self, job_id: str) -> tuple[Record | None, list[Record], list[Record]]:
-        pipe = self._r().pipeline(transaction=True)  # one round trip, one consistent snapshot
-        pipe.get(self._job(job_id))
-        pipe.hgetall(self._job(job_id, ":attempts"))
-        pipe.lrange(self._job(job_id, ":control:order"), 0, -1)
-        pipe.hgetall(self._job(job_id, ":control"))
-        raw, attempts, order, control = pipe.execute()
-        self._seen.put(self._job(job_id), "", raw)
-        records = sorted((codec.loads(text) for text in attempts.values()),
-                         key=lambda rec: (rec["stepIndex"], rec["attempt"]))
-        requests = [codec.loads(control[rid]) for rid in order if rid in control]
-        return (codec.loads(raw) if raw is not None else None, records,
-                [rec for rec in requests if rec.get("state") == codec.PENDING])
+    def get_job_state(self, job_id: str, *, lease: tuple[str, str, float] | None = None) -> JobSnapshot:
+        return _redis_writes.job_state(self, job_id, lease)
 
     def list_jobs(self, limit: int = 100) -> list[Record]:
         if limit <= 0:
@@ -224,10 +213,7 @@ class RedisStore(StateStore):
         pipe = self._r().pipeline(transaction=True)  # one consistent snapshot of both keys
         pipe.hgetall(self._job(job_id, ":checkpoints"))
         pipe.smembers(self._job(job_id, ":checkpoints:old"))
-        found, old = pipe.execute()
-        records = sorted(({**codec.loads(raw), "superseded": field in old} for field, raw in found.items()),
-                         key=lambda rec: (rec["stepIndex"], rec["epoch"]))
-        return records if include_superseded else codec.active_checkpoints(records)
+        return _checkpoints(*pipe.execute(), include_superseded=include_superseded)
 
     def supersede_checkpoints(self, job_id: str, from_index: int) -> int:
         found, old = self._job(job_id, ":checkpoints"), self._job(job_id, ":checkpoints:old")
@@ -324,6 +310,13 @@ class RedisStore(StateStore):
             pipe.hdel(self._lease_keys[0], *leases)
             pipe.zrem(self._lease_keys[1], *leases)
         return bool(pipe.execute()[0])
+
+
+def _checkpoints(found: dict[str, str], old: set[str], *, include_superseded: bool = False) -> list[Record]:
+    """Checkpoint records from the checkpoints hash and the set of superseded fields."""
+    records = sorted(({**codec.loads(raw), "superseded": field in old} for field, raw in found.items()),
+                     key=lambda rec: (rec["stepIndex"], rec["epoch"]))
+    return records if include_superseded else codec.active_checkpoints(records)
 
 
 def _ms(seconds: float) -> int:

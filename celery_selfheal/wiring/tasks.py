@@ -80,7 +80,7 @@ def run_step_body(task: Task, ctx: Context, delivery: Delivery) -> dict[str, Any
     try:
         outcome = execute_step(ctx, delivery.step, task_id=delivery.task_id, hostname=delivery.hostname,
                                enqueue=functools.partial(enqueue_from, task.app), lease=gate.lease, job=gate.job,
-                               attempts=gate.attempts, pending=gate.pending)
+                               state=gate.state)
         if outcome.kind is OutcomeKind.RETRY:
             raise retry_step(task, ctx, delivery, outcome, gate.lease, opts)
     except Retry:

@@ -149,3 +149,19 @@ def test_a_stale_guess_of_another_writer_never_decides(redis_url: str) -> None:
     finally:
         mine.close()
         other.close()
+
+
+def test_job_state_reads_everything_a_step_needs_with_the_lease(store: StateStore) -> None:  # noqa: F811
+    store.create_job(job(steps=_steps()))
+    store.put_attempt("j1", 0, 1, {"status": "succeeded"})
+    store.record_checkpoint("j1", 0, 0, {"patchSha256": "a"})
+    rid = store.add_control("j1", {"action": "pause"})
+    empty = store.get_job_state("nope")
+    assert (empty.job, empty.attempts, empty.pending, empty.checkpoints, empty.leased) == (None, [], [], [], False)
+    snap = store.get_job_state("j1", lease=("attempt:j1", "w1", 30))
+    assert snap.leased and store.get_lease("attempt:j1")["owner"] == "w1"  # type: ignore[index]
+    assert snap.job == store.get_job("j1") and snap.attempts == store.list_attempts("j1")
+    assert [r["requestId"] for r in snap.pending] == [rid] and snap.checkpoints == store.list_checkpoints("j1")
+    assert not store.get_job_state("j1", lease=("attempt:j1", "w2", 30)).leased  # someone else's
+    assert store.get_job_state("j1", lease=("attempt:j1", "w1", 30)).leased  # ours again
+    assert not store.get_job_state("j1").leased  # no lease asked for
