@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from celery_selfheal.cluster.checks import KILL_MARGIN
+from celery_selfheal.cluster.renewer import RENEWER
 from celery_selfheal.context import Context
 from celery_selfheal.core.admission import StepDelivery
 from celery_selfheal.core.job_state import is_terminal
@@ -71,7 +72,7 @@ def lease_owner(hostname: str, task_id: str, retries: int) -> str:
 
 
 class AttemptLease:
-    """A held lease, renewed by a daemon thread from `start` until `release` or `hand_over`."""
+    """A held lease, renewed (by the process's renewer thread) from `start` until `release` or `hand_over`."""
 
     def __init__(self, store: StateStore, key: str, owner: str, *, ttl: float, message: str,
                  clock: Callable[[], float] = time.monotonic, renew_every: float | None = None) -> None:
@@ -82,8 +83,8 @@ class AttemptLease:
         self._renewed = clock()  # when the last successful renewal (or the acquire) was sent
         self._deadline = self._renewed + self.fence
         self._lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # a renewal and stopping never overlap
+        self._stopped = False
         self._done = False
 
     def record_fields(self) -> dict[str, str]:
@@ -97,31 +98,33 @@ class AttemptLease:
         self._deadline = self._renewed + self.fence
 
     def start(self) -> None:
-        """Start renewing every ``renew_every`` seconds in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name=f"selfheal-lease-{self.key}", daemon=True)
-        self._thread.start()
+        """Start renewing every ``renew_every`` seconds (the process's renewer thread, `cluster.renewer`)."""
+        RENEWER.add(self)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.renew_every):
-            if not self.renew() and self._lost.is_set():
-                return
+    def renew_due(self) -> bool:
+        """The renewer's call: renew; False once there is nothing more to renew."""
+        return self.renew() or not (self._lost.is_set() or self._stopped)
 
     def renew(self) -> bool:
-        """Renew now; False when the lease is gone (then `lost` stays True) or the store failed."""
-        sent = self._clock()
-        try:
-            ok = self.store.renew_lease(self.key, self.owner, self.ttl)
-        except Exception as exc:  # store unreachable: keep trying until our own deadline passes
-            log.warning("celery-selfheal: renewing lease %s failed: %s", self.key, exc)
-            return False
-        if ok:
-            self._renewed = max(self._renewed, sent)
-            self._deadline = self._renewed + self.fence
-        else:
-            self._lost.set()
-            log.error("celery-selfheal: lease %s is no longer ours (%s): the attempt stops", self.key,
-                      self.owner)
-        return ok
+        """Renew now; False when the lease is gone (then `lost` stays True), the store failed, or
+        renewing was stopped."""
+        with self._lock:
+            if self._stopped:
+                return False
+            sent = self._clock()
+            try:
+                ok = self.store.renew_lease(self.key, self.owner, self.ttl)
+            except Exception as exc:  # store unreachable: keep trying until our own deadline passes
+                log.warning("celery-selfheal: renewing lease %s failed: %s", self.key, exc)
+                return False
+            if ok:
+                self._renewed = max(self._renewed, sent)
+                self._deadline = self._renewed + self.fence
+            else:
+                self._lost.set()
+                log.error("celery-selfheal: lease %s is no longer ours (%s): the attempt stops", self.key,
+                          self.owner)
+            return ok
 
     @property
     def lost(self) -> bool:
@@ -138,9 +141,9 @@ class AttemptLease:
         return lambda: self.lost or check()
 
     def _stop_thread(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.ttl)
+        RENEWER.remove(self)
+        with self._lock:  # waits for a renewal in flight; none starts afterwards
+            self._stopped = True
 
     def release(self) -> None:
         """Stop renewing and drop the lease (idempotent). A handed-over lease stays with its new owner;
