@@ -2,18 +2,19 @@
 
 A step-task message is identified by ``<task id>/<retries>`` (``Task.retry`` keeps the id and bumps
 ``retries``; a redelivery repeats both); its lease owner adds the worker's hostname. The job's lease
-``attempt:<job id>`` is taken by the gate (`enter`) before anything runs, renewed by a daemon thread
-in the pool child every ``renew_every`` (a second by default) while the attempt runs, and released
-when the task ends. When a worker dies its lease stops being renewed and expires; the sweeper
+``attempt:<job id>`` is taken by the gate (`enter`) before anything runs, renewed by the pool child's
+renewer thread (`cluster.renewer`) every ``renew_every`` (a second by default) while the attempt
+runs, and released when the task ends. When a worker dies its lease stops being renewed and expires; the sweeper
 (`cluster.sweeper`) then records the attempt as ``worker_lost`` and sends the step again.
 
 The gate makes redelivered messages harmless (acks_late brings a dead worker's message back):
 
-1. a message whose id is on an attempt record, or that the sweeper re-sent (``recoveredMessages``
-   on the job), or whose step already succeeded in this epoch, is a duplicate: it does nothing;
-2. otherwise it takes the lease if it is free or already its own (same message, same worker);
-   a live lease of someone else, or an expired one the sweeper has not handled yet, makes it wait
-   (a short poll, then a re-queue);
+1. it takes the lease if it is free or already its own (same message, same worker), in the same
+   store call that reads the job (`StateStore.get_job_state`); a live lease of someone else, or an
+   expired one the sweeper has not handled yet, makes it wait (a short poll, then a re-queue);
+2. a message whose id is on an attempt record, or that the sweeper re-sent (``recoveredMessages``
+   on the job), or whose step already succeeded in this epoch, is a duplicate: it does nothing (and
+   gives the lease back; one its own earlier run died holding is left to expire for the sweeper);
 3. holding the lease it records itself as the job's ``inflight`` message, so that the sweeper can
    re-send it if its worker dies before the attempt starts; deliveries that died that way are
    counted and end the job after `MAX_PRESTART_LOSSES`, so nothing loops forever.
