@@ -81,6 +81,12 @@ def main() -> None:
         return _timed(totals, counts, key, real_run)(cmd, *a, **k)
 
     subprocess.run = run  # type: ignore[assignment]
+    if broker is not None:  # every command or pipeline the store sends is one round trip to Redis
+        import redis.connection
+
+        send = redis.connection.AbstractConnection.send_packed_command
+        redis.connection.AbstractConnection.send_packed_command = _timed(  # type: ignore[method-assign]
+            totals, counts, "redis round trips", send)
     os.fsync = _timed(totals, counts, "fsync", os.fsync)  # type: ignore[assignment]
     store = ctx.store
     for name in dir(type(store)):

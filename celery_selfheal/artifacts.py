@@ -10,6 +10,7 @@ build a path that escapes the root.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -70,7 +71,11 @@ class JobArtifacts:
     def __post_init__(self) -> None:
         check_safe_id(self.job_id, what="job id")
 
-    @property
+    @functools.cached_property
+    def _root(self) -> Path:
+        return self.root.resolve()  # once per instance: every path below is still resolved in full
+
+    @functools.cached_property
     def base(self) -> Path:
         return self._inside(self.root / self.job_id)
 
@@ -104,7 +109,7 @@ class JobArtifacts:
         return iter(sorted(p for p in self.base.rglob("*") if p.is_file() and not p.name.startswith(".")))
 
     def _inside(self, path: Path) -> Path:
-        root = self.root.resolve()
+        root = self._root
         resolved = path.resolve()
         if resolved != root and root not in resolved.parents:
             raise ValueError(f"artifact path {path} escapes {root}")

@@ -54,5 +54,15 @@ SQLiteStore.transition_attempt = _after("attempt", SQLiteStore.transition_attemp
                                         _succeeded)
 finish.update_step = _after("step", finish.update_step,  # type: ignore[assignment]
                             lambda *a, **k: k.get("status") == "succeeded")
+
+
+def _writes_success(*args: Any, **kwargs: Any) -> bool:
+    attempt = kwargs.get("attempt")
+    return attempt is not None and attempt.changes.get("status") == "succeeded"
+
+
+# the usual path records the attempt and the step succeeded in one store write: both points are after it
+SQLiteStore.write_job = _after("attempt", _after("step", SQLiteStore.write_job, _writes_success),  # type: ignore[method-assign]
+                               _writes_success)
 # after the step task released the lease of a succeeded step, before Celery sends the chain's next step
 AttemptLease.release = _after("released", AttemptLease.release)  # type: ignore[method-assign]

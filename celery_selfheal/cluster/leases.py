@@ -2,18 +2,19 @@
 
 A step-task message is identified by ``<task id>/<retries>`` (``Task.retry`` keeps the id and bumps
 ``retries``; a redelivery repeats both); its lease owner adds the worker's hostname. The job's lease
-``attempt:<job id>`` is taken by the gate (`enter`) before anything runs, renewed by a daemon thread
-in the pool child every ``renew_every`` (a second by default) while the attempt runs, and released
-when the task ends. When a worker dies its lease stops being renewed and expires; the sweeper
+``attempt:<job id>`` is taken by the gate (`enter`) before anything runs, renewed by the pool child's
+renewer thread (`cluster.renewer`) every ``renew_every`` (a second by default) while the attempt
+runs, and released when the task ends. When a worker dies its lease stops being renewed and expires; the sweeper
 (`cluster.sweeper`) then records the attempt as ``worker_lost`` and sends the step again.
 
 The gate makes redelivered messages harmless (acks_late brings a dead worker's message back):
 
-1. a message whose id is on an attempt record, or that the sweeper re-sent (``recoveredMessages``
-   on the job), or whose step already succeeded in this epoch, is a duplicate: it does nothing;
-2. otherwise it takes the lease if it is free or already its own (same message, same worker);
-   a live lease of someone else, or an expired one the sweeper has not handled yet, makes it wait
-   (a short poll, then a re-queue);
+1. it takes the lease if it is free or already its own (same message, same worker), in the same
+   store call that reads the job (`StateStore.get_job_state`); a live lease of someone else, or an
+   expired one the sweeper has not handled yet, makes it wait (a short poll, then a re-queue);
+2. a message whose id is on an attempt record, or that the sweeper re-sent (``recoveredMessages``
+   on the job), or whose step already succeeded in this epoch, is a duplicate: it does nothing (and
+   gives the lease back; one its own earlier run died holding is left to expire for the sweeper);
 3. holding the lease it records itself as the job's ``inflight`` message, so that the sweeper can
    re-send it if its worker dies before the attempt starts; deliveries that died that way are
    counted and end the job after `MAX_PRESTART_LOSSES`, so nothing loops forever.
@@ -31,10 +32,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery_selfheal.cluster.checks import KILL_MARGIN
+from celery_selfheal.cluster.renewer import RENEWER
 from celery_selfheal.context import Context
 from celery_selfheal.core.admission import StepDelivery
 from celery_selfheal.core.job_state import is_terminal
@@ -42,7 +44,7 @@ from celery_selfheal.core.model import FailureClass
 from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs import transitions
 from celery_selfheal.jobs.records import update_job
-from celery_selfheal.store.base import StateStore
+from celery_selfheal.store.base import JobSnapshot, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ def lease_owner(hostname: str, task_id: str, retries: int) -> str:
 
 
 class AttemptLease:
-    """A held lease, renewed by a daemon thread from `start` until `release` or `hand_over`."""
+    """A held lease, renewed (by the process's renewer thread) from `start` until `release` or `hand_over`."""
 
     def __init__(self, store: StateStore, key: str, owner: str, *, ttl: float, message: str,
                  clock: Callable[[], float] = time.monotonic, renew_every: float | None = None) -> None:
@@ -82,8 +84,8 @@ class AttemptLease:
         self._renewed = clock()  # when the last successful renewal (or the acquire) was sent
         self._deadline = self._renewed + self.fence
         self._lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # a renewal and stopping never overlap
+        self._stopped = False
         self._done = False
 
     def record_fields(self) -> dict[str, str]:
@@ -97,31 +99,33 @@ class AttemptLease:
         self._deadline = self._renewed + self.fence
 
     def start(self) -> None:
-        """Start renewing every ``renew_every`` seconds in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name=f"selfheal-lease-{self.key}", daemon=True)
-        self._thread.start()
+        """Start renewing every ``renew_every`` seconds (the process's renewer thread, `cluster.renewer`)."""
+        RENEWER.add(self)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.renew_every):
-            if not self.renew() and self._lost.is_set():
-                return
+    def renew_due(self) -> bool:
+        """The renewer's call: renew; False once there is nothing more to renew."""
+        return self.renew() or not (self._lost.is_set() or self._stopped)
 
     def renew(self) -> bool:
-        """Renew now; False when the lease is gone (then `lost` stays True) or the store failed."""
-        sent = self._clock()
-        try:
-            ok = self.store.renew_lease(self.key, self.owner, self.ttl)
-        except Exception as exc:  # store unreachable: keep trying until our own deadline passes
-            log.warning("celery-selfheal: renewing lease %s failed: %s", self.key, exc)
-            return False
-        if ok:
-            self._renewed = max(self._renewed, sent)
-            self._deadline = self._renewed + self.fence
-        else:
-            self._lost.set()
-            log.error("celery-selfheal: lease %s is no longer ours (%s): the attempt stops", self.key,
-                      self.owner)
-        return ok
+        """Renew now; False when the lease is gone (then `lost` stays True), the store failed, or
+        renewing was stopped."""
+        with self._lock:
+            if self._stopped:
+                return False
+            sent = self._clock()
+            try:
+                ok = self.store.renew_lease(self.key, self.owner, self.ttl)
+            except Exception as exc:  # store unreachable: keep trying until our own deadline passes
+                log.warning("celery-selfheal: renewing lease %s failed: %s", self.key, exc)
+                return False
+            if ok:
+                self._renewed = max(self._renewed, sent)
+                self._deadline = self._renewed + self.fence
+            else:
+                self._lost.set()
+                log.error("celery-selfheal: lease %s is no longer ours (%s): the attempt stops", self.key,
+                          self.owner)
+            return ok
 
     @property
     def lost(self) -> bool:
@@ -138,9 +142,9 @@ class AttemptLease:
         return lambda: self.lost or check()
 
     def _stop_thread(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.ttl)
+        RENEWER.remove(self)
+        with self._lock:  # waits for a renewal in flight; none starts afterwards
+            self._stopped = True
 
     def release(self) -> None:
         """Stop renewing and drop the lease (idempotent). A handed-over lease stays with its new owner;
@@ -186,6 +190,8 @@ class Gate:
     countdown: float = 0.0
     #: the job record as read once the lease was held (saves the step execution a read)
     job: Mapping[str, Any] | None = None
+    #: the job with its attempts, pending operator requests and checkpoints, read with the lease
+    state: JobSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -224,14 +230,15 @@ class Delivery:
 
 
 def duplicate_reason(store: StateStore, job: Mapping[str, Any], message: str, step_index: int,
-                     epoch: int) -> str | None:
-    """Why ``message`` must not run (it already did, or was re-sent by the sweeper), else None."""
+                     epoch: int, attempts: list[dict[str, Any]] | None = None) -> str | None:
+    """Why ``message`` must not run (it already did, or was re-sent by the sweeper), else None.
+    ``attempts``: the job's attempt records if the caller has them (else they are read)."""
     if message in (job.get("recoveredMessages") or []):
         return f"message {message} was re-sent by lost-worker recovery"
     steps = job.get("steps") or []
     if job.get("epoch") == epoch and step_index < len(steps) and steps[step_index].get("status") == "succeeded":
         return f"step {step_index} already succeeded in epoch {epoch}"
-    for record in store.list_attempts(job["jobId"]):
+    for record in store.list_attempts(job["jobId"]) if attempts is None else attempts:
         if record.get("messageId") == message:
             return f"message {message} already ran attempt {record['attempt']} ({record.get('status')})"
     return None
@@ -246,41 +253,58 @@ def _lease_state(store: StateStore, key: str, owner: str) -> str:
     return "expired" if stale and stale[0].get("owner") != owner else "free"
 
 
+def _unguarded(job: Mapping[str, Any] | None, delivery: Delivery) -> bool:
+    """The job is gone, over or at another epoch: the step runner stops the message, no lease needed."""
+    return job is None or is_terminal(job.get("status")) or job.get("epoch") != delivery.epoch
+
+
 def enter(ctx: Context, delivery: Delivery, *, ttl: float, busy_wait: float, sweep_interval: float,
           sleep: Callable[[float], None] = time.sleep, renew_every: float | None = None) -> Gate:
-    """Let a step-task message in (with the job's lease), or say why it must not run (module docstring)."""
+    """Let a step-task message in (with the job's lease), or say why it must not run (module docstring).
+
+    One store call tries the lease (free or ours; another owner's, even expired, is never taken here:
+    the sweeper records that owner's attempt first) and reads the job with everything the step needs.
+    A message that does not get the lease looks at what it read: a duplicate does not wait for a
+    lease it will never need."""
     store, key, owner, message = ctx.store, lease_key(delivery.job_id), delivery.owner, delivery.message
     deadline = time.monotonic() + busy_wait
-    while True:
-        job = store.get_job(delivery.job_id)
-        if job is None or is_terminal(job.get("status")) or job.get("epoch") != delivery.epoch:
+    while not (snap := store.get_job_state(delivery.job_id, lease=(key, owner, ttl))).leased:
+        if _unguarded(snap.job, delivery):
             return Gate(GateKind.RUN, reason="nothing to guard")  # the step runner stops it
-        why = duplicate_reason(store, job, message, delivery.step_index, delivery.epoch)
+        assert snap.job is not None
+        why = duplicate_reason(store, snap.job, message, delivery.step_index, delivery.epoch, snap.attempts)
         if why is not None:
             log.warning("celery-selfheal: job %s: duplicate delivery of message %s does nothing: %s",
                         delivery.job_id, message, why)
             return Gate(GateKind.DUPLICATE, reason=why)
-        state = _lease_state(store, key, owner)
-        if state == "free" and store.acquire_lease(key, owner, ttl):
-            break
         if time.monotonic() >= deadline:
+            state = _lease_state(store, key, owner)
             holder = (store.get_lease(key) or {}).get("owner", "a lost worker")
             return Gate(GateKind.BUSY, reason=f"job {delivery.job_id} is held by {holder}",
                         countdown=sweep_interval if state == "expired" else 1.0)
         sleep(_POLL)
     lease = AttemptLease(store, key, owner, ttl=ttl, message=message, renew_every=renew_every)
     try:
-        return _admit(ctx, delivery, lease)
+        return _admit(ctx, delivery, lease, snap)
     except BaseException:
         lease.release()
         raise
 
 
-def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease) -> Gate:
-    job = ctx.store.get_job(delivery.job_id) or {}
-    why = duplicate_reason(ctx.store, job, delivery.message, delivery.step_index, delivery.epoch) if job else None
-    if why is not None:  # it ran while we waited for the lease
+def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease, snap: JobSnapshot) -> Gate:
+    job, attempts = snap.job, snap.attempts  # read with the lease: no one else adds an attempt now
+    if _unguarded(job, delivery):
         lease.release()
+        return Gate(GateKind.RUN, reason="nothing to guard")  # the step runner stops it
+    assert job is not None
+    why = duplicate_reason(ctx.store, job, delivery.message, delivery.step_index, delivery.epoch, attempts)
+    if why is not None:  # it ran before we got the lease
+        log.warning("celery-selfheal: job %s: duplicate delivery of message %s does nothing: %s",
+                    delivery.job_id, delivery.message, why)
+        if any(a.get("status") == "running" and a.get("leaseOwner") == delivery.owner for a in attempts):
+            lease.abandon()  # its earlier run died holding this very lease: it expires, the sweeper records it
+        else:
+            lease.release()
         return Gate(GateKind.DUPLICATE, reason=why)
     before = job.get("inflight") or {}
     earlier = before.get("deliveries", 0) if before.get("messageId") == delivery.message else 0
@@ -291,7 +315,10 @@ def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease) -> Gate:
         lease.release()
         return Gate(GateKind.FAILED, reason="the step's worker died before the attempt started, too often")
     lease.start()
-    return Gate(GateKind.RUN, lease=lease, job={**job, "inflight": inflight} if job and not earlier else None)
+    if earlier:
+        return Gate(GateKind.RUN, lease=lease)
+    return Gate(GateKind.RUN, lease=lease, job={**job, "inflight": inflight},
+                state=replace(snap, job={**job, "inflight": inflight}))
 
 
 def note_prestart_loss(ctx: Context, job_id: str, step_index: int, epoch: int, *, why: str) -> bool:

@@ -33,7 +33,10 @@ def utc_now_iso() -> str:
 
 
 class EventBus:
-    """Redact → persist → fan out. Sink failures are logged and never reach the job."""
+    """Redact → persist → fan out. Sink failures are logged and never reach the job.
+
+    `emit` does all three; `build` and `publish` split them around a store write that persists the
+    event in the same transaction as the change it reports (`StateStore.write_job`)."""
 
     def __init__(self, store: StateStore, redactor: Redactor, sinks: Iterable[EventSink] = ()) -> None:
         self.store = store
@@ -46,13 +49,22 @@ class EventBus:
 
     def emit(self, name: str, job_id: str, **fields: Any) -> dict[str, Any]:
         """Build, redact, persist and fan out one event; returns the event as stored."""
+        event = self.build(name, job_id, **fields)
+        return self.publish(event, self.store.append_event(job_id, event))
+
+    def build(self, name: str, job_id: str, **fields: Any) -> dict[str, Any]:
+        """The redacted event, not persisted yet: for a store write that persists it together with
+        the change it reports (`StateStore.write_job`); then `publish` it with its sequence number."""
         if name not in EVENT_NAMES:
             raise ValueError(f"unknown event name {name!r}")
         event: dict[str, Any] = {"event": name, "ts": utc_now_iso(), "jobId": job_id}
         event.update({k: v for k, v in fields.items() if v is not None})
-        event = self.redactor.redact_obj(event)
-        seq = self.store.append_event(job_id, event)
+        return self.redactor.redact_obj(event)
+
+    def publish(self, event: dict[str, Any], seq: int) -> dict[str, Any]:
+        """Hand a persisted event (``seq``: its sequence number) to every sink; returns it."""
         event["seq"] = seq
+        name = event.get("event")
         for sink in self.sinks:
             try:
                 sink.handle(event)

@@ -32,15 +32,15 @@ def read_job(ctx: Context, job_id: str) -> dict[str, Any]:
 
 def update_step(ctx: Context, job_id: str, step_index: int, *, epoch: int | None = None,
                 job_changes: Mapping[str, Any] | None = None, **changes: Any) -> bool:
-    """Merge ``changes`` into one entry of the job's ``steps`` list (one step runs at a time), and
-    ``job_changes`` into the job in the same write. With ``epoch``, only while the job is still at
-    that epoch (an operator rerun wins)."""
-    job = read_job(ctx, job_id)
-    steps = [dict(s) for s in job["steps"]]
-    steps[step_index].update(changes)
+    """Merge ``changes`` into one entry of the job's ``steps`` list, and ``job_changes`` into the job,
+    in one write of the store (no read first). With ``epoch``, only while the job is still at that
+    epoch (an operator rerun wins). `UnknownJob` if there is no such job."""
     expect = {"epoch": epoch} if epoch is not None else None
-    return ctx.store.update_job(job_id, {**(job_changes or {}), "steps": steps, "updatedAt": utc_now_iso()},
-                                expect=expect)
+    done = ctx.store.write_job(job_id, {**(job_changes or {}), "updatedAt": utc_now_iso()}, expect=expect,
+                               step=(step_index, changes)) is not None
+    if not done and expect is None:
+        read_job(ctx, job_id)  # raises UnknownJob; else the job has no such step: False, as a refused CAS
+    return done
 
 
 def update_job(ctx: Context, job_id: str, expect: Mapping[str, Any] | None = None, **changes: Any) -> bool:

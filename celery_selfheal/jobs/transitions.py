@@ -36,21 +36,40 @@ def start(ctx: Context, job: JobState) -> bool:
     """queued/paused → running at the job's epoch; ``task.job.started`` the first time."""
     if job.status not in (JobStatus.QUEUED.value, JobStatus.PAUSED.value):
         return False
-    started = update_job(ctx, job.job_id, expect={"status": job.status, "epoch": job.epoch},
-                         status=JobStatus.RUNNING.value)
-    if started and job.status == JobStatus.QUEUED.value:
-        ctx.bus.emit("task.job.started", job.job_id, epoch=job.epoch, baselineSha=job.get("baselineSha"),
-                     steps=len(job.steps))
-    return started
+    events = [ctx.bus.build("task.job.started", job.job_id, epoch=job.epoch, baselineSha=job.get("baselineSha"),
+                            steps=len(job.steps))] if job.status == JobStatus.QUEUED.value else []
+    # the status and its event in one write: a follower never sees one without the other
+    return _write(ctx, job.job_id, {"status": JobStatus.RUNNING.value},
+                  expect={"status": job.status, "epoch": job.epoch}, events=events)
+
+
+def _write(ctx: Context, job_id: str, changes: Mapping[str, Any], *, expect: Mapping[str, Any],
+           events: list[dict[str, Any]], step: tuple[int, dict[str, Any]] | None = None) -> bool:
+    """One compare-and-set of the job with its events in the same store write; the events then go
+    to the sinks."""
+    seqs = ctx.store.write_job(job_id, {**changes, "updatedAt": utc_now_iso()}, expect=dict(expect), step=step,
+                               events=events)
+    if seqs is None:
+        return False
+    for event, seq in zip(events, seqs, strict=True):
+        ctx.bus.publish(event, seq)
+    return True
 
 
 def succeed(ctx: Context, job_id: str, epoch: int, *, step_id: str, step_index: int) -> bool:
     """running → succeeded after the last step; ``task.job.succeeded``."""
-    if not update_job(ctx, job_id, expect={"epoch": epoch, "status": JobStatus.RUNNING.value},
-                      **outcome_fields(JobStatus.SUCCEEDED, reason="succeeded")):
-        return False
-    ctx.bus.emit("task.job.succeeded", job_id, epoch=epoch, stepIndex=step_index, stepId=step_id)
-    return True
+    return _write(ctx, job_id, outcome_fields(JobStatus.SUCCEEDED, reason="succeeded"),
+                  expect=succeed_expect(epoch), events=[succeeded_event(ctx, job_id, epoch, step_id, step_index)])
+
+
+def succeed_expect(epoch: int) -> dict[str, Any]:
+    """What `succeed` compares: the job still running at ``epoch``."""
+    return {"epoch": epoch, "status": JobStatus.RUNNING.value}
+
+
+def succeeded_event(ctx: Context, job_id: str, epoch: int, step_id: str, step_index: int) -> dict[str, Any]:
+    """``task.job.succeeded``, built (for a write that also records the last step: `steps.finish`)."""
+    return ctx.bus.build("task.job.succeeded", job_id, epoch=epoch, stepIndex=step_index, stepId=step_id)
 
 
 def fail(ctx: Context, job_id: str, epoch: int, *, step_id: str, step_index: int, failure_class: str,
@@ -58,15 +77,17 @@ def fail(ctx: Context, job_id: str, epoch: int, *, step_id: str, step_index: int
          from_status: str = JobStatus.RUNNING.value) -> bool:
     """``from_status`` → failed with a terminal reason (the failure class); ``task.job.failed``.
     The step is marked failed either way (idempotent)."""
+    event = ctx.bus.build("task.job.failed", job_id, epoch=epoch, stepId=step_id, stepIndex=step_index,
+                          attempt=attempt, failureClass=failure_class, detector=detector, retryable=retryable,
+                          reason=reason)
+    fields = outcome_fields(JobStatus.FAILED, reason=failure_class, failure_class=failure_class, retryable=retryable,
+                            failed_step=step_index, message=ctx.redactor.redact(reason))
+    # step, status and event in one write; if the job moved on, the step is still marked failed
+    if _write(ctx, job_id, fields, expect={"epoch": epoch, "status": from_status}, events=[event],
+              step=(step_index, {"status": StepStatus.FAILED.value})):
+        return True
     update_step(ctx, job_id, step_index, status=StepStatus.FAILED.value)
-    if not update_job(ctx, job_id, expect={"epoch": epoch, "status": from_status},
-                      **outcome_fields(JobStatus.FAILED, reason=failure_class, failure_class=failure_class,
-                                       retryable=retryable, failed_step=step_index,
-                                       message=ctx.redactor.redact(reason))):
-        return False
-    ctx.bus.emit("task.job.failed", job_id, epoch=epoch, stepId=step_id, stepIndex=step_index, attempt=attempt,
-                 failureClass=failure_class, detector=detector, retryable=retryable, reason=reason)
-    return True
+    return False
 
 
 def not_sent(ctx: Context, job_id: str, why: str) -> bool:

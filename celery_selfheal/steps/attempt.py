@@ -19,6 +19,7 @@ from celery_selfheal.core.budgets import Budgets
 from celery_selfheal.core.envelope import render_envelope
 from celery_selfheal.core.job_state import INITIAL
 from celery_selfheal.core.jobfile import StepSpec
+from celery_selfheal.core.model import AttemptOutcome
 from celery_selfheal.core.redact import StreamRedactor
 from celery_selfheal.core.runtime_env import without_control_plane
 from celery_selfheal.runtime.capped_log import CappedLog
@@ -70,6 +71,13 @@ class AttemptPlan:
     #: the work tree this attempt started from when it is not the step's base (a soft reset keeps
     #: the previous attempt's changes): the tree that attempt left
     start_tree: str | None = None
+    #: the step's decided attempts of this epoch as read when the attempt began (the lease keeps
+    #: anyone else from adding one): what the controller reads with this one; None: read them then
+    prior: tuple[AttemptOutcome, ...] | None = None
+    #: the sequence number before the attempt's ``attempt.started`` event (its artifact lists the
+    #: attempt's events from there), and that event as stored (None: read it back)
+    events_after: int = 0
+    started_event: Mapping[str, Any] | None = None
 
     @property
     def recovery_strategy(self) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery_selfheal.artifacts import atomic_write_json
@@ -10,11 +10,18 @@ from celery_selfheal.context import Context
 
 
 def write_attempt_artifact(ctx: Context, job_id: str, record: Mapping[str, Any],
-                           retry_context: Mapping[str, Any] | None) -> None:
-    """``state/self_heal/attempt-NNNN-AAAA.json`` with the contract fields and the attempt's events."""
+                           retry_context: Mapping[str, Any] | None, *, after: int = 0,
+                           new_events: Sequence[Mapping[str, Any]] = (),
+                           stored: Sequence[Mapping[str, Any]] | None = None) -> None:
+    """``state/self_heal/attempt-NNNN-AAAA.json`` with the contract fields and the attempt's events:
+    the stored ones after sequence number ``after`` (the attempt's own start: no need to read the
+    job's whole history; ``stored``: those events, when the caller knows them), then ``new_events``
+    (about to be stored with the record)."""
     arts = ctx.artifacts(job_id)
     idx, attempt = record["stepIndex"], record["attempt"]
-    events = [e for _, e in ctx.store.list_events(job_id)
+    if stored is None:
+        stored = [e for _, e in ctx.store.list_events(job_id, after=after)]
+    events = [{k: v for k, v in e.items() if k != "seq"} for e in [*stored, *new_events]
               if e.get("stepIndex") == idx and e.get("attempt") == attempt]
     doc = {
         "jobId": job_id,

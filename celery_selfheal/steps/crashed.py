@@ -69,6 +69,10 @@ def finish_crashed_attempt(ctx: Context, plan: AttemptPlan, exc: BaseException, 
         return complete_step(ctx, plan)
     log.error("celery-selfheal: job %s step %s attempt %s: %s (%s)", plan.job_id, plan.step.index,
               plan.attempt, reason, cls.value)
+    if not record:  # it broke while the start was being written (one write: nothing was): record it now
+        ctx.store.put_attempt(plan.job_id, plan.step.index, plan.attempt, {
+            "stepId": plan.step.id, "round": plan.round, "epoch": plan.epoch, "status": "running",
+            "attemptStrategy": plan.strategy, "startedAt": utc_now_iso()})
     result = RuntimeResult(exit_code=None, signal=None, detector=Detector.EXIT, cancelled=False, pid=0,
                            wall_seconds=0.0, idle_seconds=0.0, max_idle_seconds=0.0, detection_lag=None,
                            output_bytes=0, tail=reason)

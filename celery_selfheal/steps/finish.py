@@ -8,12 +8,14 @@ was is built once as a `FinishedAttempt`; this module only writes it out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from celery_selfheal.context import Context
 from celery_selfheal.core.classify import classification_reason
 from celery_selfheal.core.envelope import build_envelope
-from celery_selfheal.core.job_state import AttemptStatus, JobState, StepStatus
+from celery_selfheal.core.job_state import AttemptStatus, JobState, JobStatus, StepStatus
 from celery_selfheal.core.jobfile import StepSpec
 from celery_selfheal.core.model import AttemptOutcome, DecisionKind, FailureClass, Strategy
 from celery_selfheal.core.signature import failure_signature
@@ -26,6 +28,7 @@ from celery_selfheal.steps.attempt_artifact import write_attempt_artifact
 from celery_selfheal.steps.evidence import write_attempt_patch
 from celery_selfheal.steps.finished import FinishedAttempt, failure_facts, judge, refused_secret
 from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome
+from celery_selfheal.store.base import AttemptWrite
 from celery_selfheal.workspace.checkpoints import reuse_checkpoint, write_checkpoint
 from celery_selfheal.workspace.git import GitWorkspace
 
@@ -33,11 +36,12 @@ log = logging.getLogger(__name__)
 
 
 def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: GitWorkspace, *,
-                   workspace_lost: bool = False) -> StepOutcome:
+                   workspace_lost: bool = False, started: dict[str, Any] | None = None) -> StepOutcome:
     """Record the attempt, ask the controller what next, checkpoint on success, emit events.
 
     ``workspace_lost``: the attempt's workspace is on a lost worker, so a soft reset continues on
-    any worker from a workspace rebuilt from the checkpoints (same round: no queue-retry budget)."""
+    any worker from a workspace rebuilt from the checkpoints (same round: no queue-retry budget).
+    ``started``: the attempt's record as this execution stored it (None: read it)."""
     r, idx = facts.result, plan.step.index
     # file names are chosen by the runtime: what is stored or shown passes the redactor (the patch
     # itself is checked below and never persisted when it holds a secret)
@@ -49,7 +53,8 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
     ok, cls, signature, summary = judge(plan, r, facts.change, ctx.classifiers)
     this = AttemptOutcome(attempt=plan.attempt, ok=ok, failure_class=cls, signature=signature,
                           diff_hash=facts.change.diff_hash, detector=r.detector, round=plan.round)
-    history = [*step_history(ctx, plan.job_id, idx, plan.epoch), this]
+    prior = plan.prior if plan.prior is not None else step_history(ctx, plan.job_id, idx, plan.epoch)
+    history = [*prior, this]
     decision = decide(history, plan.budgets, resets_used=plan.resets_used,
                       queue_retries_used=plan.queue_retries_used)
     if cls is not None and not cls.retryable:  # not retried: say what decided it
@@ -62,7 +67,7 @@ def finish_attempt(ctx: Context, plan: AttemptPlan, facts: AttemptFacts, ws: Git
     if ok:
         leak = secret_in_change(ctx, facts.change.patch)
         if leak is None:
-            return _succeeded(ctx, current, ws, recovered=any(not h.ok for h in history[:-1]))
+            return _succeeded(ctx, current, ws, recovered=any(not h.ok for h in history[:-1]), started=started)
         # A patch is replayed byte for byte, so it cannot be redacted: refuse to persist it. The file
         # name may itself be the secret: it is named redacted.
         reason = (f"the step's change contains a secret in {ctx.redactor.redact(leak)}; refusing to checkpoint it "
@@ -103,16 +108,23 @@ def _cancelled(ctx: Context, plan: AttemptPlan, facts: AttemptFacts) -> StepOutc
                        preempted=True)
 
 
-def _artifact(ctx: Context, plan: AttemptPlan) -> None:
-    record = ctx.store.get_attempt(plan.job_id, plan.step.index, plan.attempt) or {}
+def _artifact(ctx: Context, plan: AttemptPlan, record: dict[str, Any] | None = None,
+              new_events: Sequence[dict[str, Any]] = (), stored: Sequence[Mapping[str, Any]] | None = None) -> None:
+    """Write the attempt artifact from the stored record (or ``record``, what it is about to be) and
+    the attempt's events (the stored ones, or ``stored`` when the caller knows them, plus
+    ``new_events`` about to be stored with it)."""
+    if record is None:
+        record = ctx.store.get_attempt(plan.job_id, plan.step.index, plan.attempt) or {}
     try:
-        write_attempt_artifact(ctx, plan.job_id, record, plan.retry_context)
+        write_attempt_artifact(ctx, plan.job_id, record, plan.retry_context, after=plan.events_after,
+                               new_events=new_events, stored=stored)
     except (OSError, ValueError) as exc:
         # evidence only, written after the decision was recorded: losing it must not lose the decision
         log.warning("celery-selfheal: job %s: attempt artifact not written: %s", plan.job_id, exc)
 
 
-def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recovered: bool) -> StepOutcome:
+def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recovered: bool,
+               started: dict[str, Any] | None = None) -> StepOutcome:
     plan = done.plan
     job_id, step, epoch = plan.job_id, plan.step, plan.epoch
     arts = ctx.artifacts(job_id)
@@ -128,13 +140,55 @@ def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recover
                                 change=done.change)
         # the store's copy says where the artifacts went (`selfheal artifacts` names it if they are not found)
         ctx.store.record_checkpoint(job_id, step.index, epoch, {**meta, "artifactDir": str(arts.base)})
-    ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running",
-                                 done.record_fields(AttemptStatus.SUCCEEDED.value))
-    ctx.bus.emit("task.step.attempt.finished", job_id, **done.event_fields(), exitCode=0,
-                 patchSha256=meta.get("patchSha256"), changedFiles=meta.get("changedFiles"))
+    fields = done.record_fields(AttemptStatus.SUCCEEDED.value)
+    events = [ctx.bus.build("task.step.attempt.finished", job_id, **done.event_fields(), exitCode=0,
+                            patchSha256=meta.get("patchSha256"), changedFiles=meta.get("changedFiles"))]
     if recovered:
-        ctx.bus.emit("task.self_heal.recovered", job_id, **done.event_fields(), strategy=plan.recovery_strategy)
+        events.append(ctx.bus.build("task.self_heal.recovered", job_id, **done.event_fields(),
+                                    strategy=plan.recovery_strategy))
+    outcome = _record_success(ctx, plan, fields, events, started)
+    if outcome is not None:
+        return outcome
+    # the job moved on meanwhile (or the attempt was recorded by another path): one write at a time
+    ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running", fields)
+    for event in events:
+        ctx.bus.publish(event, ctx.store.append_event(job_id, event))
     return complete_step(ctx, plan)
+
+
+def _record_success(ctx: Context, plan: AttemptPlan, fields: dict[str, Any], events: list[dict[str, Any]],
+                    started: dict[str, Any] | None) -> StepOutcome | None:
+    """The usual end of a succeeded attempt in one store write: the attempt's record, its events,
+    the step (and the job, after the last step) succeeded. None if any part's guard failed
+    (nothing written): the caller then writes the parts one by one, as `complete_step` does."""
+    job_id, step, epoch = plan.job_id, plan.step, plan.epoch
+    last = step.index + 1 >= plan.step_count
+    changes: dict[str, Any] = {"updatedAt": utc_now_iso()}
+    if last:
+        changes.update(transitions.outcome_fields(JobStatus.SUCCEEDED, reason="succeeded"))
+        events = [*events, transitions.succeeded_event(ctx, job_id, epoch, step.id, step.index)]
+    else:
+        changes["currentStep"] = step.index + 1
+    # the artifact first (from what is about to be stored), as before: it exists once the job has ended
+    record = started if started is not None else ctx.store.get_attempt(job_id, step.index, plan.attempt)
+    if record is None or record.get("status") != AttemptStatus.RUNNING.value:
+        return None
+    # the attempt's events so far: its `started` event, unless others were stored after it (seen below)
+    known = [plan.started_event] if plan.started_event is not None else None
+    _artifact(ctx, plan, {**record, **fields}, new_events=events, stored=known)
+    seqs = ctx.store.write_job(job_id, changes, expect=transitions.succeed_expect(epoch) if last else {"epoch": epoch},
+                               step=(step.index, {"status": StepStatus.SUCCEEDED.value}),
+                               attempt=AttemptWrite(step.index, plan.attempt, fields, AttemptStatus.RUNNING.value),
+                               events=events)
+    if seqs is None:
+        return None
+    if known is not None and seqs and seqs[0] != plan.events_after + 2:  # other events came in between
+        _artifact(ctx, plan, {**record, **fields})
+    for event, seq in zip(events, seqs, strict=True):
+        ctx.bus.publish(event, seq)
+    if last:
+        return StepOutcome(OutcomeKind.DONE, step.index, reason="job succeeded")
+    return StepOutcome(OutcomeKind.NEXT, step.index, reason="step succeeded")
 
 
 def complete_step(ctx: Context, plan: AttemptPlan) -> StepOutcome:

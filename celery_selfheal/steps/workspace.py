@@ -19,9 +19,11 @@ from celery_selfheal.workspace.checkpoints import replay, workspace_matches
 from celery_selfheal.workspace.git import GitWorkspace
 
 
-def checkpoints_before(ctx: Context, job_id: str, step_index: int) -> list[dict[str, Any]]:
-    """The active checkpoints of steps ``0..step_index-1``; all of them must be there."""
-    cps = [c for c in ctx.store.list_checkpoints(job_id) if c["stepIndex"] < step_index]
+def checkpoints_before(ctx: Context, job_id: str, step_index: int,
+                       active: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The active checkpoints of steps ``0..step_index-1``; all of them must be there. ``active``:
+    the job's active checkpoints as the caller read them under the job's lease (else read now)."""
+    cps = [c for c in (ctx.store.list_checkpoints(job_id) if active is None else active) if c["stepIndex"] < step_index]
     have = {c["stepIndex"] for c in cps}
     for i in range(step_index):
         if i not in have:
@@ -30,12 +32,14 @@ def checkpoints_before(ctx: Context, job_id: str, step_index: int) -> list[dict[
     return sorted(cps, key=lambda c: c["stepIndex"])
 
 
-def prepare_workspace(ctx: Context, job: JobState, step_index: int, strategy: str) -> GitWorkspace:
-    """A workspace at the tree after step ``step_index - 1``, rebuilt if needed."""
+def prepare_workspace(ctx: Context, job: JobState, step_index: int, strategy: str,
+                      active: list[dict[str, Any]] | None = None) -> GitWorkspace:
+    """A workspace at the tree after step ``step_index - 1``, rebuilt if needed (``active``: as in
+    `checkpoints_before`)."""
     job_id = job.job_id
     baseline = str(job.get("baselineSha"))
     path = ctx.workspace_path(job_id)
-    cps = checkpoints_before(ctx, job_id, step_index)
+    cps = checkpoints_before(ctx, job_id, step_index, active)
     if strategy != Strategy.HARD_RESET.value and (path / ".git").exists():
         if strategy in (Strategy.SOFT_RESET.value, Strategy.OPERATOR_REQUEST.value):
             try:

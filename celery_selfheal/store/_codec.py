@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from celery_selfheal.store.base import Record
+from celery_selfheal.store.base import AttemptWrite, Record
 
 #: the state a control request has until a worker resolves it
 PENDING = "pending"
@@ -48,6 +48,35 @@ def matches(record: Record, expect: Record | None) -> bool:
 def merged(record: Record, changes: Record) -> str:
     """The JSON text of ``record`` with ``changes`` merged in (shallow, top-level keys)."""
     return dumps({**record, **changes})
+
+
+def job_written(job: Record, changes: Record | None, expect: Record | None,
+                step: tuple[int, Record] | None) -> Record | None:
+    """The job after the job part of `StateStore.write_job`, or None when a guard fails (an
+    ``expect`` field differs, or there is no ``steps[step[0]]`` entry to merge into)."""
+    if not matches(job, expect):
+        return None
+    new = {**job, **(changes or {})}
+    if step is not None:
+        index, step_changes = step
+        steps = new.get("steps")
+        if not isinstance(steps, list) or not 0 <= index < len(steps) or not isinstance(steps[index], dict):
+            return None
+        steps = list(steps)
+        steps[index] = {**steps[index], **step_changes}
+        new["steps"] = steps
+    return new
+
+
+def attempt_written(job_id: str, record: Record | None, write: AttemptWrite) -> str | None:
+    """JSON text of the attempt after the attempt part of `StateStore.write_job` (``record``: the
+    stored one, or None), or None when it is guarded and not in its ``from_status``."""
+    ids = {"jobId": job_id, "stepIndex": write.step_index, "attempt": write.attempt}
+    if write.from_status is None:
+        return dumps({**write.changes, **ids})
+    if record is None or record.get("status") != write.from_status:
+        return None
+    return merged(record, write.changes)
 
 
 def new_request_id() -> str:

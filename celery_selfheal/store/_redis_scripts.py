@@ -36,14 +36,37 @@ if ARGV[1] == '' then redis.call('SET', KEYS[1], ARGV[3]) else redis.call('HSET'
 return 1
 """
 
+#: `RedisStore.write_job`. KEYS: job key, attempts hash, events list, jobs zset, zset of the old
+#: status, zset of the new status. ARGV: job text read, new job text, attempt field ('' for none),
+#: attempt mode ('put', or 'cas': only if the attempt is still the text read), attempt text read,
+#: new attempt text, job id, '1' if the status changes, then the event texts. Returns the events'
+#: sequence numbers (the list's length after each RPUSH), or nil when a value changed since read.
+WRITE_JOB = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return nil end
+if ARGV[4] == 'cas' and redis.call('HGET', KEYS[2], ARGV[3]) ~= ARGV[5] then return nil end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[3], ARGV[6]) end
+if ARGV[8] == '1' then
+  local seq = redis.call('ZSCORE', KEYS[4], ARGV[7])
+  if seq then
+    redis.call('ZREM', KEYS[5], ARGV[7])
+    redis.call('ZADD', KEYS[6], seq, ARGV[7])
+  end
+end
+local out = {}
+for i = 9, #ARGV do out[#out + 1] = redis.call('RPUSH', KEYS[3], ARGV[i]) end
+return out
+"""
+
 # Leases. KEYS: owner hash (lease key -> owner), expiry zset (lease key -> expiresAt in ms).
 # A lease stays recorded until released by its owner or taken by another owner after it expired,
 # which is what lets expired_leases() name the owner of a lease whose time ran out.
 
-#: ARGV: lease key, owner, ttl ms. Free, expired or already ours: take it and return 1.
+#: ARGV: lease key, owner, ttl ms, '1' to take an expired lease of another owner ('0': only a free
+#: one or ours). Free, (expired) or already ours: take it and return 1.
 ACQUIRE = _NOW_MS + """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and cur ~= ARGV[2] and tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0') > now then
+if cur and cur ~= ARGV[2] and (ARGV[4] == '0' or tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0') > now) then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -102,9 +125,10 @@ class Scripts:
     get: Any
     expired: Any
     cas: Any
+    write_job: Any
 
     @classmethod
     def register(cls, client: Any) -> Scripts:
         """Register every script on ``client``."""
-        sources = (CREATE_JOB, ACQUIRE, RENEW, RELEASE, GET, EXPIRED, CAS)
+        sources = (CREATE_JOB, ACQUIRE, RENEW, RELEASE, GET, EXPIRED, CAS, WRITE_JOB)
         return cls(*(client.register_script(src) for src in sources))

@@ -13,11 +13,37 @@ child (they remember the pid that opened it).
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 Record = dict[str, Any]
 #: the statuses `finished_jobs` lists (core.job_state.TERMINAL, spelled out: the store has no core import)
 FINISHED = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class AttemptWrite:
+    """The attempt part of `StateStore.write_job`: with ``from_status`` None, ``changes`` is the whole
+    record (as `StateStore.put_attempt`); otherwise they are merged only if the attempt's ``status`` is
+    ``from_status`` (as `StateStore.transition_attempt`)."""
+
+    step_index: int
+    attempt: int
+    changes: Record
+    from_status: str | None = None
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """`StateStore.get_job_state`: a job and what hangs off it, read together."""
+
+    job: Record | None
+    attempts: list[Record]
+    pending: list[Record]
+    checkpoints: list[Record]
+    #: whether the lease asked for was acquired (False when none was asked for)
+    leased: bool = False
 
 
 class StateStore(abc.ABC):
@@ -38,6 +64,25 @@ class StateStore(abc.ABC):
     def update_job(self, job_id: str, changes: Record, *, expect: Record | None = None) -> bool:
         """Merge ``changes`` into the job atomically, only if every ``expect`` field currently has
         the given value. Returns whether it was applied (False also for an unknown job)."""
+
+    @abc.abstractmethod
+    def write_job(self, job_id: str, changes: Record | None = None, *, expect: Record | None = None,
+                  step: tuple[int, Record] | None = None, attempt: AttemptWrite | None = None,
+                  events: Sequence[Record] = ()) -> list[int] | None:
+        """One atomic write of a stage of a job: merge ``changes`` into the job, ``step[1]`` into the
+        job's ``steps[step[0]]`` entry, write ``attempt``, and append ``events`` in order, all or
+        nothing, only if every ``expect`` field has the given value (as in `update_job`) and the
+        attempt is in its ``from_status``. Returns the events' sequence numbers (``[]`` without
+        events) if applied, None if not (unknown job, a guard failed, or no such step entry)."""
+
+    def get_job_state(self, job_id: str, *, lease: tuple[str, str, float] | None = None) -> JobSnapshot:
+        """What a step execution reads before it starts, together (a backend may answer in one round
+        trip): with ``lease=(key, owner, ttl)`` first ``acquire_lease(key, owner, ttl,
+        take_expired=False)``, then the job (or None), its attempts (as `list_attempts`), its pending
+        control requests (as `pending_control`) and its active checkpoints (as `list_checkpoints`)."""
+        leased = lease is not None and self.acquire_lease(*lease, take_expired=False)
+        return JobSnapshot(self.get_job(job_id), self.list_attempts(job_id), self.pending_control(job_id),
+                           self.list_checkpoints(job_id), leased)
 
     @abc.abstractmethod
     def list_jobs(self, limit: int = 100) -> list[Record]:
@@ -124,8 +169,10 @@ class StateStore(abc.ABC):
 
     # -- leases -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        """Take ``key`` for ``owner`` for ``ttl`` seconds if free, expired, or already ours."""
+    def acquire_lease(self, key: str, owner: str, ttl: float, *, take_expired: bool = True) -> bool:
+        """Take ``key`` for ``owner`` for ``ttl`` seconds if free, expired, or already ours; with
+        ``take_expired=False`` never over another owner's record, even an expired one (the
+        sweeper must record that owner's attempt first)."""
 
     @abc.abstractmethod
     def renew_lease(self, key: str, owner: str, ttl: float) -> bool:

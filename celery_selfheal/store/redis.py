@@ -26,8 +26,9 @@ key                             type    content
 Atomicity: ``RPUSH`` numbers events (its reply is the new length: no gaps, no duplicates),
 ``HSETNX`` records a checkpoint once, a compare-and-set script guards record updates (JSON is
 merged in Python, never re-encoded in Lua: the script sets the new text only if the value is still
-the text read, two round trips where ``WATCH``/``MULTI`` took three), Lua scripts create jobs and
-handle leases. Leases are
+the text read; ``write_job`` writes a job, its attempt and its events that way in one script; the
+text is the one this process last read or wrote when it has it, so a write is usually one round trip:
+`_redis_writes`), Lua scripts create jobs and handle leases. Leases are
 not Redis TTL keys, because an expired key vanishes with its owner and ``expired_leases`` must still
 name it. The client is created lazily per process (redis-py pools must not cross ``fork()``) and
 retries commands through a Redis restart of up to ~15 s (a command whose reply was lost as the old
@@ -37,7 +38,7 @@ server died may then run twice: at worst an event is appended twice; CAS updates
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -46,8 +47,10 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from celery_selfheal.store import _codec as codec
+from celery_selfheal.store import _redis_writes
 from celery_selfheal.store._redis_scripts import Scripts
-from celery_selfheal.store.base import FINISHED, Record, StateStore
+from celery_selfheal.store._seen import Seen
+from celery_selfheal.store.base import FINISHED, AttemptWrite, JobSnapshot, Record, StateStore
 
 #: clients inherited through fork(): kept referenced so the child never closes the parent's sockets
 _INHERITED: list[redis.Redis] = []
@@ -78,6 +81,7 @@ class RedisStore(StateStore):
         self._pid = 0
         self._scripts: Scripts | None = None
         self._lease_keys = [f"{self.prefix}lease:owner", f"{self.prefix}lease:expiry"]
+        self._seen = Seen()  # first guesses of compare-and-set writes (`_seen`)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, prefix={self.prefix!r})"
@@ -113,19 +117,8 @@ class RedisStore(StateStore):
         return f"{self.prefix}job:{{{job_id}}}{part}"
 
     def _update(self, key: str, field: str | None, change: Callable[[Record], str | None]) -> bool:
-        """Compare-and-set one JSON value (a string key, or a field of a hash): read it, let
-        ``change`` turn the record into the new JSON text (None: leave it), and write that text
-        only if the value is still the one read (the `Scripts.cas` script), else start again."""
-        # A script whose reply was lost in a reconnect is retried and refused (the value changed:
-        # to ours); the loop then reads our own write back, as WATCH/MULTI's rerun did.
-        client, cas = self._r(), self._lua().cas
-        while True:
-            raw = client.get(key) if field is None else client.hget(key, field)
-            new = None if raw is None else change(codec.loads(raw))
-            if new is None:
-                return False
-            if cas(keys=[key], args=[field or "", raw, new]):
-                return True
+        """Compare-and-set one JSON value (`_redis_writes.cas_update`)."""
+        return _redis_writes.cas_update(self, key, field, change)
 
     # -- jobs -------------------------------------------------------------------------------
     def _by_status(self, status: Any) -> str:
@@ -140,27 +133,19 @@ class RedisStore(StateStore):
 
     def get_job(self, job_id: str) -> Record | None:
         raw = self._r().get(self._job(job_id))
+        self._seen.put(self._job(job_id), "", raw)
         return codec.loads(raw) if raw is not None else None
 
     def update_job(self, job_id: str, changes: Record, *, expect: Record | None = None) -> bool:
-        codec.dumps(changes)  # refuse non-JSON input before touching anything
-        key, jobs = self._job(job_id), f"{self.prefix}jobs"
+        return self.write_job(job_id, changes, expect=expect) is not None
 
-        def txn(pipe: Any) -> bool:
-            raw = pipe.get(key)
-            job = None if raw is None else codec.loads(raw)
-            if job is None or not codec.matches(job, expect):
-                return False
-            old, new = job.get("status"), changes.get("status", job.get("status"))
-            seq = pipe.zscore(jobs, job_id) if old != new else None
-            pipe.multi()
-            pipe.set(key, codec.merged(job, changes))
-            if seq is not None:  # keep the per-status index of page_jobs in step, in the same MULTI
-                pipe.zrem(self._by_status(old), job_id)
-                pipe.zadd(self._by_status(new), {job_id: seq})
-            return True
+    def write_job(self, job_id: str, changes: Record | None = None, *, expect: Record | None = None,
+                  step: tuple[int, Record] | None = None, attempt: AttemptWrite | None = None,
+                  events: Sequence[Record] = ()) -> list[int] | None:
+        return _redis_writes.write_job(self, job_id, changes, expect, step, attempt, events)
 
-        return bool(self._r().transaction(txn, key, value_from_callable=True))
+    def get_job_state(self, job_id: str, *, lease: tuple[str, str, float] | None = None) -> JobSnapshot:
+        return _redis_writes.job_state(self, job_id, lease)
 
     def list_jobs(self, limit: int = 100) -> list[Record]:
         if limit <= 0:
@@ -185,9 +170,11 @@ class RedisStore(StateStore):
     def put_attempt(self, job_id: str, step_index: int, attempt: int, record: Record) -> None:
         data = codec.dumps({**record, "jobId": job_id, "stepIndex": step_index, "attempt": attempt})
         self._r().hset(self._job(job_id, ":attempts"), f"{step_index}:{attempt}", data)
+        self._seen.put(self._job(job_id, ":attempts"), f"{step_index}:{attempt}", data)
 
     def get_attempt(self, job_id: str, step_index: int, attempt: int) -> Record | None:
         raw = self._r().hget(self._job(job_id, ":attempts"), f"{step_index}:{attempt}")
+        self._seen.put(self._job(job_id, ":attempts"), f"{step_index}:{attempt}", raw)
         return codec.loads(raw) if raw is not None else None
 
     def transition_attempt(
@@ -226,10 +213,7 @@ class RedisStore(StateStore):
         pipe = self._r().pipeline(transaction=True)  # one consistent snapshot of both keys
         pipe.hgetall(self._job(job_id, ":checkpoints"))
         pipe.smembers(self._job(job_id, ":checkpoints:old"))
-        found, old = pipe.execute()
-        records = sorted(({**codec.loads(raw), "superseded": field in old} for field, raw in found.items()),
-                         key=lambda rec: (rec["stepIndex"], rec["epoch"]))
-        return records if include_superseded else codec.active_checkpoints(records)
+        return _checkpoints(*pipe.execute(), include_superseded=include_superseded)
 
     def supersede_checkpoints(self, job_id: str, from_index: int) -> int:
         found, old = self._job(job_id, ":checkpoints"), self._job(job_id, ":checkpoints:old")
@@ -281,8 +265,9 @@ class RedisStore(StateStore):
         return [codec.loads(raw) for raw in self._r().lrange(self._job(job_id, ":audit"), 0, -1)]
 
     # -- leases -----------------------------------------------------------------------------
-    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
-        return bool(self._lua().acquire(keys=self._lease_keys, args=[key, owner, _ms(ttl)]))
+    def acquire_lease(self, key: str, owner: str, ttl: float, *, take_expired: bool = True) -> bool:
+        return bool(self._lua().acquire(keys=self._lease_keys,
+                                        args=[key, owner, _ms(ttl), "1" if take_expired else "0"]))
 
     def renew_lease(self, key: str, owner: str, ttl: float) -> bool:
         return bool(self._lua().renew(keys=self._lease_keys, args=[key, owner, _ms(ttl)]))
@@ -325,6 +310,13 @@ class RedisStore(StateStore):
             pipe.hdel(self._lease_keys[0], *leases)
             pipe.zrem(self._lease_keys[1], *leases)
         return bool(pipe.execute()[0])
+
+
+def _checkpoints(found: dict[str, str], old: set[str], *, include_superseded: bool = False) -> list[Record]:
+    """Checkpoint records from the checkpoints hash and the set of superseded fields."""
+    records = sorted(({**codec.loads(raw), "superseded": field in old} for field, raw in found.items()),
+                     key=lambda rec: (rec["stepIndex"], rec["epoch"]))
+    return records if include_superseded else codec.active_checkpoints(records)
 
 
 def _ms(seconds: float) -> int:

@@ -21,12 +21,12 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from celery_selfheal.errors import ConfigError, StoreError
 from celery_selfheal.store import _codec as codec
-from celery_selfheal.store.base import FINISHED, Record, StateStore
+from celery_selfheal.store.base import FINISHED, AttemptWrite, Record, StateStore
 
 #: connections inherited through fork(): kept referenced so they are never closed (or garbage
 #: collected) in the child, which could disturb the parent's locks on the same database file.
@@ -169,6 +169,32 @@ class SQLiteStore(StateStore):
             db.execute("update jobs set data = ? where job_id = ?", (codec.merged(job, changes), job_id))
             return True
 
+    def write_job(self, job_id: str, changes: Record | None = None, *, expect: Record | None = None,
+                  step: tuple[int, Record] | None = None, attempt: AttemptWrite | None = None,
+                  events: Sequence[Record] = ()) -> list[int] | None:
+        texts = [codec.dumps(event) for event in events]  # refuse non-JSON input before the lock
+        codec.dumps([changes, step, attempt.changes if attempt else None])
+        with self._write() as db:  # one transaction: every part or none
+            row = db.execute("select data from jobs where job_id = ?", (job_id,)).fetchone()
+            job = None if row is None else codec.job_written(codec.loads(row[0]), changes, expect, step)
+            if job is None:
+                return None
+            if attempt is not None:
+                key = (job_id, attempt.step_index, attempt.attempt)
+                found = db.execute("select data from attempts where job_id = ? and step_index = ? and attempt = ?",
+                                   key).fetchone()
+                text = codec.attempt_written(job_id, codec.loads(found[0]) if found else None, attempt)
+                if text is None:
+                    return None
+                db.execute("insert or replace into attempts values (?, ?, ?, ?)", (*key, text))
+            db.execute("update jobs set data = ? where job_id = ?", (codec.dumps(job), job_id))
+            if not texts:
+                return []
+            (seq,) = db.execute("select coalesce(max(seq), 0) from events where job_id = ?", (job_id,)).fetchone()
+            db.executemany("insert into events values (?, ?, ?)",
+                           [(job_id, seq + 1 + i, text) for i, text in enumerate(texts)])
+        return [int(seq) + 1 + i for i in range(len(texts))]
+
     def list_jobs(self, limit: int = 100) -> list[Record]:
         rows = self._db().execute("select data from jobs order by seq desc limit ?", (limit,))
         return [codec.loads(data) for (data,) in rows]
@@ -298,13 +324,13 @@ class SQLiteStore(StateStore):
     # -- leases -----------------------------------------------------------------------------
     # A lease row lives until its owner releases it or another owner takes it after it expired;
     # "live" means expires_at is in the future (this host's clock: SQLite is one machine).
-    def acquire_lease(self, key: str, owner: str, ttl: float) -> bool:
+    def acquire_lease(self, key: str, owner: str, ttl: float, *, take_expired: bool = True) -> bool:
         now = time.time()
         cur = self._db().execute(
             "insert into leases values (?, ?, ?) on conflict (name) do update "
             "set owner = excluded.owner, expires_at = excluded.expires_at "
-            "where leases.owner = excluded.owner or leases.expires_at <= ?",
-            (key, owner, now + ttl, now))
+            "where leases.owner = excluded.owner or (? and leases.expires_at <= ?)",
+            (key, owner, now + ttl, int(take_expired), now))
         return cur.rowcount == 1
 
     def renew_lease(self, key: str, owner: str, ttl: float) -> bool:

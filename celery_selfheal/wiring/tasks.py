@@ -79,7 +79,8 @@ def run_step_body(task: Task, ctx: Context, delivery: Delivery) -> dict[str, Any
         return _result(delivery, "stop", gate.reason)
     try:
         outcome = execute_step(ctx, delivery.step, task_id=delivery.task_id, hostname=delivery.hostname,
-                               enqueue=functools.partial(enqueue_from, task.app), lease=gate.lease, job=gate.job)
+                               enqueue=functools.partial(enqueue_from, task.app), lease=gate.lease, job=gate.job,
+                               state=gate.state)
         if outcome.kind is OutcomeKind.RETRY:
             raise retry_step(task, ctx, delivery, outcome, gate.lease, opts)
     except Retry:

@@ -20,9 +20,10 @@ from celery_selfheal.settings import load_settings
 from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome
 from tests.engine import Engine
 
-#: (module or class path, attribute): every stage of one step execution, in order
+#: (module or class path, attribute): every stage of one step execution, in order; ``write_job``
+#: is the store's one write of a stage: the start (attempt record, step, event), then the success
 STAGES = [
-    ("celery_selfheal.steps.execute", "update_step"),           # recording the start
+    ("store", "write_job:start"),                               # recording the start
     ("celery_selfheal.steps.attempt", "atomic_write"),          # the prompt file
     ("celery_selfheal.steps.attempt", "run_runtime"),           # the supervisor
     ("celery_selfheal.workspace.git.GitWorkspace", "current_change"),
@@ -31,10 +32,17 @@ STAGES = [
     ("celery_selfheal.workspace.checkpoints", "atomic_write_json"),  # the checkpoint metadata
     ("celery_selfheal.workspace.git.GitWorkspace", "commit_change"),
     ("store", "record_checkpoint"),
-    ("store", "transition_attempt"),                            # marking the attempt succeeded
-    ("celery_selfheal.steps.finish", "update_step"),            # marking the step succeeded
     ("celery_selfheal.steps.finish", "write_attempt_artifact"),
+    ("store", "write_job:succeeded"),                           # marking the attempt and step succeeded
 ]
+
+
+def _attempt_status(*args: Any, **kwargs: Any) -> str | None:
+    """The attempt status a store write sets (``write_job``'s attempt, ``transition_attempt``'s changes)."""
+    write = kwargs.get("attempt")
+    if write is not None:
+        return write.changes.get("status")
+    return (args[4] if len(args) > 4 else {}).get("status") if len(args) > 4 else None
 
 
 def _target(engine: Engine, where: str) -> Any:
@@ -74,10 +82,13 @@ def test_an_exception_at_any_stage_never_leaves_the_attempt_running(
         engine: Engine, monkeypatch: pytest.MonkeyPatch, where: str, name: str) -> None:
     job_id = engine.submit("echo work > out.txt")
     target = _target(engine, where)
+    name, _, status = name.partition(":")
     real = getattr(target, name)
 
-    def when(*args: Any, **kwargs: Any) -> bool:  # transition_attempt: the success, not the pid update
-        return name != "transition_attempt" or (args[4] if len(args) > 4 else {}).get("status") == "succeeded"
+    def when(*args: Any, **kwargs: Any) -> bool:  # write_job: the start, or the success
+        if not status:
+            return True
+        return _attempt_status(*args, **kwargs) == ("running" if status == "start" else status)
 
     injected = _one_shot(real, OSError(errno.ENOSPC, "No space left on device"), when)
     monkeypatch.setattr(target, name, injected)
@@ -99,9 +110,9 @@ def test_a_crash_after_the_checkpoint_is_recorded_reuses_it(engine: Engine, monk
     the recorded patch: no sha256 mismatch, the job finishes."""
     job_id = engine.submit("date +%s%N > out.txt", "cat out.txt")
     store = engine.ctx.store
-    real = store.transition_attempt
-    monkeypatch.setattr(store, "transition_attempt", _one_shot(
-        real, KeyboardInterrupt(), lambda *a, **k: (a[4] if len(a) > 4 else {}).get("status") == "succeeded"))
+    real = store.write_job
+    monkeypatch.setattr(store, "write_job", _one_shot(
+        real, KeyboardInterrupt(), lambda *a, **k: _attempt_status(*a, **k) == "succeeded"))
     with pytest.raises(KeyboardInterrupt):  # not an Exception: like a kill, nothing records it
         engine.run(job_id)
     [running] = store.list_attempts(job_id)

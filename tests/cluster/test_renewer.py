@@ -1,0 +1,59 @@
+"""The process's lease renewer: one thread renews every held lease when due, drops the ones that
+are gone, and starts again in a forked child (which inherits none of the parent's leases)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+from celery_selfheal.cluster.renewer import Renewer
+from tests.conftest import wait_for
+
+
+class Counting:
+    def __init__(self, every: float, gone_after: int | None = None) -> None:
+        self.renew_every, self.gone_after, self.calls = every, gone_after, 0
+
+    def renew_due(self) -> bool:
+        self.calls += 1
+        return self.gone_after is None or self.calls < self.gone_after
+
+
+def test_each_lease_is_renewed_on_its_own_period_until_removed() -> None:
+    renewer = Renewer()
+    fast, slow, gone = Counting(0.02), Counting(0.3), Counting(0.02, gone_after=2)
+    for lease in (fast, slow, gone):
+        renewer.add(lease)
+    wait_for(lambda: fast.calls >= 10, "the fast lease renewed ten times", timeout=10)
+    assert slow.calls <= fast.calls // 5 + 1
+    assert gone.calls == 2  # dropped once it said it is gone
+    renewer.remove(fast)
+    time.sleep(0.05)  # a renewal in flight may still land
+    calls = fast.calls
+    wait_for(lambda: slow.calls >= 2, "the slow lease renewed twice", timeout=10)
+    assert fast.calls == calls
+    assert len([t for t in threading.enumerate() if t.name == "selfheal-lease-renewer"]) >= 1
+
+
+def _child(renewer: Renewer, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    lease = Counting(0.02)
+    renewer.add(lease)
+    deadline = time.monotonic() + 10
+    while lease.calls < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    out.put((lease.calls, len(renewer._due)))
+
+
+def test_a_forked_child_renews_its_own_leases_only() -> None:
+    renewer = Renewer()
+    parent = Counting(0.02)
+    renewer.add(parent)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(renewer, out))
+    proc.start()
+    calls, held = out.get(timeout=20)
+    proc.join(20)
+    assert calls >= 3 and held == 1  # its own lease, renewed by its own thread; not the parent's
+    renewer.remove(parent)
