@@ -26,7 +26,7 @@ from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
 from celery_selfheal.core.redact_context import CONTEXT_RULES, MAX_VALUE, ContextRule
-from celery_selfheal.core.redact_rules import NOT_VALUES, is_secret_name_cached
+from celery_selfheal.core.redact_rules import NOT_VALUES, PASSES, is_secret_name_cached
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -124,14 +124,17 @@ def builtin_rules() -> tuple[Rule, ...]:
 class _HyperscanPrefilter:
     """All prefilters in one Hyperscan block-mode database; one scratch per thread."""
 
-    def __init__(self, rules: Sequence[Rule], contexts: Sequence[ContextRule]) -> None:
+    def __init__(self, rules: Sequence[Rule], contexts: Sequence[ContextRule], passes: Sequence[str] = ()) -> None:
         assert hyperscan is not None
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        pats = [r.prefilter.encode("ascii") for r in rules] + [c.prefilter.encode("ascii") for c in contexts]
-        flags = [0] * len(rules) + [
-            (hyperscan.HS_FLAG_CASELESS if c.caseless else 0) | (hyperscan.HS_FLAG_MULTILINE if c.multiline else 0)
-            for c in contexts
-        ]
+        sources = [r.prefilter for r in rules] + [c.prefilter for c in contexts] + list(passes)
+        caseless, multiline = hyperscan.HS_FLAG_CASELESS, hyperscan.HS_FLAG_MULTILINE
+        flags = (
+            [0] * len(rules)
+            + [(caseless if c.caseless else 0) | (multiline if c.multiline else 0) for c in contexts]
+            + [caseless] * len(passes)
+        )
+        pats = [p.encode("ascii") for p in sources]
         self._db.compile(expressions=pats, ids=list(range(len(pats))), elements=len(pats), flags=flags)
         # Hyperscan reports only where a match ends (a leftmost start is too costly for these
         # patterns): a catalog prefilter's width gives its start.
@@ -140,7 +143,7 @@ class _HyperscanPrefilter:
 
     def hits(self, text: str, data: bytes | None = None) -> list[tuple[int, int]]:
         """(rule index, keyword start) per catalog prefilter match, (index, match end) per
-        context prefilter match; context rules are numbered after the catalog's. ``data``:
+        context or pass prefilter match (numbered after the catalog's rules). ``data``:
         :func:`ascii_bytes` of the text, if the caller has it."""
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
@@ -171,7 +174,8 @@ class _PythonPrefilter:
     """``str.find`` per keyword (the fastest pure-Python prefilter measured: ~8 MB/s with the
     built-in rules; a lookahead alternation of the keywords ran at ~2 MB/s), ``re`` per context."""
 
-    def __init__(self, rules: Sequence[Rule], contexts: Sequence[ContextRule]) -> None:
+    def __init__(self, rules: Sequence[Rule], contexts: Sequence[ContextRule], passes: Sequence[str] = ()) -> None:
+        assert not passes, "the pure-Python engine runs the passes whole"
         self._by_kw: dict[str, list[int]] = {}
         for i, r in enumerate(rules):
             self._by_kw.setdefault(r.keyword, []).append(i)
@@ -207,16 +211,48 @@ class Catalog:
         if engine == "auto":
             engine = "hyperscan" if hyperscan is not None else "python"
         self.engine = engine
-        pre = _HyperscanPrefilter if engine == "hyperscan" else _PythonPrefilter
-        self._pre = pre(self.rules, self.contexts)
+        #: Pass index -> prefilter patterns (:attr:`PassSpec.prefilter`), found in the same
+        #: scan as the catalog's (Hyperscan only: the pure-Python engine runs the passes whole).
+        self.pass_prefilters = {
+            i: spec.prefilter for i, spec in enumerate(PASSES) if spec.prefilter and engine == "hyperscan"
+        }
+        self._pass_of = [i for i, pats in self.pass_prefilters.items() for _ in pats]
+        pats = [p for pats in self.pass_prefilters.values() for p in pats]
+        if engine == "hyperscan":
+            self._pre: _HyperscanPrefilter | _PythonPrefilter = _HyperscanPrefilter(self.rules, self.contexts, pats)
+        else:
+            self._pre = _PythonPrefilter(self.rules, self.contexts)
         self._ctx_width = [_width(c.prefilter)[1] for c in self.contexts]
 
-    def scan(self, text: str, low: str, found: list[Span], glued: dict[int, int], data: bytes | None = None) -> None:
+    def prefilter(self, text: str, data: bytes | None = None) -> tuple[list[tuple[int, int]], dict[int, list[int]]]:
+        """The prefilter hits in ``text``: those of the rules and contexts (for :meth:`scan`),
+        and pass index -> where its prefilters' matches end (for each of :attr:`pass_prefilters`)."""
+        hits = self._pre.hits(text, data)
+        ends: dict[int, list[int]] = {i: [] for i in self.pass_prefilters}
+        first = len(self.rules) + len(self.contexts)
+        if self._pass_of and any(index >= first for index, _ in hits):
+            pass_of = self._pass_of
+            for index, end in hits:
+                if index >= first:
+                    ends[pass_of[index - first]].append(end)
+            hits = [hit for hit in hits if hit[0] < first]
+        return hits, ends
+
+    def scan(
+        self,
+        text: str,
+        low: str,
+        found: list[Span],
+        glued: dict[int, int],
+        data: bytes | None = None,
+        hits: list[tuple[int, int]] | None = None,
+    ) -> None:
         """Append each secret's span to ``found``; a token right after a letter or digit goes to
-        ``glued`` (start -> end) instead, to be taken if another secret ends there."""
+        ``glued`` (start -> end) instead, to be taken if another secret ends there. ``hits``:
+        the first part of :meth:`prefilter`, if the caller has it."""
         rules, n = self.rules, len(self.rules)
         seen: set[tuple[int, int]] = set()
-        for index, at in self._pre.hits(text, data):
+        for index, at in self.prefilter(text, data)[0] if hits is None else hits:
             if index >= n:
                 self._context(index - n, text, at, found, seen)
                 continue

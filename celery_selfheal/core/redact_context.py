@@ -82,7 +82,9 @@ CONTEXT_RULES: tuple[ContextRule, ...] = (
         "cli-user-password",
         "curl -u user:pass, --user user:pass, --proxy-user user:pass",
         r"(-u|--user|--proxy-user)[ =]?[\"']?[^\s:\"']{1,128}:[^\s\"']",
-        rf"""(?:-u|--user|--proxy-user)[ =]?(["']?)[^\s:"']{{1,128}}:(?P<secret>[^\s"']{_V})""",
+        # not "docker run -u 1000:1000" (uid:gid)
+        rf"""(?:-u|--user|--proxy-user)[ =]?(["']?)(?![0-9]{{1,128}}:[0-9]+(?![^\s"']))"""
+        rf"""[^\s:"']{{1,128}}:(?P<secret>[^\s"']{_V})""",
         caseless=False,
     ),
     _rule(

@@ -12,10 +12,12 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import AnyStr, NamedTuple
 from urllib.parse import quote, quote_plus
 
+from celery_selfheal.core.redact_catalog import ascii_bytes, hyperscan
 from celery_selfheal.core.redact_rules import LITERAL, REDACTED, PassSpec, ascii_lower
 
 _BOOLEANS = frozenset(["true", "false", "yes", "no", "on", "off", "none", "null", "0", "1", "y", "n"])
@@ -68,6 +70,28 @@ def finditer_sparse(regex: re.Pattern[AnyStr], subject: AnyStr, anchor: AnyStr) 
         else:
             yield m
             pos = find(anchor, m.end())
+
+
+def finditer_near(
+    regex: re.Pattern[AnyStr], subject: AnyStr, anchor: AnyStr, ends: list[int], reach: int
+) -> Iterator[re.Match[AnyStr]]:
+    """``regex.finditer(subject)`` for a regex whose every match starts with ``anchor``, whole
+    before one of ``ends`` and at most ``reach`` characters before it (``ends``: where a
+    prefilter's matches end): ``regex`` is tried at the anchors of those windows only."""
+    find, match = subject.find, regex.match
+    lo = 0  # anchors before this were tried already, or lie inside a match
+    for end in sorted(ends):
+        pos = find(anchor, max(lo, end - reach), end)
+        while pos >= 0:
+            m = match(subject, pos)
+            if m is None:
+                pos = find(anchor, pos + 1, end)
+                continue
+            yield m
+            lo = m.end()
+            pos = find(anchor, lo, end) if lo < end else -1
+        lo = max(lo, end - len(anchor) + 1)
+    return
 
 
 def branch(lit: str, i: int) -> str:
@@ -157,3 +181,42 @@ class LiteralMatcher:
             for m in finditer_sparse(regex, text, anchor):
                 back, length = spans[m.lastindex or 0]
                 add.append(literal_span(text, m.start() - back, length))
+
+
+class LiteralDatabase:
+    """Finds ASCII literals in one Hyperscan pass (all occurrences, overlapping ones too)."""
+
+    def __init__(self, literals: Iterable[str]) -> None:
+        assert hyperscan is not None
+        self._literals = sorted(set(literals))
+        assert all(lit.isascii() for lit in self._literals)
+        self._db: object = None
+        self._local = threading.local()  # a Hyperscan scratch is per thread
+        if self._literals:
+            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            pats = [lit.encode("ascii") for lit in self._literals]
+            db.compile(expressions=pats, ids=list(range(len(pats))), elements=len(pats), flags=0, literal=True)
+            self._db = db
+
+    def scan(self, text: str, add: list[tuple[int, int]], data: bytes | None = None) -> None:
+        """Append the span of every literal occurrence in ``text`` to ``add`` (``data``: its
+        :func:`ascii_bytes`, if the caller has it)."""
+        if self._db is None:
+            return
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = hyperscan.Scratch(self._db)
+        ends: list[tuple[int, int]] = []
+
+        def on_match(index: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
+            ends.append((index, to))
+
+        data = ascii_bytes(text) if data is None else data
+        self._db.scan(data, match_event_handler=on_match, scratch=scratch)  # type: ignore[attr-defined]
+        literals = self._literals
+        for index, end in ends:
+            lit = literals[index]
+            start = end - len(lit)
+            # "?" in a literal also matches where the text has a non-ASCII character
+            if "?" not in lit or text.startswith(lit, start):
+                add.append(literal_span(text, start, len(lit)))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
 REDACTED = "[REDACTED]"
@@ -150,6 +151,12 @@ class PassSpec(NamedTuple):
     sparse: bool = False
     #: A lookahead every rule branch (not the literals) needs: one cheap test at most anchors.
     guard: str = ""
+    #: Hyperscan patterns (caseless, on the text) run by the catalog's one multi-pattern scan
+    #: instead of a ``re`` scan of the whole text: every match of the pass starts with the
+    #: anchor at most :func:`prefilter_reach` characters before where one of them ends. Only
+    #: for a pass without literals (``blocks`` None) whose anchor is frequent but whose
+    #: matches are rare.
+    prefilter: tuple[str, ...] = ()
 
 
 def compile_pass(
@@ -181,6 +188,9 @@ _TT = "[A-Za-z0-9_-]"
 #: ``<name> [quote] = / : / => / := / ::= / :::= / ?= / += [spaces]``: the name's rest up to the
 #: value (make and shell assignment operators too).
 _NAME_TAIL = r"([a-z0-9_.-]{0,64}+)(?:\\?[\"'`])?[ \t]{0,8}+(?::{1,3}=|[?+]=|=>|=(?!=)|:(?!:))[ \t]{0,8}+"
+#: What every :data:`_NAME_TAIL` match starts with, up to its operator's first character, as
+#: a Hyperscan prefilter (a superset: no possessive runs, the quote and backslash apart).
+_NAME_TAIL_PREFILTER = r"[a-z0-9_.-]{0,64}\\?[\"'`]?[ \t]{0,8}[:=?+]"
 
 #: All passes. Anchors are rare letters of each word: k for token, key, cookie, sk-, sk_live_;
 #: cre for secret, cred...; p for pass... and glpat-; uth for auth...
@@ -220,16 +230,29 @@ PASSES = (
         blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "k", "e", "i", "-", "_"),
         host_rank=2,
     ),
+    # The three passes below: "p" is about 2% of log text, but "pass" + an assignment is rare.
     PassSpec(
         "p",
         (("ass" + _NAME_TAIL, NAME), (rf"at-(?<=glpat-){_T}{{20,255}}", 2)),  # pass..., GitLab
         lowered=True,
-        blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "p", "a"),
-        host_rank=3,
+        prefilter=("pass" + _NAME_TAIL_PREFILTER, "glpat-[a-z0-9_-]{20}"),
     ),
-    PassSpec("cre", ((r"t(?<=secret)" + _NAME_TAIL, NAME), (r"d" + _NAME_TAIL, NAME)), lowered=True),
-    PassSpec("uth", ((r"(?<=auth)" + _NAME_TAIL, NAME),), lowered=True),
+    PassSpec(
+        "cre",
+        ((r"t(?<=secret)" + _NAME_TAIL, NAME), (r"d" + _NAME_TAIL, NAME)),
+        lowered=True,
+        prefilter=("secret" + _NAME_TAIL_PREFILTER, "cred" + _NAME_TAIL_PREFILTER),
+    ),
+    PassSpec(
+        "uth", ((r"(?<=auth)" + _NAME_TAIL, NAME),), lowered=True, prefilter=("auth" + _NAME_TAIL_PREFILTER,)
+    ),
 )
+
+
+def prefilter_reach(spec: PassSpec) -> int:
+    """How far before a prefilter match's end a match of ``spec`` may start (its widest
+    prefilter match)."""
+    return max((int(sre_parse.parse(p).getwidth()[1]) for p in spec.prefilter), default=0)
 
 PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")

@@ -15,10 +15,12 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from celery_selfheal.core import redact_rules as rules
-from celery_selfheal.core.redact_catalog import Catalog, ascii_bytes
+from celery_selfheal.core.redact_catalog import Catalog, ascii_bytes, hyperscan
 from celery_selfheal.core.redact_literals import (
     Literal,
+    LiteralDatabase,
     LiteralMatcher,
+    finditer_near,
     finditer_sparse,
     literal_span,
     place_literals,
@@ -67,13 +69,24 @@ class SpanFinder:
         self.max_literal = max(map(len, literals), default=0)
         self._wrapped = WrappedBase64(raw_values)
         self.max_wrapped = self._wrapped.max_len + 64
-        placed, self._table, rest = place_literals(literals, rules.PASSES)
+        prefiltered = catalog.pass_prefilters if catalog is not None else {}
+        # With Hyperscan, ASCII literals are found in one pass of their own; the rest ride in
+        # rule passes where they can (not in prefiltered ones: those scan only near their hits).
+        in_db = {lit for lit in literals if lit.isascii()} if hyperscan is not None else set()
+        self._literal_db = LiteralDatabase(in_db) if in_db else None
+        hosts = [spec._replace(blocks=None) if i in prefiltered else spec for i, spec in enumerate(rules.PASSES)]
+        placed, self._table, rest = place_literals(literals - in_db, hosts)
         self._passes = [
-            (spec.lowered, *rules.compile_pass(spec, placed.get(i, ())), spec.anchor if spec.sparse else "")
+            _Pass(
+                spec.lowered,
+                *rules.compile_pass(spec, placed.get(i, ())),
+                spec.anchor if spec.sparse or i in prefiltered else "",
+                rules.prefilter_reach(spec) if i in prefiltered else 0,
+            )
             for i, spec in enumerate(rules.PASSES)
         ]
         #: pass regex -> {marker group: the alternative's first group} (for glued names)
-        self._first = {regex: {k: v[1] for k, v in actions.items()} for _, regex, actions, _ in self._passes}
+        self._first = {p.regex: {k: v[1] for k, v in p.actions.items()} for p in self._passes}
         self._literals = LiteralMatcher(rest)
         self._extra = tuple(re.compile(p) for p in extra)
         self._allow = allow
@@ -84,13 +97,17 @@ class SpanFinder:
         is no proof) or remembered in ``seen`` (the caller commits :attr:`Found.new`)."""
         scan = _Scan(text, self._table, self._first)
         data = ascii_bytes(text)  # one copy for the Hyperscan databases
-        for lowered, regex, actions, sparse in self._passes:
-            scan.run(regex, actions, lowered, sparse)
-        if self._catalog is not None:
-            self._catalog.scan(text, scan.low, scan.found, scan.glued_tokens, data)
+        catalog = self._catalog
+        hits, ends = catalog.prefilter(text, data) if catalog is not None else ([], {})
+        for i, spec in enumerate(self._passes):
+            scan.run(spec, ends.get(i) if spec.reach else None)
+        if catalog is not None:
+            catalog.scan(text, scan.low, scan.found, scan.glued_tokens, data, hits)
         for um in rules.URL_PASSWORD.finditer(text):
             scan.found.append(um.span(1))
         self._literals.scan(text, scan.found)
+        if self._literal_db is not None:
+            self._literal_db.scan(text, scan.found, data)
         self._wrapped.scan(text, scan.found, data)
         for regex in self._extra:
             scan.found.extend(em.span() for em in regex.finditer(text) if em.end() > em.start())
@@ -114,6 +131,18 @@ class SpanFinder:
         return Found(merge(found), open_pem, scan.pem_starts, new)
 
 
+class _Pass(NamedTuple):
+    """One compiled rule pass (see :class:`rules.PassSpec`)."""
+
+    lowered: bool
+    regex: re.Pattern[Any]
+    actions: rules.Actions
+    #: The anchor when the pass is sparse or prefiltered, else "".
+    anchor: str
+    #: :func:`rules.prefilter_reach` when the catalog runs its prefilters, else 0.
+    reach: int
+
+
 class _Scan:
     """The state of one :meth:`SpanFinder.find` call."""
 
@@ -130,14 +159,19 @@ class _Scan:
         #: Matches of names that are not secret but end with a secret word.
         self.glued_names: list[re.Match[str]] = []
 
-    def run(self, regex: re.Pattern[Any], actions: rules.Actions, lowered: bool, sparse: str) -> None:
-        """Run one pass (``sparse``: its anchor, if rare). A hot loop: what it calls is bound to
-        local names first."""
+    def run(self, spec: _Pass, ends: list[int] | None) -> None:
+        """Run one pass (``ends``: where its prefilters matched, if the catalog ran them). A hot
+        loop: what it calls is bound to local names first."""
         text, low, add = self.text, self.low, self.found.append
         glued_tokens, glued_name = self.glued_tokens, self.glued_names.append
         follows_alnum, names = rules.follows_alnum, _NAMES
-        subject = low if lowered else text
-        for m in finditer_sparse(regex, subject, sparse) if sparse else regex.finditer(subject):
+        regex, actions, anchor = spec.regex, spec.actions, spec.anchor
+        subject = low if spec.lowered else text
+        if ends is not None:
+            matches: Iterable[re.Match[str]] = finditer_near(regex, subject, anchor, ends, spec.reach)
+        else:
+            matches = finditer_sparse(regex, subject, anchor) if anchor else regex.finditer(subject)
+        for m in matches:
             action, first = actions[m.lastindex or 0]
             if action == NAME:  # the most frequent match: kept short
                 end = m.end(first)
