@@ -26,7 +26,7 @@ from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
 from celery_selfheal.core.redact_context import CONTEXT_RULES, MAX_VALUE, ContextRule
-from celery_selfheal.core.redact_rules import NOT_VALUES, PASSES, is_secret_name_cached
+from celery_selfheal.core.redact_rules import NOT_VALUES, PASSES, URL_KEY, URL_PREFILTER, is_secret_name_cached
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -121,18 +121,26 @@ def builtin_rules() -> tuple[Rule, ...]:
     return tuple(make_rule(e, "secrets.toml rule") for e in table["rule"])
 
 
+def _ctx_flags(rule: ContextRule) -> int:
+    """The ``re`` flags of a context prefilter."""
+    return (re.I if rule.caseless else 0) | (re.M if rule.multiline else 0)
+
+
 class _HyperscanPrefilter:
     """All prefilters in one Hyperscan block-mode database; one scratch per thread."""
 
-    def __init__(self, rules: Sequence[Rule], contexts: Sequence[ContextRule], passes: Sequence[str] = ()) -> None:
+    def __init__(
+        self, rules: Sequence[Rule], contexts: Sequence[ContextRule], passes: Sequence[tuple[str, bool]] = ()
+    ) -> None:
+        """``passes``: (pattern, caseless) of each pass prefilter."""
         assert hyperscan is not None
         self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        sources = [r.prefilter for r in rules] + [c.prefilter for c in contexts] + list(passes)
+        sources = [r.prefilter for r in rules] + [c.loose or c.prefilter for c in contexts] + [p for p, _ in passes]
         caseless, multiline = hyperscan.HS_FLAG_CASELESS, hyperscan.HS_FLAG_MULTILINE
         flags = (
             [0] * len(rules)
             + [(caseless if c.caseless else 0) | (multiline if c.multiline else 0) for c in contexts]
-            + [caseless] * len(passes)
+            + [caseless if lowered else 0 for _, lowered in passes]
         )
         pats = [p.encode("ascii") for p in sources]
         self._db.compile(expressions=pats, ids=list(range(len(pats))), elements=len(pats), flags=flags)
@@ -174,15 +182,14 @@ class _PythonPrefilter:
     """``str.find`` per keyword (the fastest pure-Python prefilter measured: ~8 MB/s with the
     built-in rules; a lookahead alternation of the keywords ran at ~2 MB/s), ``re`` per context."""
 
-    def __init__(self, rules: Sequence[Rule], contexts: Sequence[ContextRule], passes: Sequence[str] = ()) -> None:
+    def __init__(
+        self, rules: Sequence[Rule], contexts: Sequence[ContextRule], passes: Sequence[tuple[str, bool]] = ()
+    ) -> None:
         assert not passes, "the pure-Python engine runs the passes whole"
         self._by_kw: dict[str, list[int]] = {}
         for i, r in enumerate(rules):
             self._by_kw.setdefault(r.keyword, []).append(i)
-        flags = [(re.I if c.caseless else 0) | (re.M if c.multiline else 0) for c in contexts]
-        self._contexts = [
-            (len(rules) + j, re.compile(c.prefilter, f)) for j, (c, f) in enumerate(zip(contexts, flags, strict=True))
-        ]
+        self._contexts = [(len(rules) + j, re.compile(c.prefilter, _ctx_flags(c))) for j, c in enumerate(contexts)]
 
     def hits(self, text: str, data: bytes | None = None) -> list[tuple[int, int]]:
         """Like :meth:`_HyperscanPrefilter.hits`."""
@@ -211,18 +218,25 @@ class Catalog:
         if engine == "auto":
             engine = "hyperscan" if hyperscan is not None else "python"
         self.engine = engine
-        #: Pass index -> prefilter patterns (:attr:`PassSpec.prefilter`), found in the same
-        #: scan as the catalog's (Hyperscan only: the pure-Python engine runs the passes whole).
-        self.pass_prefilters = {
-            i: spec.prefilter for i, spec in enumerate(PASSES) if spec.prefilter and engine == "hyperscan"
-        }
-        self._pass_of = [i for i, pats in self.pass_prefilters.items() for _ in pats]
-        pats = [p for pats in self.pass_prefilters.values() for p in pats]
+        #: Pass index -> (prefilter patterns (:attr:`PassSpec.prefilter`), caseless), found in
+        #: the same scan as the catalog's (Hyperscan only: the Python engine runs passes whole).
+        #: The URL password rule too (key :data:`URL_KEY`).
+        self.pass_prefilters: dict[int, tuple[tuple[str, ...], bool]] = {}
+        if engine == "hyperscan":
+            self.pass_prefilters = {i: (p.prefilter, p.lowered) for i, p in enumerate(PASSES) if p.prefilter}
+            self.pass_prefilters[URL_KEY] = ((URL_PREFILTER,), False)
+        self._pass_of = [i for i, (pats, _) in self.pass_prefilters.items() for _ in pats]
+        pats = [(p, caseless) for pats, caseless in self.pass_prefilters.values() for p in pats]
         if engine == "hyperscan":
             self._pre: _HyperscanPrefilter | _PythonPrefilter = _HyperscanPrefilter(self.rules, self.contexts, pats)
         else:
             self._pre = _PythonPrefilter(self.rules, self.contexts)
         self._ctx_width = [_width(c.prefilter)[1] for c in self.contexts]
+        #: Per context: its prefilter, to check a hit of its ``loose`` pattern (Hyperscan only).
+        self._ctx_verify = [
+            re.compile(f"(?:{c.prefilter})\\Z", _ctx_flags(c)) if c.loose and engine == "hyperscan" else None
+            for c in self.contexts
+        ]
 
     def prefilter(self, text: str, data: bytes | None = None) -> tuple[list[tuple[int, int]], dict[int, list[int]]]:
         """The prefilter hits in ``text``: those of the rules and contexts (for :meth:`scan`),
@@ -280,6 +294,9 @@ class Catalog:
         """The value of context rule ``index`` whose prefilter matched up to ``end``."""
         rule = self.contexts[index]
         pos, stop = max(0, end - self._ctx_width[index]), min(len(text), end + MAX_VALUE + 256)
+        verify = self._ctx_verify[index]
+        if verify is not None and verify.search(text, pos, end) is None:
+            return  # a hit of the loose pattern only
         named = "name" in rule.regex.groupindex
         while True:  # the window may hold other matches first (<username>ci</username><password>)
             m = rule.regex.search(text, pos, stop)

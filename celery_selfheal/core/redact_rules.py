@@ -151,11 +151,10 @@ class PassSpec(NamedTuple):
     sparse: bool = False
     #: A lookahead every rule branch (not the literals) needs: one cheap test at most anchors.
     guard: str = ""
-    #: Hyperscan patterns (caseless, on the text) run by the catalog's one multi-pattern scan
+    #: Hyperscan patterns (on the text, caseless if ``lowered``) run by the catalog's one scan
     #: instead of a ``re`` scan of the whole text: every match of the pass starts with the
-    #: anchor at most :func:`prefilter_reach` characters before where one of them ends. Only
-    #: for a pass without literals (``blocks`` None) whose anchor is frequent but whose
-    #: matches are rare.
+    #: anchor at most :func:`prefilter_reach` characters before where one of them ends. For a
+    #: pass whose anchor is frequent but whose matches are rare; it then hosts no literals.
     prefilter: tuple[str, ...] = ()
 
 
@@ -206,6 +205,7 @@ PASSES = (
         lowered=False,
         blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "A", "K", "S", "I", "T"),
         host_rank=0,
+        prefilter=("AKIA[A-Z0-9]{16}", "ASIA[A-Z0-9]{16}", "AIza[A-Za-z0-9_-]{30}", "PRIVATE KEY"),
     ),
     # JWT: base64url segments, the first a JSON header ("eyJ" is '{"').
     PassSpec(
@@ -230,7 +230,7 @@ PASSES = (
         blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "k", "e", "i", "-", "_"),
         host_rank=2,
     ),
-    # The three passes below: "p" is about 2% of log text, but "pass" + an assignment is rare.
+    # Prefiltered ("p" is about 2% of log text, but "pass" + an assignment is rare), as is "A".
     PassSpec(
         "p",
         (("ass" + _NAME_TAIL, NAME), (rf"at-(?<=glpat-){_T}{{20,255}}", 2)),  # pass..., GitLab
@@ -249,6 +249,10 @@ PASSES = (
 )
 
 
+#: The key of :data:`URL_PASSWORD` among the prefiltered passes (after those of :data:`PASSES`).
+URL_KEY = len(PASSES)
+
+
 def prefilter_reach(spec: PassSpec) -> int:
     """How far before a prefilter match's end a match of ``spec`` may start (its widest
     prefilter match)."""
@@ -263,6 +267,10 @@ PEM_MARKER_MAX = 80
 #: are not allowed in userinfo (RFC 3986), and excluding them keeps ``[REDACTED]`` out of a match.
 #: Possessive (``{0,256}+``, also in ``_NAME_TAIL``) where giving back cannot help: no backtracking.
 URL_PASSWORD = re.compile(r"://[^\s/?#@:\[\]]{0,256}+:([^\s/?#\[\]]{1,256})@")
+#: :data:`URL_PASSWORD` as a prefilter (its match ends where one of it does), run by the
+#: catalog's scan under the key :data:`URL_KEY`; most ``://`` in logs have no password.
+URL_PREFILTER = r"://[^\s/?#@:\[\]]{0,256}:[^\s/?#\[\]]{1,256}@"
+URL_REACH = 3 + 256 + 1 + 256 + 1
 
 #: The value after an assignment: "double" (also \"escaped\"), 'single', `back`, or bare up to a
 #: delimiter, skipping an auth scheme word (``Authorization: Basic xyz`` redacts ``xyz``). A bare

@@ -103,8 +103,11 @@ class SpanFinder:
             scan.run(spec, ends.get(i) if spec.reach else None)
         if catalog is not None:
             catalog.scan(text, scan.low, scan.found, scan.glued_tokens, data, hits)
-        for um in rules.URL_PASSWORD.finditer(text):
-            scan.found.append(um.span(1))
+        url_ends = ends.get(rules.URL_KEY)
+        urls = rules.URL_PASSWORD.finditer(text) if url_ends is None else (
+            finditer_near(rules.URL_PASSWORD, text, "://", url_ends, rules.URL_REACH)
+        )
+        scan.found.extend(um.span(1) for um in urls)
         self._literals.scan(text, scan.found)
         if self._literal_db is not None:
             self._literal_db.scan(text, scan.found, data)

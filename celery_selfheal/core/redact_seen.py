@@ -46,6 +46,10 @@ class SeenSecrets:
         self._db_key: tuple[str, ...] = ()
         self._db: object = None
         self._db_forms: list[str] = []
+        #: (how many values were remembered, their forms) from the last call without new values
+        self._cached: tuple[int, dict[str, int]] | None = None
+        #: (forms, the ASCII ones, the others) of the last Hyperscan pass
+        self._split: tuple[Mapping[str, int], dict[str, int], dict[str, int]] | None = None
 
     def __contains__(self, value: object) -> bool:
         return value in self._values
@@ -80,17 +84,27 @@ class SeenSecrets:
         values = list(self._values) + [v for v in new if v not in self._values]
         if not values:
             return []
-        forms: dict[str, int] = {}  # form -> occurrences must start after this position
-        for value in values:
-            first = new.get(value, -1) if value not in self._values else -1
-            for form in self._forms_of(value):
-                forms[form] = min(forms.get(form, first), first)
+        forms = self._all_forms(values, new)
         out: list[Span] = []
         if hyperscan is None or len(text) * len(forms) <= _FIND_BUDGET:
             self._find(text, forms, out)
         else:
             self._scan(text, tuple(values), forms, out, ascii_bytes(text) if data is None else data)
         return out
+
+    def _all_forms(self, values: list[str], new: Mapping[str, int]) -> dict[str, int]:
+        """Form -> occurrences must start after this position, for ``values``; the same dict
+        for the same remembered values and no new ones (most batches of a long stream)."""
+        if not new and self._cached is not None and self._cached[0] == len(self._values):
+            return self._cached[1]
+        forms: dict[str, int] = {}
+        for value in values:
+            first = new.get(value, -1) if value not in self._values else -1
+            for form in self._forms_of(value):
+                forms[form] = min(forms.get(form, first), first)
+        if not new:
+            self._cached = (len(self._values), forms)
+        return forms
 
     @staticmethod
     def _find(text: str, forms: Mapping[str, int], out: list[Span]) -> None:
@@ -105,8 +119,14 @@ class SeenSecrets:
         self, text: str, key: tuple[str, ...], forms: Mapping[str, int], out: list[Span], data: bytes
     ) -> None:
         """One Hyperscan literal pass (database rebuilt only when the set of values changes)."""
-        ascii_forms = {f: a for f, a in forms.items() if f.isascii()}
-        self._find(text, {f: a for f, a in forms.items() if not f.isascii()}, out)
+        if self._split is None or self._split[0] is not forms:  # same dict: same split
+            self._split = (
+                forms,
+                {f: a for f, a in forms.items() if f.isascii()},
+                {f: a for f, a in forms.items() if not f.isascii()},
+            )
+        ascii_forms = self._split[1]
+        self._find(text, self._split[2], out)
         if key != self._db_key:
             db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
             self._db_forms = list(ascii_forms)
