@@ -295,8 +295,10 @@ class Catalog:
         rule = self.contexts[index]
         pos, stop = max(0, end - self._ctx_width[index]), min(len(text), end + MAX_VALUE + 256)
         verify = self._ctx_verify[index]
-        if verify is not None and verify.search(text, pos, end) is None:
-            return  # a hit of the loose pattern only
+        if verify is not None:
+            line = text.rfind("\n", pos, end) + 1 if rule.one_line else 0
+            if verify.search(text, max(pos, line), end) is None:
+                return  # a hit of the loose pattern only
         named = "name" in rule.regex.groupindex
         while True:  # the window may hold other matches first (<username>ci</username><password>)
             m = rule.regex.search(text, pos, stop)

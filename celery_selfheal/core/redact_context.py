@@ -35,6 +35,8 @@ class ContextRule(NamedTuple):
     #: wherever ``prefilter`` does) without the frequent secret words, so far cheaper to scan
     #: for; each of its rare hits is checked against ``prefilter`` with ``re``.
     loose: str = ""
+    #: The prefilter never matches across a line break: a hit is checked from its line's start.
+    one_line: bool = False
 
 
 def _rule(
@@ -47,10 +49,11 @@ def _rule(
     multiline: bool = False,
     check: Callable[[str], bool] | None = None,
     loose: str = "",
+    one_line: bool = False,
 ) -> ContextRule:
     flags = (re.IGNORECASE if caseless else 0) | (re.MULTILINE if multiline else 0)
     compiled = re.compile(regex, flags | re.ASCII)
-    return ContextRule(rid, description, prefilter, compiled, caseless, multiline, check, loose)
+    return ContextRule(rid, description, prefilter, compiled, caseless, multiline, check, loose, one_line)
 
 
 def bearer_like(token: str) -> bool:
@@ -136,5 +139,7 @@ CONTEXT_RULES: tuple[ContextRule, ...] = (
         rf"^[^\s:]{{1,255}}:(?:[0-9]{{1,5}}|\*):[^\s:]{{1,255}}:[^\s:]{{1,255}}:(?P<secret>\S{_V})$",
         caseless=False,
         multiline=True,
+        loose=r":([0-9]{1,5}|\*):[^\s:]{1,255}:[^\s:]{1,255}:\S+$",
+        one_line=True,
     ),
 )

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from celery_selfheal.core import redact_rules as rules
 from celery_selfheal.core.redact import Redactor
-from celery_selfheal.core.redact_catalog import catalog_for
+from celery_selfheal.core.redact_catalog import Catalog, builtin_rules, catalog_for
 from celery_selfheal.core.redact_context import CONTEXT_RULES
 from celery_selfheal.core.redact_literals import finditer_near
 from celery_selfheal.core.redact_scan import SpanFinder, _Scan
@@ -26,6 +26,7 @@ PIECES = [
     "://", "https://", "user", ":", "@", "host", "/", "=", ":=", "?=", "=>", '"', "'", "`", "\\", " ", "\t", "\n",
     "x" * 9, "_", "-", ".", "é", "?", "0", "a1b2c3d4e5", "<", ">", "</", "<password>", "value", ' value="',
     'key="', "(", ",", '("X_TOKEN", "', "</password>", "apiToken",
+    ":5432:", "*", "db.host", ":*:", "<dsn>", "</dsn>", "<cookie>", "</cookie>",
 ]
 TEXTS = st.lists(st.sampled_from(PIECES), max_size=60).map("".join)
 
@@ -66,6 +67,20 @@ def test_loose_context_patterns_keep_every_prefilter_end(text: str) -> None:
         loose = re.compile(f"(?:{rule.loose})", flags)
         loose_ends = {e for e in range(len(text) + 1) for s in range(e) if loose.fullmatch(text, s, e)}
         assert ends <= loose_ends
+
+
+STRICT = Catalog(builtin_rules(), CATALOG.engine, [c._replace(loose="") for c in CONTEXT_RULES])
+
+
+@settings(max_examples=400, deadline=None)
+@given(TEXTS)
+@example("<dsn>pg://u:p@h/db</dsn> <cookie> a=b</cookie> ('jwt', 'x') h:5432:d:u:pw")  # no secret word
+def test_loose_context_prefilters_find_what_the_strict_ones_find(text: str) -> None:
+    found: list[tuple[int, int]] = []
+    strict: list[tuple[int, int]] = []
+    CATALOG.scan(text, rules.ascii_lower(text), found, {})
+    STRICT.scan(text, rules.ascii_lower(text), strict, {})
+    assert sorted(found) == sorted(strict)
 
 
 def test_env_literals_are_found_with_a_question_mark_and_next_to_non_ascii() -> None:
