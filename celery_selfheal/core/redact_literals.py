@@ -12,12 +12,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import AnyStr, NamedTuple
 from urllib.parse import quote, quote_plus
 
-from celery_selfheal.core.redact_catalog import ascii_bytes, hyperscan
 from celery_selfheal.core.redact_rules import LITERAL, REDACTED, PassSpec, ascii_lower
 
 _BOOLEANS = frozenset(["true", "false", "yes", "no", "on", "off", "none", "null", "0", "1", "y", "n"])
@@ -182,41 +180,3 @@ class LiteralMatcher:
                 back, length = spans[m.lastindex or 0]
                 add.append(literal_span(text, m.start() - back, length))
 
-
-class LiteralDatabase:
-    """Finds ASCII literals in one Hyperscan pass (all occurrences, overlapping ones too)."""
-
-    def __init__(self, literals: Iterable[str]) -> None:
-        assert hyperscan is not None
-        self._literals = sorted(set(literals))
-        assert all(lit.isascii() for lit in self._literals)
-        self._db: object = None
-        self._local = threading.local()  # a Hyperscan scratch is per thread
-        if self._literals:
-            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            pats = [lit.encode("ascii") for lit in self._literals]
-            db.compile(expressions=pats, ids=list(range(len(pats))), elements=len(pats), flags=0, literal=True)
-            self._db = db
-
-    def scan(self, text: str, add: list[tuple[int, int]], data: bytes | None = None) -> None:
-        """Append the span of every literal occurrence in ``text`` to ``add`` (``data``: its
-        :func:`ascii_bytes`, if the caller has it)."""
-        if self._db is None:
-            return
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = hyperscan.Scratch(self._db)
-        ends: list[tuple[int, int]] = []
-
-        def on_match(index: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
-            ends.append((index, to))
-
-        data = ascii_bytes(text) if data is None else data
-        self._db.scan(data, match_event_handler=on_match, scratch=scratch)  # type: ignore[attr-defined]
-        literals = self._literals
-        for index, end in ends:
-            lit = literals[index]
-            start = end - len(lit)
-            # "?" in a literal also matches where the text has a non-ASCII character
-            if "?" not in lit or text.startswith(lit, start):
-                add.append(literal_span(text, start, len(lit)))

@@ -18,7 +18,6 @@ from celery_selfheal.core import redact_rules as rules
 from celery_selfheal.core.redact_catalog import Catalog, ascii_bytes, hyperscan
 from celery_selfheal.core.redact_literals import (
     Literal,
-    LiteralDatabase,
     LiteralMatcher,
     finditer_near,
     finditer_sparse,
@@ -67,13 +66,12 @@ class SpanFinder:
         self._literal_set = frozenset(literals)
         self._catalog = catalog
         self.max_literal = max(map(len, literals), default=0)
-        self._wrapped = WrappedBase64(raw_values)
-        self.max_wrapped = self._wrapped.max_len + 64
         prefiltered = catalog.pass_prefilters if catalog is not None else {}
-        # With Hyperscan, ASCII literals are found in one pass of their own; the rest ride in
-        # rule passes where they can (not in prefiltered ones: those scan only near their hits).
+        # With Hyperscan, ASCII literals are found in the scan for wrapped base64; the rest ride
+        # in rule passes where they can (not in prefiltered ones: those scan only near hits).
         in_db = {lit for lit in literals if lit.isascii()} if hyperscan is not None else set()
-        self._literal_db = LiteralDatabase(in_db) if in_db else None
+        self._wrapped = WrappedBase64(raw_values, in_db)
+        self.max_wrapped = self._wrapped.max_len + 64
         hosts = [spec._replace(blocks=None) if i in prefiltered else spec for i, spec in enumerate(rules.PASSES)]
         placed, self._table, rest = place_literals(literals - in_db, hosts)
         self._passes = [
@@ -109,8 +107,6 @@ class SpanFinder:
         )
         scan.found.extend(um.span(1) for um in urls)
         self._literals.scan(text, scan.found)
-        if self._literal_db is not None:
-            self._literal_db.scan(text, scan.found, data)
         self._wrapped.scan(text, scan.found, data)
         for regex in self._extra:
             scan.found.extend(em.span() for em in regex.finditer(text) if em.end() > em.start())
