@@ -275,13 +275,23 @@ URL_REACH = 3 + 256 + 1 + 256 + 1
 #: The value after an assignment: "double" (also \"escaped\"), 'single', `back`, or bare up to a
 #: delimiter, skipping an auth scheme word (``Authorization: Basic xyz`` redacts ``xyz``). A bare
 #: ``{``/``[``/``(`` that opens a structure is not a value (the inner keys are checked instead).
-VALUE = re.compile(
+_VALUE_HEAD = (
     r"""\\?"((?:[^"\\\n]|\\[^"\n]){1,4096})|'([^'\n]{1,4096})|`([^`\n]{1,4096})"""
     r"""|(?:(?:basic|bearer|token|digest|negotiate|ntlm|api-?token|api-?key|sso-key|key|ssws|geniekey"""
     r"""|oauth|dpop|jwt|mac|hoba|aws4-hmac-sha256|sharedkey|sharedaccesssignature|otp|pat)[ \t]+)?"""
-    r"""(?![{\[(](?:[\s"'{\[\]})]|\Z))([^\s"'`,;&)}\]\\]{1,4096})""",
-    re.ASCII,
+    r"""(?![{\[(](?:[\s"'{\[\]})]|\Z))"""
 )
+_BARE = r"""[^\s"'`,;&)}\]\\]"""
+MAX_BARE = 4096
+VALUE = re.compile(f"{_VALUE_HEAD}({_BARE}{{1,{MAX_BARE}}})", re.ASCII)
+#: :data:`VALUE` with only the first character of a bare value (group 4): where the run of
+#: bare characters ends is found with :data:`BARE_STOP`, once per run, so that a chain of
+#: overlapping assignments (``password=password=...``) is not scanned again for each name.
+VALUE_HEAD = re.compile(f"{_VALUE_HEAD}({_BARE})", re.ASCII)
+#: The first character that ends a bare value.
+BARE_STOP = re.compile(_BARE.replace("[^", "[", 1), re.ASCII)
+#: The longest of :data:`NOT_VALUES`.
+NOT_VALUE_MAX = 9
 TO_EOL = re.compile(r"[^\r\n]{1,1024}", re.ASCII)
 #: Values that are never secrets, whatever the name says.
 NOT_VALUES = frozenset(w for w in _words("true false yes no on off null none nil undefined"))

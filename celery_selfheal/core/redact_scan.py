@@ -126,7 +126,7 @@ class SpanFinder:
                     new[value] = start
             if len(new) > seen.room:  # the first ones in stream order (the same at any split)
                 new = dict(sorted(new.items(), key=lambda kv: kv[1])[: seen.room])
-            found += seen.occurrences(text, new, data)
+            found += seen.occurrences(text, new, data, merge(found[:]))
         return Found(merge(found), open_pem, scan.pem_starts, new)
 
 
@@ -157,6 +157,8 @@ class _Scan:
         self.glued_tokens: dict[int, int] = {}
         #: Matches of names that are not secret but end with a secret word.
         self.glued_names: list[re.Match[str]] = []
+        #: The last run of bare value characters looked at (see :meth:`bare_end`).
+        self._bare_run = (0, 0)
 
     def run(self, spec: _Pass, ends: list[int] | None) -> None:
         """Run one pass (``ends``: where its prefilters matched, if the catalog ran them). A hot
@@ -217,22 +219,33 @@ class _Scan:
     def value(self, name: str, pos: int) -> None:
         """Redact the value of the secret-like ``name`` that starts at ``pos``."""
         low = self.low
-        v = rules.VALUE.match(low, pos)
+        v = rules.VALUE_HEAD.match(low, pos)
         if v is None:
             return
         group = v.lastindex or 0
         start, end = v.span(group)
-        if low[start:end] in rules.NOT_VALUES:
+        if group == 4:
+            end = self.bare_end(start)
+        if end - start <= rules.NOT_VALUE_MAX and low[start:end] in rules.NOT_VALUES:
             return
         if group == 4 and start == pos and rules.prose_value(self.text, low, start, end):
             return
-        if low[start:end].isdigit() and name.lower().endswith(rules.PLURALS):  # keys=12: a count
+        if name.lower().endswith(rules.PLURALS) and low[start:end].isdigit():  # keys=12: a count
             return
         if group < 4 and rules.ATTR_VALUE.match(low, end + 1):  # key="Name" value="...": a name
             return
         if group == 4 and "cookie" in name.lower():  # a Cookie header: all of its pairs
             end = start + len(rules.TO_EOL.match(low, start).group())  # type: ignore[union-attr]
         self.found.append((start, end))
+
+    def bare_end(self, start: int) -> int:
+        """Where the bare value (:data:`rules.VALUE` group 4) that starts at ``start`` ends."""
+        run_start, run_end = self._bare_run
+        if not run_start <= start < run_end:  # not in the run of the last bare value
+            stop = rules.BARE_STOP.search(self.low, start)
+            run_end = stop.start() if stop else len(self.low)
+            self._bare_run = (start, run_end)
+        return min(run_end, start + rules.MAX_BARE)
 
     def pem_blocks(self) -> int:
         """Add PEM private-key blocks (BEGIN through END); return the start of an unterminated one."""
