@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from celery_selfheal.core import redact_rules as rules
-from celery_selfheal.core.redact_catalog import Catalog, ascii_bytes, hyperscan
+from celery_selfheal.core import redact_values as values
+from celery_selfheal.core.redact_catalog import Catalog
+from celery_selfheal.core.redact_engine import ascii_bytes, hyperscan
 from celery_selfheal.core.redact_literals import (
     Literal,
     LiteralMatcher,
@@ -25,7 +27,8 @@ from celery_selfheal.core.redact_literals import (
     place_literals,
 )
 from celery_selfheal.core.redact_rules import LITERAL, NAME, REDACTED, SECRET_SUFFIX
-from celery_selfheal.core.redact_seen import SeenSecrets, rememberable
+from celery_selfheal.core.redact_seen import SeenSecrets
+from celery_selfheal.core.redact_spans import merge
 from celery_selfheal.core.redact_wrapped import WrappedBase64
 
 Span = tuple[int, int]
@@ -102,8 +105,8 @@ class SpanFinder:
         if catalog is not None:
             catalog.scan(text, scan.low, scan.found, scan.glued_tokens, data, hits)
         url_ends = ends.get(rules.URL_KEY)
-        urls = rules.URL_PASSWORD.finditer(text) if url_ends is None else (
-            finditer_near(rules.URL_PASSWORD, text, "://", url_ends, rules.URL_REACH)
+        urls = values.URL_PASSWORD.finditer(text) if url_ends is None else (
+            finditer_near(values.URL_PASSWORD, text, "://", url_ends, values.URL_REACH)
         )
         scan.found.extend(um.span(1) for um in urls)
         self._literals.scan(text, scan.found)
@@ -118,14 +121,7 @@ class SpanFinder:
         found = [s for s in found if not text.startswith(REDACTED, s[0])]
         new: dict[str, int] = {}
         if seen is not None:
-            for start, end in found:
-                value = text[start:end]
-                if start < new_from or value in seen or value in self._literal_set:
-                    continue
-                if rememberable(value) and start < new.get(value, start + 1):
-                    new[value] = start
-            if len(new) > seen.room:  # the first ones in stream order (the same at any split)
-                new = dict(sorted(new.items(), key=lambda kv: kv[1])[: seen.room])
+            new = seen.first_found(text, found, new_from, self._literal_set)
             found += seen.occurrences(text, new, data, merge(found[:]))
         return Found(merge(found), open_pem, scan.pem_starts, new)
 
@@ -219,33 +215,33 @@ class _Scan:
     def value(self, name: str, pos: int) -> None:
         """Redact the value of the secret-like ``name`` that starts at ``pos``."""
         low = self.low
-        v = rules.VALUE_HEAD.match(low, pos)
+        v = values.VALUE_HEAD.match(low, pos)
         if v is None:
             return
         group = v.lastindex or 0
         start, end = v.span(group)
         if group == 4:
             end = self.bare_end(start)
-        if end - start <= rules.NOT_VALUE_MAX and low[start:end] in rules.NOT_VALUES:
+        if end - start <= values.NOT_VALUE_MAX and low[start:end] in values.NOT_VALUES:
             return
-        if group == 4 and start == pos and rules.prose_value(self.text, low, start, end):
+        if group == 4 and start == pos and values.prose_value(self.text, low, start, end):
             return
-        if name.lower().endswith(rules.PLURALS) and low[start:end].isdigit():  # keys=12: a count
+        if name.lower().endswith(values.PLURALS) and low[start:end].isdigit():  # keys=12: a count
             return
-        if group < 4 and rules.ATTR_VALUE.match(low, end + 1):  # key="Name" value="...": a name
+        if group < 4 and values.ATTR_VALUE.match(low, end + 1):  # key="Name" value="...": a name
             return
         if group == 4 and "cookie" in name.lower():  # a Cookie header: all of its pairs
-            end = start + len(rules.TO_EOL.match(low, start).group())  # type: ignore[union-attr]
+            end = start + len(values.TO_EOL.match(low, start).group())  # type: ignore[union-attr]
         self.found.append((start, end))
 
     def bare_end(self, start: int) -> int:
-        """Where the bare value (:data:`rules.VALUE` group 4) that starts at ``start`` ends."""
+        """Where the bare value (:data:`values.VALUE` group 4) that starts at ``start`` ends."""
         run_start, run_end = self._bare_run
         if not run_start <= start < run_end:  # not in the run of the last bare value
-            stop = rules.BARE_STOP.search(self.low, start)
+            stop = values.BARE_STOP.search(self.low, start)
             run_end = stop.start() if stop else len(self.low)
             self._bare_run = (start, run_end)
-        return min(run_end, start + rules.MAX_BARE)
+        return min(run_end, start + values.MAX_BARE)
 
     def pem_blocks(self) -> int:
         """Add PEM private-key blocks (BEGIN through END); return the start of an unterminated one."""
@@ -296,33 +292,3 @@ def name_start(low: str, at: int) -> int:
     """Start of the identifier (at most 64 characters) that ends at ``at`` in the lowered text."""
     before = low[max(0, at - 64) : at]
     return at - len(before) + len(before.rstrip(rules.IDENT_CHARS))
-
-
-def merge(spans: list[Span]) -> list[Span]:
-    """Sort and merge overlapping spans (touching spans stay separate)."""
-    if not spans:
-        return spans
-    spans.sort()
-    merged = [spans[0]]
-    for start, end in spans[1:]:
-        last_start, last_end = merged[-1]
-        if start < last_end:
-            if end > last_end:
-                merged[-1] = (last_start, end)
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def apply(text: str, spans: list[Span], lo: int, hi: int) -> str:
-    """``text[lo:hi]`` with each span (clipped to the range) replaced by :data:`REDACTED`."""
-    out, pos = [], lo
-    for start, end in spans:
-        if end <= lo or start >= hi:
-            continue
-        start, end = max(start, lo), min(end, hi)
-        out.append(text[pos:start])
-        out.append(REDACTED)
-        pos = end
-    out.append(text[pos:hi])
-    return "".join(out)

@@ -16,9 +16,9 @@ redacted where their rule finds them. Values shorter than :data:`MIN_VALUE_LEN` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 
-from celery_selfheal.core.redact_catalog import ascii_bytes, hyperscan
+from celery_selfheal.core.redact_engine import ascii_bytes, hyperscan
 from celery_selfheal.core.redact_literals import literal_forms, literal_span
 from celery_selfheal.core.redact_rules import REDACTED
 
@@ -69,6 +69,21 @@ class SeenSecrets:
             if len(self._values) >= self._limit:
                 return
             self._values[value] = None
+
+    def first_found(self, text: str, found: Iterable[Span], new_from: int, known: Container[str]) -> dict[str, int]:
+        """The values of the ``found`` spans from ``new_from`` on worth remembering and neither
+        remembered nor ``known`` -> where each is first found; at most :attr:`room` of them, the
+        first ones in stream order (the same at any split)."""
+        new: dict[str, int] = {}
+        for start, end in found:
+            value = text[start:end]
+            if start < new_from or value in self._values or value in known:
+                continue
+            if rememberable(value) and start < new.get(value, start + 1):
+                new[value] = start
+        if len(new) > self.room:
+            new = dict(sorted(new.items(), key=lambda kv: kv[1])[: self.room])
+        return new
 
     def _forms_of(self, value: str) -> frozenset[str]:
         forms = self._forms.get(value)

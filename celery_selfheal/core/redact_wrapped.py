@@ -16,7 +16,7 @@ import re
 import threading
 from collections.abc import Iterable
 
-from celery_selfheal.core.redact_catalog import ascii_bytes, hyperscan
+from celery_selfheal.core.redact_engine import ascii_bytes, hyperscan
 from celery_selfheal.core.redact_literals import literal_span
 
 Span = tuple[int, int]

@@ -10,6 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from celery_selfheal.core import redact_rules as rules
+from celery_selfheal.core import redact_values as values
 from celery_selfheal.core.redact import Redactor
 from celery_selfheal.core.redact_catalog import Catalog, builtin_rules, catalog_for
 from celery_selfheal.core.redact_context import CONTEXT_RULES
@@ -50,8 +51,8 @@ def test_prefiltered_passes_find_what_full_scans_find(text: str) -> None:
 @given(TEXTS)
 def test_prefiltered_url_passwords_are_the_full_scan_ones(text: str) -> None:
     ends = CATALOG.prefilter(text)[1][rules.URL_KEY]
-    near = [m.span(1) for m in finditer_near(rules.URL_PASSWORD, text, "://", ends, rules.URL_REACH)]
-    assert near == [m.span(1) for m in rules.URL_PASSWORD.finditer(text)]
+    near = [m.span(1) for m in finditer_near(values.URL_PASSWORD, text, "://", ends, values.URL_REACH)]
+    assert near == [m.span(1) for m in values.URL_PASSWORD.finditer(text)]
 
 
 @settings(max_examples=300, deadline=None)

@@ -150,7 +150,7 @@ def test_occurrences_inside_covered_spans_may_be_left_out(text: str, pairs: list
     """Searching only outside the covered spans (a chain of overlapping secrets) changes nothing
     once merged with them, whichever engine (Hyperscan or ``str.find``) searches."""
     from celery_selfheal.core import redact_seen
-    from celery_selfheal.core.redact_scan import merge
+    from celery_selfheal.core.redact_spans import merge
 
     text = text * (1 if not hs else 40)  # long enough for the Hyperscan path
     covered = merge([(min(a, b), max(a, b)) for a, b in pairs if a != b and max(a, b) <= len(text)])
@@ -170,7 +170,7 @@ def test_occurrences_inside_covered_spans_may_be_left_out(text: str, pairs: list
 
 
 def test_an_occurrence_whose_padding_joins_two_touching_covered_spans_is_found() -> None:
-    from celery_selfheal.core.redact_scan import merge
+    from celery_selfheal.core.redact_spans import merge
 
     text = S + "==" + "x" * 100
     covered = [(0, len(S)), (len(S), len(text))]  # touching: they stay two [REDACTED]
