@@ -146,7 +146,8 @@ class Catalog:
         self._ctx_width = [width(c.prefilter)[1] for c in self.contexts]
         #: Per context: its prefilter, to check a hit of its ``loose`` pattern (Hyperscan only).
         self._ctx_verify = [
-            re.compile(f"(?:{c.prefilter})\\Z", ctx_flags(c)) if c.loose and engine == "hyperscan" else None
+            # ASCII semantics, like Hyperscan's on the scanned copy (non-ASCII is "?" there)
+            re.compile(f"(?:{c.prefilter})\\Z", ctx_flags(c) | re.ASCII) if c.loose and engine == "hyperscan" else None
             for c in self.contexts
         ]
 

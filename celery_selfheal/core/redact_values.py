@@ -13,7 +13,8 @@ import re
 URL_PASSWORD = re.compile(r"://[^\s/?#@:\[\]]{0,256}+:([^\s/?#\[\]]{1,256})@")
 #: :data:`URL_PASSWORD` as a prefilter (its match ends where one of it does), run by the
 #: catalog's scan under the key :data:`redact_rules.URL_KEY`; most ``://`` in logs have no password.
-URL_PREFILTER = r"://[^\s/?#@:\[\]]{0,256}:[^\s/?#\[\]]{1,256}@"
+#: ``?`` is allowed in it: the scanned copy has ``?`` for every non-ASCII character.
+URL_PREFILTER = r"://[^\s/#@:\[\]]{0,256}:[^\s/#\[\]]{1,256}@"
 URL_REACH = 3 + 256 + 1 + 256 + 1
 
 #: The value after an assignment: "double" (also \"escaped\"), 'single', `back`, or bare up to a

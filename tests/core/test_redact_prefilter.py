@@ -49,6 +49,7 @@ def test_prefiltered_passes_find_what_full_scans_find(text: str) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(TEXTS)
+@example("https://usér:pw@host https://u:pé?@h ://x\u2003:y@z")  # non-ASCII is "?" for Hyperscan
 def test_prefiltered_url_passwords_are_the_full_scan_ones(text: str) -> None:
     ends = CATALOG.prefilter(text)[1][rules.URL_KEY]
     near = [m.span(1) for m in finditer_near(values.URL_PASSWORD, text, "://", ends, values.URL_REACH)]
@@ -76,6 +77,8 @@ STRICT = Catalog(builtin_rules(), CATALOG.engine, [c._replace(loose="") for c in
 @settings(max_examples=400, deadline=None)
 @given(TEXTS)
 @example("<dsn>pg://u:p@h/db</dsn> <cookie> a=b</cookie> ('jwt', 'x') h:5432:d:u:pw")  # no secret word
+@example("<password>\u2003x</password>")  # non-ASCII is "?" for Hyperscan, and for the check
+@example("('key', '\u2003x')")
 def test_loose_context_prefilters_find_what_the_strict_ones_find(text: str) -> None:
     found: list[tuple[int, int]] = []
     strict: list[tuple[int, int]] = []
