@@ -193,6 +193,21 @@ def bench_throughput(mb: int, runs: int) -> None:
     assert stream() == out, "streamed and whole redaction differ"
     _report("redact() whole text", size, _time(lambda: redactor.redact(text), runs))
     _report("stream, 64 KiB chunks", size, _time(stream, runs))
+    bench_chain(redactor)
+
+
+def bench_chain(redactor: Redactor, blocks: int = 8) -> None:
+    """The slowest input: overlapping name=value chains (every name a secret's, every value
+    seen again), ``blocks`` chunks of 64 KiB streamed once."""
+    block = "password=password=" * 3641
+
+    def chain() -> None:
+        s = redactor.stream()
+        for _ in range(blocks):
+            s.feed(block)
+        s.flush()
+
+    _report(f"stream, {blocks} x 64 KiB password=password=...", blocks * len(block) / 1e6, _time(chain, 1))
 
 
 def _peak_rss_mib() -> float:

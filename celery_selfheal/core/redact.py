@@ -33,8 +33,9 @@ from celery_selfheal.core.redact_catalog import catalog_for
 from celery_selfheal.core.redact_literals import literal_forms, usable_secret_value
 from celery_selfheal.core.redact_rules import REDACTED
 from celery_selfheal.core.redact_rules import is_secret_name as is_secret_env_name
-from celery_selfheal.core.redact_scan import Found, SpanFinder, apply
+from celery_selfheal.core.redact_scan import Found, SpanFinder
 from celery_selfheal.core.redact_seen import SeenSecrets
+from celery_selfheal.core.redact_spans import apply
 
 __all__ = [
     "REDACTED",

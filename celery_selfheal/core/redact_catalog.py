@@ -10,7 +10,14 @@ once; then the rule's own Python regex is matched there. With hundreds of rules 
 or one ``re`` alternation, is far too slow (``re`` tries an alternation at every position, ~40
 MB/s); Hyperscan scans for all prefilters in one pass at GB/s, so it is the engine
 (``bench/bench_redact.py --engines`` measures both). A pure-Python prefilter (``str.find`` per
-keyword, ~8 MB/s) is the fallback where the ``hyperscan`` wheel cannot load.
+keyword, ~8 MB/s) is the fallback where the ``hyperscan`` wheel cannot load (both engines are in
+:mod:`redact_engine`).
+
+The same Hyperscan scan also runs the context rules' prefilters (a cheaper ``loose`` pattern,
+checked with ``re``, where the exact one is slow to scan for) and the prefilters of the rule
+passes that have them (:attr:`redact_rules.PassSpec.prefilter`, and the URL password rule): the
+span finder then runs those passes with ``re`` only near their hits. One scan of the text for
+all of them is what keeps the full rule set above 100 MB/s.
 """
 
 from __future__ import annotations
@@ -18,34 +25,28 @@ from __future__ import annotations
 import functools
 import re
 import sys
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
 from celery_selfheal.core.redact_context import CONTEXT_RULES, MAX_VALUE, ContextRule
-from celery_selfheal.core.redact_rules import NOT_VALUES, is_secret_name_cached
+from celery_selfheal.core.redact_engine import (
+    HyperscanPrefilter,
+    PythonPrefilter,
+    ctx_flags,
+    hyperscan,
+    width,
+)
+from celery_selfheal.core.redact_rules import PASSES, URL_KEY, is_secret_name_cached
+from celery_selfheal.core.redact_values import NOT_VALUES, URL_PREFILTER
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-hyperscan: Any
-try:  # the wheel ships its own library; a platform without one falls back to pure Python
-    import hyperscan
-except ImportError:  # pragma: no cover - exercised only where the wheel is missing
-    hyperscan = None
-
 Span = tuple[int, int]
-
-
-def ascii_bytes(text: str) -> bytes:
-    """``text`` as ASCII bytes at the same positions (non-ASCII becomes ``?``): what the
-    Hyperscan databases scan. One copy per scanned batch, shared by all of them."""
-    return text.encode("ascii", "replace")
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,6 @@ class Rule:
 
 class CatalogError(ValueError):
     """A rule entry is malformed (message names the rule and the field)."""
-
-
-def _width(pattern: str) -> tuple[int, int]:
-    low, high = sre_parse.parse(pattern).getwidth()
-    return int(low), int(min(high, 1 << 20))
 
 
 def make_rule(entry: Mapping[str, Any], where: str = "rule") -> Rule:
@@ -109,7 +105,7 @@ def make_rule(entry: Mapping[str, Any], where: str = "rule") -> Rule:
         prefilter=str(entry.get("prefilter", re.escape(keyword))),
         before=before,
         examples=examples,
-        max_len=_width(source)[1],
+        max_len=width(source)[1],
     )
 
 
@@ -119,79 +115,6 @@ def builtin_rules() -> tuple[Rule, ...]:
     text = resources.files("celery_selfheal.core").joinpath("rules/secrets.toml").read_text("utf-8")
     table = tomllib.loads(text)
     return tuple(make_rule(e, "secrets.toml rule") for e in table["rule"])
-
-
-class _HyperscanPrefilter:
-    """All prefilters in one Hyperscan block-mode database; one scratch per thread."""
-
-    def __init__(self, rules: Sequence[Rule], contexts: Sequence[ContextRule]) -> None:
-        assert hyperscan is not None
-        self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        pats = [r.prefilter.encode("ascii") for r in rules] + [c.prefilter.encode("ascii") for c in contexts]
-        flags = [0] * len(rules) + [
-            (hyperscan.HS_FLAG_CASELESS if c.caseless else 0) | (hyperscan.HS_FLAG_MULTILINE if c.multiline else 0)
-            for c in contexts
-        ]
-        self._db.compile(expressions=pats, ids=list(range(len(pats))), elements=len(pats), flags=flags)
-        # Hyperscan reports only where a match ends (a leftmost start is too costly for these
-        # patterns): a catalog prefilter's width gives its start.
-        self._width = [_width(r.prefilter) for r in rules]
-        self._local = threading.local()
-
-    def hits(self, text: str, data: bytes | None = None) -> list[tuple[int, int]]:
-        """(rule index, keyword start) per catalog prefilter match, (index, match end) per
-        context prefilter match; context rules are numbered after the catalog's. ``data``:
-        :func:`ascii_bytes` of the text, if the caller has it."""
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = hyperscan.Scratch(self._db)
-        found: list[tuple[int, int]] = []
-        add = found.append
-        data = ascii_bytes(text) if data is None else data
-
-        def on_match(rule: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
-            add((rule, to))
-
-        self._db.scan(data, match_event_handler=on_match, scratch=scratch)
-        width, n = self._width, len(self._width)
-        out = []
-        for rule, end in found:
-            if rule >= n:
-                out.append((rule, end))
-                continue
-            low, high = width[rule]
-            if low == high:
-                out.append((rule, end - low))
-            else:  # a variable-width prefilter (config rules): any start is possible
-                out.extend((rule, end - w) for w in range(low, high + 1) if end - w >= 0)
-        return out
-
-
-class _PythonPrefilter:
-    """``str.find`` per keyword (the fastest pure-Python prefilter measured: ~8 MB/s with the
-    built-in rules; a lookahead alternation of the keywords ran at ~2 MB/s), ``re`` per context."""
-
-    def __init__(self, rules: Sequence[Rule], contexts: Sequence[ContextRule]) -> None:
-        self._by_kw: dict[str, list[int]] = {}
-        for i, r in enumerate(rules):
-            self._by_kw.setdefault(r.keyword, []).append(i)
-        flags = [(re.I if c.caseless else 0) | (re.M if c.multiline else 0) for c in contexts]
-        self._contexts = [
-            (len(rules) + j, re.compile(c.prefilter, f)) for j, (c, f) in enumerate(zip(contexts, flags, strict=True))
-        ]
-
-    def hits(self, text: str, data: bytes | None = None) -> list[tuple[int, int]]:
-        """Like :meth:`_HyperscanPrefilter.hits`."""
-        out: list[tuple[int, int]] = []
-        find = text.find
-        for kw, ids in self._by_kw.items():
-            pos = find(kw)
-            while pos >= 0:
-                out.extend((i, pos) for i in ids)
-                pos = find(kw, pos + 1)
-        for index, regex in self._contexts:
-            out.extend((index, m.end()) for m in regex.finditer(text))
-        return out
 
 
 class Catalog:
@@ -207,16 +130,56 @@ class Catalog:
         if engine == "auto":
             engine = "hyperscan" if hyperscan is not None else "python"
         self.engine = engine
-        pre = _HyperscanPrefilter if engine == "hyperscan" else _PythonPrefilter
-        self._pre = pre(self.rules, self.contexts)
-        self._ctx_width = [_width(c.prefilter)[1] for c in self.contexts]
+        #: Pass index -> (prefilter patterns (:attr:`PassSpec.prefilter`), caseless), found in
+        #: the same scan as the catalog's (Hyperscan only: the Python engine runs passes whole).
+        #: The URL password rule too (key :data:`URL_KEY`).
+        self.pass_prefilters: dict[int, tuple[tuple[str, ...], bool]] = {}
+        if engine == "hyperscan":
+            self.pass_prefilters = {i: (p.prefilter, p.lowered) for i, p in enumerate(PASSES) if p.prefilter}
+            self.pass_prefilters[URL_KEY] = ((URL_PREFILTER,), False)
+        self._pass_of = [i for i, (pats, _) in self.pass_prefilters.items() for _ in pats]
+        pats = [(p, caseless) for pats, caseless in self.pass_prefilters.values() for p in pats]
+        if engine == "hyperscan":
+            self._pre: HyperscanPrefilter | PythonPrefilter = HyperscanPrefilter(self.rules, self.contexts, pats)
+        else:
+            self._pre = PythonPrefilter(self.rules, self.contexts)
+        self._ctx_width = [width(c.prefilter)[1] for c in self.contexts]
+        #: Per context: its prefilter, to check a hit of its ``loose`` pattern (Hyperscan only).
+        self._ctx_verify = [
+            # ASCII semantics, like Hyperscan's on the scanned copy (non-ASCII is "?" there)
+            re.compile(f"(?:{c.prefilter})\\Z", ctx_flags(c) | re.ASCII) if c.loose and engine == "hyperscan" else None
+            for c in self.contexts
+        ]
 
-    def scan(self, text: str, low: str, found: list[Span], glued: dict[int, int], data: bytes | None = None) -> None:
+    def prefilter(self, text: str, data: bytes | None = None) -> tuple[list[tuple[int, int]], dict[int, list[int]]]:
+        """The prefilter hits in ``text``: those of the rules and contexts (for :meth:`scan`),
+        and pass index -> where its prefilters' matches end (for each of :attr:`pass_prefilters`)."""
+        hits = self._pre.hits(text, data)
+        ends: dict[int, list[int]] = {i: [] for i in self.pass_prefilters}
+        first = len(self.rules) + len(self.contexts)
+        if self._pass_of and any(index >= first for index, _ in hits):
+            pass_of = self._pass_of
+            for index, end in hits:
+                if index >= first:
+                    ends[pass_of[index - first]].append(end)
+            hits = [hit for hit in hits if hit[0] < first]
+        return hits, ends
+
+    def scan(
+        self,
+        text: str,
+        low: str,
+        found: list[Span],
+        glued: dict[int, int],
+        data: bytes | None = None,
+        hits: list[tuple[int, int]] | None = None,
+    ) -> None:
         """Append each secret's span to ``found``; a token right after a letter or digit goes to
-        ``glued`` (start -> end) instead, to be taken if another secret ends there."""
+        ``glued`` (start -> end) instead, to be taken if another secret ends there. ``hits``:
+        the first part of :meth:`prefilter`, if the caller has it."""
         rules, n = self.rules, len(self.rules)
         seen: set[tuple[int, int]] = set()
-        for index, at in self._pre.hits(text, data):
+        for index, at in self.prefilter(text, data)[0] if hits is None else hits:
             if index >= n:
                 self._context(index - n, text, at, found, seen)
                 continue
@@ -244,6 +207,11 @@ class Catalog:
         """The value of context rule ``index`` whose prefilter matched up to ``end``."""
         rule = self.contexts[index]
         pos, stop = max(0, end - self._ctx_width[index]), min(len(text), end + MAX_VALUE + 256)
+        verify = self._ctx_verify[index]
+        if verify is not None:
+            line = text.rfind("\n", pos, end) + 1 if rule.one_line else 0
+            if verify.search(text, max(pos, line), end) is None:
+                return  # a hit of the loose pattern only
         named = "name" in rule.regex.groupindex
         while True:  # the window may hold other matches first (<username>ci</username><password>)
             m = rule.regex.search(text, pos, stop)

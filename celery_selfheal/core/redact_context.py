@@ -31,6 +31,12 @@ class ContextRule(NamedTuple):
     multiline: bool = False
     #: A further test of the secret (``Bearer`` + an English word is prose).
     check: Callable[[str], bool] | None = None
+    #: What Hyperscan runs instead of ``prefilter``, if set: a looser pattern (it matches
+    #: wherever ``prefilter`` does) without the frequent secret words, so far cheaper to scan
+    #: for; each of its rare hits is checked against ``prefilter`` with ``re``.
+    loose: str = ""
+    #: The prefilter never matches across a line break: a hit is checked from its line's start.
+    one_line: bool = False
 
 
 def _rule(
@@ -42,9 +48,12 @@ def _rule(
     caseless: bool = True,
     multiline: bool = False,
     check: Callable[[str], bool] | None = None,
+    loose: str = "",
+    one_line: bool = False,
 ) -> ContextRule:
     flags = (re.IGNORECASE if caseless else 0) | (re.MULTILINE if multiline else 0)
-    return ContextRule(rid, description, prefilter, re.compile(regex, flags | re.ASCII), caseless, multiline, check)
+    compiled = re.compile(regex, flags | re.ASCII)
+    return ContextRule(rid, description, prefilter, compiled, caseless, multiline, check, loose, one_line)
 
 
 def bearer_like(token: str) -> bool:
@@ -65,24 +74,29 @@ CONTEXT_RULES: tuple[ContextRule, ...] = (
         "<password>...</password>, <apiToken>...</apiToken> (Jenkins credentials.xml, Maven settings)",
         rf"<[a-z0-9_:.-]{{0,40}}{_WORDS}[a-z0-9_:.-]{{0,40}}>[^<\s]",
         rf"<(?P<name>[a-z0-9_:.-]{{1,130}})>(?P<secret>[^<]{_V})</(?P=name)>",
+        loose=r"<[a-z0-9_:.-]{3,86}>[^<\s]",
     ),
     _rule(
         "xml-key-value",
         '<add key="ClearTextPassword" value="..."/>, <property name="db.password" value="..."/>',
         rf"(key|name)\s*=\s*[\"'][^\"'\n]{{0,64}}{_WORDS}[^\"'\n]{{0,64}}[\"']\s+value\s*=\s*[\"']",
         rf"""(?:key|name)\s*=\s*(["'])(?P<name>[^"'\n]{{1,130}})\1\s+value\s*=\s*(["'])(?P<secret>[^"'\n]{_V})\3""",
+        loose=r"[\"']\s+value\s*=\s*[\"']",
     ),
     _rule(
         "quoted-pair",
         'System.setProperty("X_TOKEN", "..."), headers.put("X-Api-Key", "..."), ("password", "...")',
         rf"\(\s*[\"'][a-z0-9_.-]{{0,64}}{_WORDS}[a-z0-9_.-]{{0,64}}[\"']\s*,\s*[\"']",
         rf"""\(\s*(["'])(?P<name>[a-z0-9_.-]{{1,130}})\1\s*,\s*(["'])(?P<secret>[^"'\n]{_V})\3""",
+        loose=r"\(\s*[\"'][a-z0-9_.-]{3,134}[\"']\s*,\s*[\"']",
     ),
     _rule(
         "cli-user-password",
         "curl -u user:pass, --user user:pass, --proxy-user user:pass",
         r"(-u|--user|--proxy-user)[ =]?[\"']?[^\s:\"']{1,128}:[^\s\"']",
-        rf"""(?:-u|--user|--proxy-user)[ =]?(["']?)[^\s:"']{{1,128}}:(?P<secret>[^\s"']{_V})""",
+        # not "docker run -u 1000:1000" (uid:gid)
+        rf"""(?:-u|--user|--proxy-user)[ =]?(["']?)(?![0-9]{{1,128}}:[0-9]+(?![^\s"']))"""
+        rf"""[^\s:"']{{1,128}}:(?P<secret>[^\s"']{_V})""",
         caseless=False,
     ),
     _rule(
@@ -125,5 +139,7 @@ CONTEXT_RULES: tuple[ContextRule, ...] = (
         rf"^[^\s:]{{1,255}}:(?:[0-9]{{1,5}}|\*):[^\s:]{{1,255}}:[^\s:]{{1,255}}:(?P<secret>\S{_V})$",
         caseless=False,
         multiline=True,
+        loose=r":([0-9]{1,5}|\*):[^\s:]{1,255}:[^\s:]{1,255}:\S+$",
+        one_line=True,
     ),
 )

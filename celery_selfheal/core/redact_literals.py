@@ -70,6 +70,28 @@ def finditer_sparse(regex: re.Pattern[AnyStr], subject: AnyStr, anchor: AnyStr) 
             pos = find(anchor, m.end())
 
 
+def finditer_near(
+    regex: re.Pattern[AnyStr], subject: AnyStr, anchor: AnyStr, ends: list[int], reach: int
+) -> Iterator[re.Match[AnyStr]]:
+    """``regex.finditer(subject)`` for a regex whose every match starts with ``anchor``, whole
+    before one of ``ends`` and at most ``reach`` characters before it (``ends``: where a
+    prefilter's matches end): ``regex`` is tried at the anchors of those windows only."""
+    find, match = subject.find, regex.match
+    lo = 0  # anchors before this were tried already, or lie inside a match
+    for end in sorted(ends):
+        pos = find(anchor, max(lo, end - reach), end)
+        while pos >= 0:
+            m = match(subject, pos)
+            if m is None:
+                pos = find(anchor, pos + 1, end)
+                continue
+            yield m
+            lo = m.end()
+            pos = find(anchor, lo, end) if lo < end else -1
+        lo = max(lo, end - len(anchor) + 1)
+    return
+
+
 def branch(lit: str, i: int) -> str:
     """Regex text after the anchor ``lit[i]``: ``lit`` around it, checked without consuming."""
     behind = f"(?<={re.escape(lit[: i + 1])})" if i else ""
@@ -157,3 +179,4 @@ class LiteralMatcher:
             for m in finditer_sparse(regex, text, anchor):
                 back, length = spans[m.lastindex or 0]
                 add.append(literal_span(text, m.start() - back, length))
+

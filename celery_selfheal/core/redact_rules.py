@@ -14,13 +14,16 @@ checked with a fixed-width lookbehind, and each alternative starts with a litera
 fails at once at most anchors. A pass whose anchor is rare in logs (``J``) jumps between anchors
 with ``str.find`` (``memchr``, ~10x faster than the scan of ``re``). Runs that cannot give back
 usefully are possessive (no backtracking). Case-insensitive rules run on an ASCII-lowercased
-copy of the text (same positions), for the same reason.
+copy of the text (same positions), for the same reason. A pass whose anchor is frequent but
+whose matches are rare (``p`` of ``pass``) has a Hyperscan prefilter instead: the catalog's one
+multi-pattern scan finds where it can match, and ``re`` runs only there.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
 REDACTED = "[REDACTED]"
@@ -150,6 +153,11 @@ class PassSpec(NamedTuple):
     sparse: bool = False
     #: A lookahead every rule branch (not the literals) needs: one cheap test at most anchors.
     guard: str = ""
+    #: Hyperscan patterns (on the text, caseless if ``lowered``) run by the catalog's one scan
+    #: instead of a ``re`` scan of the whole text: every match of the pass starts with the
+    #: anchor at most :func:`prefilter_reach` characters before where one of them ends. For a
+    #: pass whose anchor is frequent but whose matches are rare; it then hosts no literals.
+    prefilter: tuple[str, ...] = ()
 
 
 def compile_pass(
@@ -181,6 +189,9 @@ _TT = "[A-Za-z0-9_-]"
 #: ``<name> [quote] = / : / => / := / ::= / :::= / ?= / += [spaces]``: the name's rest up to the
 #: value (make and shell assignment operators too).
 _NAME_TAIL = r"([a-z0-9_.-]{0,64}+)(?:\\?[\"'`])?[ \t]{0,8}+(?::{1,3}=|[?+]=|=>|=(?!=)|:(?!:))[ \t]{0,8}+"
+#: What every :data:`_NAME_TAIL` match starts with, up to its operator's first character, as
+#: a Hyperscan prefilter (a superset: no possessive runs, the quote and backslash apart).
+_NAME_TAIL_PREFILTER = r"[a-z0-9_.-]{0,64}\\?[\"'`]?[ \t]{0,8}[:=?+]"
 
 #: All passes. Anchors are rare letters of each word: k for token, key, cookie, sk-, sk_live_;
 #: cre for secret, cred...; p for pass... and glpat-; uth for auth...
@@ -196,6 +207,7 @@ PASSES = (
         lowered=False,
         blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "A", "K", "S", "I", "T"),
         host_rank=0,
+        prefilter=("AKIA[A-Z0-9]{16}", "ASIA[A-Z0-9]{16}", "AIza[A-Za-z0-9_-]{30}", "PRIVATE KEY"),
     ),
     # JWT: base64url segments, the first a JSON header ("eyJ" is '{"').
     PassSpec(
@@ -220,71 +232,38 @@ PASSES = (
         blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "k", "e", "i", "-", "_"),
         host_rank=2,
     ),
+    # Prefiltered ("p" is about 2% of log text, but "pass" + an assignment is rare), as is "A".
     PassSpec(
         "p",
         (("ass" + _NAME_TAIL, NAME), (rf"at-(?<=glpat-){_T}{{20,255}}", 2)),  # pass..., GitLab
         lowered=True,
-        blocks=lambda lit, i: lit[i + 1 : i + 2] in ("", "p", "a"),
-        host_rank=3,
+        prefilter=("pass" + _NAME_TAIL_PREFILTER, "glpat-[a-z0-9_-]{20}"),
     ),
-    PassSpec("cre", ((r"t(?<=secret)" + _NAME_TAIL, NAME), (r"d" + _NAME_TAIL, NAME)), lowered=True),
-    PassSpec("uth", ((r"(?<=auth)" + _NAME_TAIL, NAME),), lowered=True),
+    PassSpec(
+        "cre",
+        ((r"t(?<=secret)" + _NAME_TAIL, NAME), (r"d" + _NAME_TAIL, NAME)),
+        lowered=True,
+        prefilter=("secret" + _NAME_TAIL_PREFILTER, "cred" + _NAME_TAIL_PREFILTER),
+    ),
+    PassSpec(
+        "uth", ((r"(?<=auth)" + _NAME_TAIL, NAME),), lowered=True, prefilter=("auth" + _NAME_TAIL_PREFILTER,)
+    ),
 )
+
+
+#: The key of :data:`URL_PASSWORD` among the prefiltered passes (after those of :data:`PASSES`).
+URL_KEY = len(PASSES)
+
+
+def prefilter_reach(spec: PassSpec) -> int:
+    """How far before a prefilter match's end a match of ``spec`` may start (its widest
+    prefilter match)."""
+    return max((int(sre_parse.parse(p).getwidth()[1]) for p in spec.prefilter), default=0)
 
 PEM_BEGIN = re.compile(r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 PEM_END = re.compile(r"-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----")
 #: Longest possible PEM_BEGIN / PEM_END match.
 PEM_MARKER_MAX = 80
-
-#: ``scheme://user:password@host``: group 1 is the password (greedy to the last ``@``). ``[]``
-#: are not allowed in userinfo (RFC 3986), and excluding them keeps ``[REDACTED]`` out of a match.
-#: Possessive (``{0,256}+``, also in ``_NAME_TAIL``) where giving back cannot help: no backtracking.
-URL_PASSWORD = re.compile(r"://[^\s/?#@:\[\]]{0,256}+:([^\s/?#\[\]]{1,256})@")
-
-#: The value after an assignment: "double" (also \"escaped\"), 'single', `back`, or bare up to a
-#: delimiter, skipping an auth scheme word (``Authorization: Basic xyz`` redacts ``xyz``). A bare
-#: ``{``/``[``/``(`` that opens a structure is not a value (the inner keys are checked instead).
-VALUE = re.compile(
-    r"""\\?"((?:[^"\\\n]|\\[^"\n]){1,4096})|'([^'\n]{1,4096})|`([^`\n]{1,4096})"""
-    r"""|(?:(?:basic|bearer|token|digest|negotiate|ntlm|api-?token|api-?key|sso-key|key|ssws|geniekey"""
-    r"""|oauth|dpop|jwt|mac|hoba|aws4-hmac-sha256|sharedkey|sharedaccesssignature|otp|pat)[ \t]+)?"""
-    r"""(?![{\[(](?:[\s"'{\[\]})]|\Z))([^\s"'`,;&)}\]\\]{1,4096})""",
-    re.ASCII,
-)
-TO_EOL = re.compile(r"[^\r\n]{1,1024}", re.ASCII)
-#: Values that are never secrets, whatever the name says.
-NOT_VALUES = frozenset(w for w in _words("true false yes no on off null none nil undefined"))
-#: Code words that follow ``key=`` in source and tracebacks (``key=lambda a: ...``).
-_CODE_WORDS = _words("lambda self cls function new await async not yield return if else def class")
-#: ``key="Name" value="..."``: the quoted text after ``key=`` is a name, its value comes next.
-ATTR_VALUE = re.compile(r"""\s+value\s*=\s*["']""", re.ASCII)
-
-
-#: A call (``make_token(``) or an attribute of ``self``/``cls``/``this``.
-_CODE = re.compile(r"[a-z_][a-z0-9_]{0,63}(?:\.[a-z_][a-z0-9_]{0,63}){0,8}\(|(?:self|cls|this)\.[a-z_][a-z0-9_.]*$")
-#: Plural names count things: ``keys=12`` is a number of keys.
-PLURALS = ("keys", "secrets", "tokens", "passwords", "credentials", "cookies")
-
-
-def prose_value(text: str, low: str, start: int, end: int) -> bool:
-    """True if the bare value ``low[start:end]`` (after a secret-like name) is an ordinary word
-    that goes on as prose or code, not a secret: ``auth: password reset link sent``, ``Invalid
-    token: signature has expired``, ``key=lambda a: ...``. The shape test: letters only, written
-    as a word (lower case or Capitalized), then a space and another word, and either written as
-    prose (a space or ``:`` before the value) or a code word. ``PGPASSWORD=hunter psql ...``
-    (glued to ``=``, a shell prefix) stays a secret.
-    Code that computes a value (``token = make_token(user)``, ``= self.token``) is no secret."""
-    value = low[start:end]
-    code = _CODE.match(value)  # make_token(user), self.token: code that computes the secret
-    if code and ((not value.endswith(")") and low[end : end + 1] in "),\n") or value.startswith(("self.", "cls."))):
-        return True
-    word = text[start:end]
-    if end - start > 24 or not value.isalpha() or not (word.islower() or word.istitle()):
-        return False  # QAAAAAAAAAAAAA, xKqPzR: not how words are written
-    if low[end : end + 1] != " " or not low[end + 1 : end + 2].isalpha():
-        return False
-    return low[start - 1 : start] in (" ", "\t", ":") or low[start:end] in _CODE_WORDS
-
 
 def ascii_lower(text: str) -> str:
     """ASCII-lowercased, same length and positions (non-ASCII becomes ``?``). A str, not bytes:

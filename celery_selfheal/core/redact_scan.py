@@ -15,16 +15,20 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from celery_selfheal.core import redact_rules as rules
-from celery_selfheal.core.redact_catalog import Catalog, ascii_bytes
+from celery_selfheal.core import redact_values as values
+from celery_selfheal.core.redact_catalog import Catalog
+from celery_selfheal.core.redact_engine import ascii_bytes, hyperscan
 from celery_selfheal.core.redact_literals import (
     Literal,
     LiteralMatcher,
+    finditer_near,
     finditer_sparse,
     literal_span,
     place_literals,
 )
 from celery_selfheal.core.redact_rules import LITERAL, NAME, REDACTED, SECRET_SUFFIX
-from celery_selfheal.core.redact_seen import SeenSecrets, rememberable
+from celery_selfheal.core.redact_seen import SeenSecrets
+from celery_selfheal.core.redact_spans import merge
 from celery_selfheal.core.redact_wrapped import WrappedBase64
 
 Span = tuple[int, int]
@@ -65,15 +69,25 @@ class SpanFinder:
         self._literal_set = frozenset(literals)
         self._catalog = catalog
         self.max_literal = max(map(len, literals), default=0)
-        self._wrapped = WrappedBase64(raw_values)
+        prefiltered = catalog.pass_prefilters if catalog is not None else {}
+        # With Hyperscan, ASCII literals are found in the scan for wrapped base64; the rest ride
+        # in rule passes where they can (not in prefiltered ones: those scan only near hits).
+        in_db = {lit for lit in literals if lit.isascii()} if hyperscan is not None else set()
+        self._wrapped = WrappedBase64(raw_values, in_db)
         self.max_wrapped = self._wrapped.max_len + 64
-        placed, self._table, rest = place_literals(literals, rules.PASSES)
+        hosts = [spec._replace(blocks=None) if i in prefiltered else spec for i, spec in enumerate(rules.PASSES)]
+        placed, self._table, rest = place_literals(literals - in_db, hosts)
         self._passes = [
-            (spec.lowered, *rules.compile_pass(spec, placed.get(i, ())), spec.anchor if spec.sparse else "")
+            _Pass(
+                spec.lowered,
+                *rules.compile_pass(spec, placed.get(i, ())),
+                spec.anchor if spec.sparse or i in prefiltered else "",
+                rules.prefilter_reach(spec) if i in prefiltered else 0,
+            )
             for i, spec in enumerate(rules.PASSES)
         ]
         #: pass regex -> {marker group: the alternative's first group} (for glued names)
-        self._first = {regex: {k: v[1] for k, v in actions.items()} for _, regex, actions, _ in self._passes}
+        self._first = {p.regex: {k: v[1] for k, v in p.actions.items()} for p in self._passes}
         self._literals = LiteralMatcher(rest)
         self._extra = tuple(re.compile(p) for p in extra)
         self._allow = allow
@@ -84,12 +98,17 @@ class SpanFinder:
         is no proof) or remembered in ``seen`` (the caller commits :attr:`Found.new`)."""
         scan = _Scan(text, self._table, self._first)
         data = ascii_bytes(text)  # one copy for the Hyperscan databases
-        for lowered, regex, actions, sparse in self._passes:
-            scan.run(regex, actions, lowered, sparse)
-        if self._catalog is not None:
-            self._catalog.scan(text, scan.low, scan.found, scan.glued_tokens, data)
-        for um in rules.URL_PASSWORD.finditer(text):
-            scan.found.append(um.span(1))
+        catalog = self._catalog
+        hits, ends = catalog.prefilter(text, data) if catalog is not None else ([], {})
+        for i, spec in enumerate(self._passes):
+            scan.run(spec, ends.get(i) if spec.reach else None)
+        if catalog is not None:
+            catalog.scan(text, scan.low, scan.found, scan.glued_tokens, data, hits)
+        url_ends = ends.get(rules.URL_KEY)
+        urls = values.URL_PASSWORD.finditer(text) if url_ends is None else (
+            finditer_near(values.URL_PASSWORD, text, "://", url_ends, values.URL_REACH)
+        )
+        scan.found.extend(um.span(1) for um in urls)
         self._literals.scan(text, scan.found)
         self._wrapped.scan(text, scan.found, data)
         for regex in self._extra:
@@ -102,16 +121,21 @@ class SpanFinder:
         found = [s for s in found if not text.startswith(REDACTED, s[0])]
         new: dict[str, int] = {}
         if seen is not None:
-            for start, end in found:
-                value = text[start:end]
-                if start < new_from or value in seen or value in self._literal_set:
-                    continue
-                if rememberable(value) and start < new.get(value, start + 1):
-                    new[value] = start
-            if len(new) > seen.room:  # the first ones in stream order (the same at any split)
-                new = dict(sorted(new.items(), key=lambda kv: kv[1])[: seen.room])
-            found += seen.occurrences(text, new, data)
+            new = seen.first_found(text, found, new_from, self._literal_set)
+            found += seen.occurrences(text, new, data, merge(found[:]))
         return Found(merge(found), open_pem, scan.pem_starts, new)
+
+
+class _Pass(NamedTuple):
+    """One compiled rule pass (see :class:`rules.PassSpec`)."""
+
+    lowered: bool
+    regex: re.Pattern[Any]
+    actions: rules.Actions
+    #: The anchor when the pass is sparse or prefiltered, else "".
+    anchor: str
+    #: :func:`rules.prefilter_reach` when the catalog runs its prefilters, else 0.
+    reach: int
 
 
 class _Scan:
@@ -129,15 +153,22 @@ class _Scan:
         self.glued_tokens: dict[int, int] = {}
         #: Matches of names that are not secret but end with a secret word.
         self.glued_names: list[re.Match[str]] = []
+        #: The last run of bare value characters looked at (see :meth:`bare_end`).
+        self._bare_run = (0, 0)
 
-    def run(self, regex: re.Pattern[Any], actions: rules.Actions, lowered: bool, sparse: str) -> None:
-        """Run one pass (``sparse``: its anchor, if rare). A hot loop: what it calls is bound to
-        local names first."""
+    def run(self, spec: _Pass, ends: list[int] | None) -> None:
+        """Run one pass (``ends``: where its prefilters matched, if the catalog ran them). A hot
+        loop: what it calls is bound to local names first."""
         text, low, add = self.text, self.low, self.found.append
         glued_tokens, glued_name = self.glued_tokens, self.glued_names.append
         follows_alnum, names = rules.follows_alnum, _NAMES
-        subject = low if lowered else text
-        for m in finditer_sparse(regex, subject, sparse) if sparse else regex.finditer(subject):
+        regex, actions, anchor = spec.regex, spec.actions, spec.anchor
+        subject = low if spec.lowered else text
+        if ends is not None:
+            matches: Iterable[re.Match[str]] = finditer_near(regex, subject, anchor, ends, spec.reach)
+        else:
+            matches = finditer_sparse(regex, subject, anchor) if anchor else regex.finditer(subject)
+        for m in matches:
             action, first = actions[m.lastindex or 0]
             if action == NAME:  # the most frequent match: kept short
                 end = m.end(first)
@@ -184,22 +215,33 @@ class _Scan:
     def value(self, name: str, pos: int) -> None:
         """Redact the value of the secret-like ``name`` that starts at ``pos``."""
         low = self.low
-        v = rules.VALUE.match(low, pos)
+        v = values.VALUE_HEAD.match(low, pos)
         if v is None:
             return
         group = v.lastindex or 0
         start, end = v.span(group)
-        if low[start:end] in rules.NOT_VALUES:
+        if group == 4:
+            end = self.bare_end(start)
+        if end - start <= values.NOT_VALUE_MAX and low[start:end] in values.NOT_VALUES:
             return
-        if group == 4 and start == pos and rules.prose_value(self.text, low, start, end):
+        if group == 4 and start == pos and values.prose_value(self.text, low, start, end):
             return
-        if low[start:end].isdigit() and name.lower().endswith(rules.PLURALS):  # keys=12: a count
+        if name.lower().endswith(values.PLURALS) and low[start:end].isdigit():  # keys=12: a count
             return
-        if group < 4 and rules.ATTR_VALUE.match(low, end + 1):  # key="Name" value="...": a name
+        if group < 4 and values.ATTR_VALUE.match(low, end + 1):  # key="Name" value="...": a name
             return
         if group == 4 and "cookie" in name.lower():  # a Cookie header: all of its pairs
-            end = start + len(rules.TO_EOL.match(low, start).group())  # type: ignore[union-attr]
+            end = start + len(values.TO_EOL.match(low, start).group())  # type: ignore[union-attr]
         self.found.append((start, end))
+
+    def bare_end(self, start: int) -> int:
+        """Where the bare value (:data:`values.VALUE` group 4) that starts at ``start`` ends."""
+        run_start, run_end = self._bare_run
+        if not run_start <= start < run_end:  # not in the run of the last bare value
+            stop = values.BARE_STOP.search(self.low, start)
+            run_end = stop.start() if stop else len(self.low)
+            self._bare_run = (start, run_end)
+        return min(run_end, start + values.MAX_BARE)
 
     def pem_blocks(self) -> int:
         """Add PEM private-key blocks (BEGIN through END); return the start of an unterminated one."""
@@ -250,33 +292,3 @@ def name_start(low: str, at: int) -> int:
     """Start of the identifier (at most 64 characters) that ends at ``at`` in the lowered text."""
     before = low[max(0, at - 64) : at]
     return at - len(before) + len(before.rstrip(rules.IDENT_CHARS))
-
-
-def merge(spans: list[Span]) -> list[Span]:
-    """Sort and merge overlapping spans (touching spans stay separate)."""
-    if not spans:
-        return spans
-    spans.sort()
-    merged = [spans[0]]
-    for start, end in spans[1:]:
-        last_start, last_end = merged[-1]
-        if start < last_end:
-            if end > last_end:
-                merged[-1] = (last_start, end)
-        else:
-            merged.append((start, end))
-    return merged
-
-
-def apply(text: str, spans: list[Span], lo: int, hi: int) -> str:
-    """``text[lo:hi]`` with each span (clipped to the range) replaced by :data:`REDACTED`."""
-    out, pos = [], lo
-    for start, end in spans:
-        if end <= lo or start >= hi:
-            continue
-        start, end = max(start, lo), min(end, hi)
-        out.append(text[pos:start])
-        out.append(REDACTED)
-        pos = end
-    out.append(text[pos:hi])
-    return "".join(out)

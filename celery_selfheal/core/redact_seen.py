@@ -16,9 +16,9 @@ redacted where their rule finds them. Values shorter than :data:`MIN_VALUE_LEN` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping, Sequence
 
-from celery_selfheal.core.redact_catalog import ascii_bytes, hyperscan
+from celery_selfheal.core.redact_engine import ascii_bytes, hyperscan
 from celery_selfheal.core.redact_literals import literal_forms, literal_span
 from celery_selfheal.core.redact_rules import REDACTED
 
@@ -46,6 +46,10 @@ class SeenSecrets:
         self._db_key: tuple[str, ...] = ()
         self._db: object = None
         self._db_forms: list[str] = []
+        #: (how many values were remembered, their forms) from the last call without new values
+        self._cached: tuple[int, dict[str, int]] | None = None
+        #: (forms, the ASCII ones, the others) of the last Hyperscan pass
+        self._split: tuple[Mapping[str, int], dict[str, int], dict[str, int]] | None = None
 
     def __contains__(self, value: object) -> bool:
         return value in self._values
@@ -66,6 +70,21 @@ class SeenSecrets:
                 return
             self._values[value] = None
 
+    def first_found(self, text: str, found: Iterable[Span], new_from: int, known: Container[str]) -> dict[str, int]:
+        """The values of the ``found`` spans from ``new_from`` on worth remembering and neither
+        remembered nor ``known`` -> where each is first found; at most :attr:`room` of them, the
+        first ones in stream order (the same at any split)."""
+        new: dict[str, int] = {}
+        for start, end in found:
+            value = text[start:end]
+            if start < new_from or value in self._values or value in known:
+                continue
+            if rememberable(value) and start < new.get(value, start + 1):
+                new[value] = start
+        if len(new) > self.room:
+            new = dict(sorted(new.items(), key=lambda kv: kv[1])[: self.room])
+        return new
+
     def _forms_of(self, value: str) -> frozenset[str]:
         forms = self._forms.get(value)
         if forms is None:
@@ -74,39 +93,62 @@ class SeenSecrets:
             forms = self._forms[value] = frozenset(f for f in literal_forms(value) if len(f) >= MIN_VALUE_LEN)
         return forms
 
-    def occurrences(self, text: str, new: Mapping[str, int], data: bytes | None = None) -> list[Span]:
+    def occurrences(
+        self, text: str, new: Mapping[str, int], data: bytes | None = None, covered: Sequence[Span] = ()
+    ) -> list[Span]:
         """Spans of every remembered value (and form) in ``text``, and of each ``new`` value
-        (value -> where it was first found in ``text``) after that first place."""
+        (value -> where it was first found in ``text``) after that first place. ``covered``:
+        sorted, merged spans redacted anyway; an occurrence inside one may be left out."""
         values = list(self._values) + [v for v in new if v not in self._values]
         if not values:
             return []
-        forms: dict[str, int] = {}  # form -> occurrences must start after this position
+        forms = self._all_forms(values, new)
+        out: list[Span] = []
+        segments = _outside(covered, len(text), max(map(len, forms), default=0) + 2)
+        if hyperscan is None or len(text) * len(forms) <= _FIND_BUDGET:
+            for lo, hi in segments:
+                self._find(text, forms, out, lo, hi)
+        else:
+            data = ascii_bytes(text) if data is None else data
+            for lo, hi in segments:
+                self._scan(text, tuple(values), forms, out, data, lo, hi)
+        return out
+
+    def _all_forms(self, values: list[str], new: Mapping[str, int]) -> dict[str, int]:
+        """Form -> occurrences must start after this position, for ``values``; the same dict
+        for the same remembered values and no new ones (most batches of a long stream)."""
+        if not new and self._cached is not None and self._cached[0] == len(self._values):
+            return self._cached[1]
+        forms: dict[str, int] = {}
         for value in values:
             first = new.get(value, -1) if value not in self._values else -1
             for form in self._forms_of(value):
                 forms[form] = min(forms.get(form, first), first)
-        out: list[Span] = []
-        if hyperscan is None or len(text) * len(forms) <= _FIND_BUDGET:
-            self._find(text, forms, out)
-        else:
-            self._scan(text, tuple(values), forms, out, ascii_bytes(text) if data is None else data)
-        return out
+        if not new:
+            self._cached = (len(self._values), forms)
+        return forms
 
     @staticmethod
-    def _find(text: str, forms: Mapping[str, int], out: list[Span]) -> None:
-        find = text.find
+    def _find(text: str, forms: Mapping[str, int], out: list[Span], lo: int = 0, hi: int | None = None) -> None:
+        find, hi = text.find, len(text) if hi is None else hi
         for form, after in forms.items():
-            pos = find(form, after + 1)
+            pos = find(form, max(after + 1, lo), hi)
             while pos >= 0:
                 out.append(literal_span(text, pos, len(form)))
-                pos = find(form, pos + 1)
+                pos = find(form, pos + 1, hi)
 
     def _scan(
-        self, text: str, key: tuple[str, ...], forms: Mapping[str, int], out: list[Span], data: bytes
+        self, text: str, key: tuple[str, ...], forms: Mapping[str, int], out: list[Span], data: bytes, lo: int, hi: int
     ) -> None:
         """One Hyperscan literal pass (database rebuilt only when the set of values changes)."""
-        ascii_forms = {f: a for f, a in forms.items() if f.isascii()}
-        self._find(text, {f: a for f, a in forms.items() if not f.isascii()}, out)
+        if self._split is None or self._split[0] is not forms:  # same dict: same split
+            self._split = (
+                forms,
+                {f: a for f, a in forms.items() if f.isascii()},
+                {f: a for f, a in forms.items() if not f.isascii()},
+            )
+        ascii_forms = self._split[1]
+        self._find(text, self._split[2], out, lo, hi)
         if key != self._db_key:
             db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
             self._db_forms = list(ascii_forms)
@@ -118,9 +160,29 @@ class SeenSecrets:
         def on_match(index: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
             hits.append((index, to))
 
-        self._db.scan(data, match_event_handler=on_match)  # type: ignore[attr-defined]
+        self._db.scan(data if hi - lo == len(data) else data[lo:hi], match_event_handler=on_match)  # type: ignore[attr-defined]
         for index, end in hits:
             form = self._db_forms[index]
-            start = end - len(form)
+            start = lo + end - len(form)
             if start > ascii_forms.get(form, -1):
                 out.append(literal_span(text, start, len(form)))
+
+
+def _outside(covered: Sequence[Span], size: int, margin: int) -> list[Span]:
+    """The parts of ``[0, size)`` to search for occurrences at most ``margin`` long (with their
+    padding): all of it, unless ``covered`` takes more than half (a chain of overlapping
+    secrets); then only ``margin`` around what lies outside the covered spans (each less its
+    last two characters, where padding after an occurrence inside could reach past it)."""
+    if sum(end - start for start, end in covered) <= size // 2:
+        return [(0, size)]
+    segments: list[Span] = []
+    pos = 0
+    for start, end in [*covered, (size + 2, size + 2)]:
+        if start > pos:  # a gap [pos, start)
+            lo, hi = max(0, pos - margin), min(size, start + margin)
+            if segments and lo <= segments[-1][1]:
+                segments[-1] = (segments[-1][0], hi)
+            else:
+                segments.append((lo, hi))
+        pos = max(pos, end - 2)
+    return segments

@@ -5,7 +5,8 @@ Each base64 form of each secret env value (standard and URL-safe, of the value a
 plus a newline) becomes one pattern that allows a line break (``\\n`` or ``\\r\\n``) between any
 two characters; Hyperscan runs them all in one pass and reports where a match ends, and the start
 is found by walking the form backwards. Padding (``=``, ``==``, possibly on the next line) is
-taken along. Pure: built from the values it is given.
+taken along. The same Hyperscan database finds the plain ASCII literals of the env values (one
+scan for both). Pure: built from the values it is given.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import re
 import threading
 from collections.abc import Iterable
 
-from celery_selfheal.core.redact_catalog import ascii_bytes, hyperscan
+from celery_selfheal.core.redact_engine import ascii_bytes, hyperscan
+from celery_selfheal.core.redact_literals import literal_span
 
 Span = tuple[int, int]
 #: Base64 forms shorter than this are left to the plain literals (a wrapped line is longer).
@@ -40,20 +42,26 @@ def wrapped_forms(values: Iterable[str]) -> list[str]:
 
 
 class WrappedBase64:
-    """Finds the forms of :func:`wrapped_forms` with line breaks anywhere inside."""
+    """Finds the forms of :func:`wrapped_forms` with line breaks anywhere inside, and (with
+    Hyperscan) ``literals``, all of them ASCII, wherever they occur (overlapping ones too)."""
 
-    def __init__(self, values: Iterable[str]) -> None:
+    def __init__(self, values: Iterable[str], literals: Iterable[str] = ()) -> None:
         self.forms = wrapped_forms(values)
+        self._literals = sorted(set(literals))
+        assert not self._literals or hyperscan is not None
+        assert all(lit.isascii() for lit in self._literals)
         #: Longest possible match (every character on a line of its own, CRLF, padding).
         self.max_len = 3 * max(map(len, self.forms), default=0) + 8
         # Only the first PREFIX characters go into the database (a pattern of the whole form
         # with a break allowed everywhere takes Hyperscan a quarter second to compile); a hit
         # is then walked over the whole form.
         patterns = ["(?:\\r?\\n)?".join(re.escape(c) for c in form[:PREFIX]) for form in self.forms]
+        literal_patterns = ["".join(f"\\x{ord(c):02x}" for c in lit) for lit in self._literals]
         self._db: object = None
         self._local = threading.local()  # a Hyperscan scratch is per thread
         self._regexes: list[re.Pattern[str]] = []
-        if patterns and hyperscan is not None:
+        if literal_patterns or (patterns and hyperscan is not None):
+            patterns += literal_patterns
             db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
             pats = [p.encode("ascii") for p in patterns]
             db.compile(expressions=pats, ids=list(range(len(pats))), elements=len(pats), flags=0)
@@ -76,7 +84,15 @@ class WrappedBase64:
             self._db.scan(data, match_event_handler=on_match, scratch=scratch)  # type: ignore[attr-defined]
         for index, regex in enumerate(self._regexes):  # pragma: no cover - no wheel
             ends.extend((index, m.end()) for m in regex.finditer(text))
+        forms, literals = len(self.forms), self._literals
         for index, prefix_end in ends:
+            if index >= forms:
+                lit = literals[index - forms]
+                start = prefix_end - len(lit)
+                # "?" in a literal also matches where the text has a non-ASCII character
+                if "?" not in lit or text.startswith(lit, start):
+                    found.append(literal_span(text, start, len(lit)))
+                continue
             form = self.forms[index]
             start = self._start(text, prefix_end, form[:PREFIX])
             end = self._end(text, start, form) if start >= 0 else -1

@@ -207,6 +207,8 @@ def test_text_without_secrets_is_unchanged(text: str) -> None:
     words = re.sub(r"[a-z0-9_]{12,}", "", text)  # long runs could form a name=value pair's value
     for word in ("key", "pass", "token", "secret", "auth", "cred", "cookie", "bearer", "pat", "pwd", "jwt", "dsn"):
         words = words.replace(word, "")
+    while "-u" in words:  # curl -u user:password (a context rule): "-ux:y" is one
+        words = words.replace("-u", "")
     assert R.redact(words) == words
 
 

@@ -138,3 +138,42 @@ def test_one_redactor_in_many_threads() -> None:
     expected = RE.redact(text)
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(RE.redact, [text] * 8)) == [expected] * 8
+
+
+SEEN_TEXT = st.lists(st.sampled_from([S, S[:9], "==", "=", "x", " ", "\n", base64.b64encode(S.encode()).decode()[:12]]),
+                     max_size=40).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SEEN_TEXT, st.lists(st.tuples(st.integers(0, 400), st.integers(0, 400)), max_size=12), st.booleans())
+def test_occurrences_inside_covered_spans_may_be_left_out(text: str, pairs: list[tuple[int, int]], hs: bool) -> None:
+    """Searching only outside the covered spans (a chain of overlapping secrets) changes nothing
+    once merged with them, whichever engine (Hyperscan or ``str.find``) searches."""
+    from celery_selfheal.core import redact_seen
+    from celery_selfheal.core.redact_spans import merge
+
+    text = text * (1 if not hs else 40)  # long enough for the Hyperscan path
+    covered = merge([(min(a, b), max(a, b)) for a, b in pairs if a != b and max(a, b) <= len(text)])
+    if sum(e - s for s, e in covered) <= len(text) // 2:  # else the whole text is searched anyway
+        covered = merge([*covered, (0, len(text) // 2 + 1)])
+    seen = SeenSecrets()
+    seen.commit([S])
+    budget = redact_seen._FIND_BUDGET
+    if not hs:
+        redact_seen._FIND_BUDGET = 1 << 60
+    try:
+        some = seen.occurrences(text, {}, None, covered)
+        every = seen.occurrences(text, {})
+    finally:
+        redact_seen._FIND_BUDGET = budget
+    assert merge(covered + some) == merge(covered + every)
+
+
+def test_an_occurrence_whose_padding_joins_two_touching_covered_spans_is_found() -> None:
+    from celery_selfheal.core.redact_spans import merge
+
+    text = S + "==" + "x" * 100
+    covered = [(0, len(S)), (len(S), len(text))]  # touching: they stay two [REDACTED]
+    seen = SeenSecrets()
+    seen.commit([S])
+    assert merge(covered + seen.occurrences(text, {}, None, covered)) == [(0, len(text))]
