@@ -10,10 +10,17 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 T = TypeVar("T")
 
 pytest_plugins = ["tests.redis_server", "tests.rabbitmq_server"]
+
+# Hypothesis's per-example deadline and its too_slow health check time the machine, not the code: on
+# a busy machine (pytest-xdist processes, other test runs) they fail properties that hold. Tests keep
+# their own max_examples; their settings only override what they name.
+settings.register_profile("selfheal", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("selfheal")
 
 ROOT = Path(__file__).resolve().parent.parent
 

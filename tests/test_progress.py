@@ -272,7 +272,7 @@ def heal_job(tmp_path: Path, repo: Path, gate: Path | None = None) -> Path:
     first step waits for that file to exist (the test holds the job running until then)."""
     wait = f"wait-for {gate}\n" if gate else ""
     doc = {"job": {"objective": "progress", "repo": str(repo), "ref": "main", "runtime": [sys.executable, AGENT],
-                   "selfheal": {"step_idle_timeout_seconds": 0.8, "soft_reset_backoff_seconds": 0.1}},
+                   "selfheal": {"step_idle_timeout_seconds": 1.5, "soft_reset_backoff_seconds": 0.1}},
            "steps": [{"id": "prepare", "instructions": f"{wait}print ready\nwrite p.txt: p"},
                      {"id": "implement", "instructions": "silent@1\nwrite out.txt: done"}]}
     path = tmp_path / "job.json"
