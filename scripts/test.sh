@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SELFHEAL_NEED_REDIS=1 SELFHEAL_NEED_RABBITMQ=1 SELFHEAL_NEED_BROWSER=1 SELFHEAL_EXTRAS=test bash scripts/setup-env.sh
 set +e
-.venv/bin/python -m pytest "$@"
+# Most tests wait on subprocesses (workers, servers, a browser): 3 pytest-xdist processes overlap those
+# waits, also on 2 cores. --dist loadfile keeps each file on one process, so its module-scoped worker
+# is started once.
+# SELFHEAL_TEST_PROCS=0 runs everything in this one process.
+.venv/bin/python -m pytest -n "${SELFHEAL_TEST_PROCS:-3}" --dist loadfile "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi

@@ -5,15 +5,22 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 T = TypeVar("T")
 
 pytest_plugins = ["tests.redis_server", "tests.rabbitmq_server"]
+
+# Hypothesis's per-example deadline and its too_slow health check time the machine, not the code: on
+# a busy machine (pytest-xdist processes, other test runs) they fail properties that hold. Tests keep
+# their own max_examples; their settings only override what they name.
+settings.register_profile("selfheal", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("selfheal")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +66,18 @@ def _require_git() -> None:
         if _in_ci():
             pytest.fail("git is not installed; CI must run the git tests", pytrace=False)
         pytest.skip("git is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ() -> Iterator[None]:
+    """Undo what a test did to ``os.environ``: the CLI run in-process (click's CliRunner) exports its
+    settings there for the workers it starts, and the next test in this process must not inherit
+    another state dir's store or broker (which test runs next depends on pytest-xdist)."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """Worker app for the kill-point tests: the ready app, with the pool child SIGKILLing itself once
-right after a chosen write of a successful step (``KILLPOINT_AT``), as a real crash would. The
-marker file ``KILLPOINT_MARKER`` makes it happen once: the worker's next pool child runs normally."""
+right after a chosen write of a successful step, as a real crash would. The test arms a point by
+writing its name to ``$KILLPOINT_DIR/armed``; the child that reaches that point renames the file to
+``fired`` (atomic: only one child ever wins it) and dies, so the worker's next pool child runs
+normally and one worker serves the kill points one after another."""
 
 from __future__ import annotations
 
@@ -17,14 +19,22 @@ from celery_selfheal.store.sqlite import SQLiteStore
 from celery_selfheal.workspace import checkpoints
 from celery_selfheal.workspace.git import GitWorkspace
 
-POINT = os.environ.get("KILLPOINT_AT", "")
-MARKER = Path(os.environ.get("KILLPOINT_MARKER", "/nonexistent/marker"))
+DIR = Path(os.environ.get("KILLPOINT_DIR", "/nonexistent"))
+# billiard holds a job whose child died for worker_lost_wait (10 s) before it fails it with
+# WorkerLostError; until then the job blocks a pool slot and a warm shutdown waits for it. The lease
+# sweeper, not that error, recovers the step: 1 s keeps one worker quick across all the points.
+app.conf.worker_lost_wait = 1.0
 
 
 def _die_once(point: str) -> None:
-    if point == POINT and not MARKER.exists():
-        MARKER.write_text(point)
-        os.kill(os.getpid(), signal.SIGKILL)
+    armed = DIR / "armed"
+    try:
+        if armed.read_text() != point:
+            return
+        armed.rename(DIR / "fired")
+    except FileNotFoundError:  # nothing armed, or another child fired it first
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _after(point: str, real: Any, when: Any = lambda *a, **k: True) -> Any:

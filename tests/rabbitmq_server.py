@@ -10,13 +10,17 @@ Register with ``pytest_plugins = ["tests.rabbitmq_server"]``. Fixtures:
   with no queues.
 
 The node takes 10-20 s to boot, so it is started in the background as soon as collection shows a
-test that needs it, and the fixture only waits for it. The ``/usr/sbin`` wrappers switch to the
+test that needs it, and the fixture only waits for it. Under pytest-xdist the workers share one node:
+the controller makes one directory for it (`SHARED_ENV`), the first worker whose collection needs it
+claims it and starts the node, the others attach to it (``node.json``), and the controller stops it
+when every worker is done. The ``/usr/sbin`` wrappers switch to the
 ``rabbitmq`` user (no access to a root temp dir): the scripts in ``/usr/lib/rabbitmq/bin`` are run
 directly. Without ``rabbitmq-server`` the tests are skipped locally and fail under ``CI=true``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -35,6 +39,8 @@ CONSUMER_TIMEOUT_MS = 4000
 #: seconds to wait for the node to accept AMQP connections
 START_TIMEOUT = 90.0
 FIXTURES = ("rabbitmq_server", "rabbitmq_url")
+#: the environment variable naming the directory of the one node of this run (set by the controller)
+SHARED_ENV = "SELFHEAL_TEST_RABBITMQ_DIR"
 
 
 def _in_ci() -> bool:
@@ -60,8 +66,27 @@ class RabbitServer:
         self.port, self.dist_port, self.epmd_port = _free_port(), _free_port(), _free_port()
         self.node = f"selfheal{uuid.uuid4().hex[:6]}@localhost"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None  # the node's process, also when another pytest process started it
         self.started_at = 0.0
         self.boot_seconds: float | None = None
+
+    @classmethod
+    def attach(cls, directory: Path) -> RabbitServer:
+        """The node another pytest process of this run started in ``directory`` (its ``node.json``)."""
+        info = json.loads((directory / "node.json").read_text())
+        server = cls(directory)
+        server.port, server.dist_port, server.epmd_port = info["port"], info["dist_port"], info["epmd_port"]
+        server.node, server.pid = info["node"], info["pid"]
+        server.started_at = time.monotonic() - (time.time() - info["started"])
+        return server
+
+    def alive(self) -> bool:
+        """True while the node's process runs."""
+        if self.proc is not None:
+            return self.proc.poll() is None
+        from tests.conftest import process_alive
+
+        return self.pid is not None and process_alive(self.pid)
 
     @property
     def env(self) -> dict[str, str]:
@@ -88,6 +113,11 @@ class RabbitServer:
         with open(self.dir / "server.out", "ab") as out:
             self.proc = subprocess.Popen([str(BIN / "rabbitmq-server")], env=self.env, stdout=out, stderr=out,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid = self.proc.pid
+        info = {"port": self.port, "dist_port": self.dist_port, "epmd_port": self.epmd_port, "node": self.node,
+                "pid": self.pid, "started": time.time()}
+        (self.dir / "node.json.tmp").write_text(json.dumps(info))
+        (self.dir / "node.json.tmp").replace(self.dir / "node.json")  # others never read half a file
 
     def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run ``rabbitmqctl -n NODE ARGS``."""
@@ -100,13 +130,12 @@ class RabbitServer:
 
         deadline = self.started_at + START_TIMEOUT
         while self.boot_seconds is None:
-            assert self.proc is not None
             try:
                 with Connection(self.url(), connect_timeout=1) as conn:
                     conn.ensure_connection(max_retries=0)
                 self.boot_seconds = time.monotonic() - self.started_at
             except Exception:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
+                if not self.alive() or time.monotonic() > deadline:
                     out = (self.dir / "server.out").read_text(errors="replace")[-3000:]
                     self.stop()
                     raise RuntimeError(f"rabbitmq-server {self.node} did not start:\n{out}") from None
@@ -122,40 +151,69 @@ class RabbitServer:
 
     def stop(self) -> None:
         """``rabbitmqctl stop``, then the node's own epmd; SIGKILL if it does not go."""
-        if self.proc is None:
+        if self.pid is None:
             return
-        if self.proc.poll() is None:
+        if self.alive():
             self.ctl("stop", timeout=60)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+            deadline = time.monotonic() + 30
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.alive():
+                os.killpg(self.pid, 9)
+        if self.proc is not None:
+            self.proc.wait()
         epmd = shutil.which("epmd") or next(Path("/usr/lib/erlang").glob("erts-*/bin/epmd"), None)
         if epmd is not None:
             subprocess.run([str(epmd), "-kill"], env=self.env, capture_output=True, timeout=10)
-        self.proc = None
+        self.proc, self.pid = None, None
 
 
 _early: dict[str, object] = {}
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
-                                  items: list[pytest.Item]) -> None:
-    """Start the node while the other tests run, if any selected test needs it."""
-    if not available() or not any(set(FIXTURES) & set(getattr(i, "fixturenames", ())) for i in items):
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _shared_dir() -> Path:
+    return Path(os.environ[SHARED_ENV])
+
+
+def _claim_and_start() -> None:
+    """Start the run's node unless another pytest process of this run already claimed it."""
+    try:
+        os.close(os.open(_shared_dir() / "claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
         return
-    directory = tempfile.mkdtemp(prefix="selfheal-rabbitmq-")
-    server = RabbitServer(Path(directory))
+    server = RabbitServer(_shared_dir())
     server.start()
     _early["server"] = server
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller (or a plain run) makes the node's directory; xdist workers inherit its name."""
+    if not _is_xdist_worker(config):
+        os.environ[SHARED_ENV] = tempfile.mkdtemp(prefix="selfheal-rabbitmq-")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Start the node while the other tests run, if any selected test needs it."""
+    if available() and any(set(FIXTURES) & set(getattr(i, "fixturenames", ())) for i in items):
+        _claim_and_start()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
+    """The controller stops the node once every worker is done (a worker may start it for another)."""
+    if _is_xdist_worker(config) or SHARED_ENV not in os.environ:
+        return
+    directory = Path(os.environ.pop(SHARED_ENV))
     server = _early.pop("server", None)
+    if not isinstance(server, RabbitServer) and (directory / "node.json").exists():
+        server = RabbitServer.attach(directory)
     if isinstance(server, RabbitServer):
         server.stop()
-        shutil.rmtree(server.dir, ignore_errors=True)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -166,11 +224,13 @@ def rabbitmq_server() -> Iterator[RabbitServer]:
         if _in_ci():
             pytest.fail(message + "; CI must run the RabbitMQ tests", pytrace=False)
         pytest.skip(message)
+    _claim_and_start()  # a no-op when collection (here or in another xdist worker) already did
     server = _early.get("server")
-    if not isinstance(server, RabbitServer):  # not started by collection (e.g. a plugin ordering)
-        server = RabbitServer(Path(tempfile.mkdtemp(prefix="selfheal-rabbitmq-")))
-        server.start()
-        _early["server"] = server
+    if not isinstance(server, RabbitServer):  # another worker started it: wait for its node.json
+        from tests.conftest import wait_for
+
+        wait_for(lambda: (_shared_dir() / "node.json").exists(), "the shared RabbitMQ node's node.json")
+        server = RabbitServer.attach(_shared_dir())
     server.wait()
     yield server
 

@@ -267,11 +267,13 @@ def cli_env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in drop}, "TERM": "xterm-256color", **extra}
 
 
-def heal_job(tmp_path: Path, repo: Path) -> Path:
-    """Two steps; the second hangs silently on attempt 1 and heals by a soft reset."""
+def heal_job(tmp_path: Path, repo: Path, gate: Path | None = None) -> Path:
+    """Two steps; the second hangs silently on attempt 1 and heals by a soft reset. With ``gate``, the
+    first step waits for that file to exist (the test holds the job running until then)."""
+    wait = f"wait-for {gate}\n" if gate else ""
     doc = {"job": {"objective": "progress", "repo": str(repo), "ref": "main", "runtime": [sys.executable, AGENT],
-                   "selfheal": {"step_idle_timeout_seconds": 0.8, "soft_reset_backoff_seconds": 0.1}},
-           "steps": [{"id": "prepare", "instructions": "print ready\nwrite p.txt: p"},
+                   "selfheal": {"step_idle_timeout_seconds": 1.5, "soft_reset_backoff_seconds": 0.1}},
+           "steps": [{"id": "prepare", "instructions": f"{wait}print ready\nwrite p.txt: p"},
                      {"id": "implement", "instructions": "silent@1\nwrite out.txt: done"}]}
     path = tmp_path / "job.json"
     path.write_text(json.dumps(doc))
@@ -353,14 +355,15 @@ def test_selfheal_run_on_a_terminal_draws_the_live_step_table(tmp_path: Path, ma
 @pytest.mark.slow
 def test_selfheal_run_through_a_pipe_prints_plain_lines_and_events_follow_tails_it(tmp_path: Path,
                                                                                     make_repo) -> None:
-    job = heal_job(tmp_path, make_repo())
+    gate = tmp_path / "follower-attached"
+    job = heal_job(tmp_path, make_repo(), gate)
     # a worker already runs on the state dir, so `run` only submits and follows (the pty test above
     # covers `run` starting its own local worker)
     with worker(tmp_path, "piped") as h:
-        _run_piped_and_follow(tmp_path, job, h.settings.state_dir)
+        _run_piped_and_follow(tmp_path, job, h.settings.state_dir, gate)
 
 
-def _run_piped_and_follow(tmp_path: Path, job: Path, state: Path) -> None:
+def _run_piped_and_follow(tmp_path: Path, job: Path, state: Path, gate: Path) -> None:
     run = subprocess.Popen([*SELFHEAL, "run", str(job), "--state-dir", str(state)], cwd=tmp_path, env=cli_env(),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert run.stdout is not None
@@ -372,6 +375,7 @@ def _run_piped_and_follow(tmp_path: Path, job: Path, state: Path) -> None:
     ctx = build_context(load_settings(state_dir=state, env={}), sinks=[])
     followed = [json.loads(follow.stdout.readline())]
     status_at_first_line = (ctx.store.get_job(job_id) or {}).get("status")
+    gate.touch()  # the job's first step waited for this: however slow the machine, follow came first
     followed += [json.loads(line) for line in follow.stdout]
     out, err = run.communicate(timeout=60)
     assert follow.wait(10) == 0, follow.stderr.read() if follow.stderr else ""

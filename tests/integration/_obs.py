@@ -143,7 +143,7 @@ def heal_steps(step: str = "implement") -> list[dict[str, Any]]:
     return [{"id": step, "instructions": "silent@1\nwrite out.txt: done"}]
 
 
-HEAL_BUDGETS = {"step_idle_timeout_seconds": 0.6, "soft_reset_backoff_seconds": 0.05}
+HEAL_BUDGETS = {"step_idle_timeout_seconds": 1.5, "soft_reset_backoff_seconds": 0.05}
 #: step "two" fails the same way with no change until a hard reset runs it (no progress -> hard reset)
 ESCALATE_STEPS = [{"id": "one", "instructions": "write a.txt: one"},
                   {"id": "two", "instructions": "fail-unless-hard-reset\nwrite b.txt: two"}]

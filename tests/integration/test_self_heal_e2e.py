@@ -193,9 +193,10 @@ def test_cli_status_events_artifacts_follow_the_contract(harness: Harness, make_
     from celery_selfheal.cli.main import selfheal
 
     repo = make_repo()
+    # idle 1.5 s: a busy machine may take 0.5 s to start the agent of attempt 2 (a third attempt)
     job_id = harness.submit(harness.job_file(
         repo, [{"id": "implement", "instructions": "silent@1\nwrite out.txt: done"}],
-        step_idle_timeout_seconds=0.5, soft_reset_backoff_seconds=0.05))
+        step_idle_timeout_seconds=1.5, soft_reset_backoff_seconds=0.05))
     assert harness.wait(job_id)["status"] == "succeeded"
     loc = ["--state-dir", str(harness.settings.state_dir)]
     runner = CliRunner()

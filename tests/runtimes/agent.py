@@ -16,6 +16,8 @@ attempt N (e.g. ``silent@1``). The retry strategy comes from SELFHEAL_RETRY_CONT
   print TEXT              print TEXT
   leak-token PATH         write (and print) a GitHub-shaped token made here, as a careless agent would
   sleep[@N] SECONDS       print one line, then sleep (an attempt that takes a while)
+  wait-for[@N] PATH       until PATH (absolute) exists, print a numbered line every 0.1 s (not idle,
+                          not a loop): the test decides when the attempt goes on
   env                     print the SELFHEAL_* env vars
   dump-env PATH           write the whole environment as JSON to PATH (absolute, outside the workspace)
   play[@N] PATH           play the JSON script at PATH: a list of {"out": TEXT} / {"err": TEXT} (write,
@@ -100,6 +102,12 @@ def main() -> int:
         elif word == "sleep":
             print(f"sleeping {rest}", flush=True)
             time.sleep(float(rest))
+        elif word == "wait-for":
+            checks = 0
+            while not Path(rest.strip()).exists():
+                checks += 1
+                print(f"waiting for the test, check {checks}", flush=True)
+                time.sleep(0.1)
         elif word == "silent":
             print("thinking", flush=True)
             time.sleep(3600)

@@ -29,9 +29,18 @@ def leftover(pidfile: str) -> None:
     os._exit(0)
 
 
+def _lines(pidfile: str) -> int:
+    try:
+        with open(pidfile) as fh:
+            return len(fh.read().split())
+    except FileNotFoundError:
+        return 0
+
+
 def main() -> None:
     pidfile, code = sys.argv[1], int(sys.argv[2])
     stay = float(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--stay" else 0.0
+    before = _lines(pidfile)
     if os.fork() == 0:  # double fork + setsid
         os.setsid()
         if os.fork() == 0:
@@ -39,6 +48,11 @@ def main() -> None:
         os._exit(0)
     if os.fork() == 0:  # stays in the group
         leftover(pidfile)
+    # go on only once both ignore SIGTERM and wrote their pids: on a busy machine the step could
+    # otherwise end, and its leftovers be killed, before they were ever recorded
+    deadline = time.monotonic() + 30
+    while _lines(pidfile) < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     print("spawned leftovers", flush=True)
     deadline = time.monotonic() + stay
     while time.monotonic() < deadline:

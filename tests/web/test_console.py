@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,13 @@ def test_job_heals_live_without_reload(browser: Any, harness: Any, make_repo) ->
 
 
 def test_pause_shows_pending_then_the_ack(browser: Any, harness: Any, make_repo) -> None:
-    # Both worker slots busy: the pause request waits (pending) until job A's step ends.
+    # Both worker slots busy: the pause request waits (pending) until job A's step ends, which is
+    # when the test opens the gate (however slow the browser is on a busy machine).
+    gate = harness.tmp / f"gate-{uuid.uuid4().hex[:8]}"
     a = harness.submit(write_job(harness.tmp, make_repo("a"), [
-        {"id": "first", "instructions": "sleep 3\nwrite one.txt: 1"}, {"id": "second", "instructions": "print 2"}]))
-    b = harness.submit(write_job(harness.tmp, make_repo("b"), [{"id": "only", "instructions": "sleep 4"}]))
+        {"id": "first", "instructions": f"wait-for {gate}\nwrite one.txt: 1"},
+        {"id": "second", "instructions": "print 2"}]))
+    b = harness.submit(write_job(harness.tmp, make_repo("b"), [{"id": "only", "instructions": f"wait-for {gate}"}]))
     with run_console(harness.selfheal) as console:
         login(browser, console)
         browser.get(f"{console.url}/jobs/{a}")
@@ -104,6 +108,7 @@ def test_pause_shows_pending_then_the_ack(browser: Any, harness: Any, make_repo)
         browser.find_element("id", "action-pause").click()
         until(browser, lambda d: "pause requested" in text_of(d, "#control-msg"), "the accepted request")
         until(browser, lambda d: by_css(d, "#pending li.pending-request"), "the pending request on the page")
+        gate.touch()
         until(browser, lambda d: "task.control.recovery.ack" in event_names(d), "the worker's ack", timeout=60)
         until(browser, lambda d: not by_css(d, "#pending li.pending-request"), "pending cleared after the ack")
         until(browser, lambda d: text_of(d, "#job-status") == "paused", "the job parked")
