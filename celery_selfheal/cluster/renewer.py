@@ -3,7 +3,8 @@
 A thread per attempt cost a thread start and a join on every step (milliseconds on a busy machine,
 as much as a short step's store traffic); a pool child runs one attempt at a time, so one thread
 that lives as long as the process does the same work. It is started on first use and again after a
-``fork()`` (threads do not survive it; the leases a parent held are not the child's). A renewal runs
+``fork()`` (threads do not survive it; the leases a parent held are not the child's; an at-fork
+hook gives the child a fresh lock, which the parent's thread may have held). A renewal runs
 outside the renewer's lock, under the lease's own (`AttemptLease.renew`), so releasing a lease waits
 for a renewal in flight, as joining its thread did.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from typing import Protocol
 
 
@@ -36,7 +38,15 @@ class Renewer:
         self._cond = threading.Condition()
         self._due: dict[Renewable, float] = {}
         self._thread: threading.Thread | None = None
-        self._pid = 0
+        # The renewer thread may hold the lock at the moment of a fork(); the child would then wait
+        # on it for ever. So the child starts with a fresh lock, no leases and no thread.
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (r := ref()) is not None and r._reset())
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._due = {}
+        self._thread = None
 
     def add(self, lease: Renewable) -> None:
         """Start renewing ``lease`` (its first renewal ``renew_every`` from now)."""
@@ -51,10 +61,6 @@ class Renewer:
             self._due.pop(lease, None)
 
     def _ensure_thread(self) -> None:
-        if self._pid != os.getpid():  # first use, or inherited through fork(): no thread here yet
-            self._due.clear()
-            self._thread = None
-            self._pid = os.getpid()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="selfheal-lease-renewer", daemon=True)
             self._thread.start()

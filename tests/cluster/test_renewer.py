@@ -57,3 +57,16 @@ def test_a_forked_child_renews_its_own_leases_only() -> None:
     proc.join(20)
     assert calls >= 3 and held == 1  # its own lease, renewed by its own thread; not the parent's
     renewer.remove(parent)
+
+
+def test_a_child_forked_while_the_renewer_holds_its_lock_still_renews() -> None:
+    renewer = Renewer()
+    renewer.add(Counting(0.02))
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    with renewer._cond:  # what the renewer thread holds while it picks the leases that are due
+        proc = ctx.Process(target=_child, args=(renewer, out))
+        proc.start()
+    calls, held = out.get(timeout=20)
+    proc.join(20)
+    assert calls >= 3 and held == 1
