@@ -41,7 +41,13 @@ class Renewer:
         # The renewer thread may hold the lock at the moment of a fork(); the child would then wait
         # on it for ever. So the child starts with a fresh lock, no leases and no thread.
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (r := ref()) is not None and r._reset())
+
+        def reset_in_child() -> None:
+            renewer = ref()
+            if renewer is not None:
+                renewer._reset()
+
+        os.register_at_fork(after_in_child=reset_in_child)
 
     def _reset(self) -> None:
         self._cond = threading.Condition()
