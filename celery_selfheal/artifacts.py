@@ -39,10 +39,16 @@ def atomic_write(path: Path, data: bytes | str, *, durable: bool = True) -> None
     the old one or the whole new one, never torn. Atomicity against a crashed *process* needs no
     fsync (the page cache survives it), so files rebuilt from the store or per attempt (prompts,
     the running-attempt registry, attempt artifacts) pass ``durable=False``; checkpoints keep it.
-    Empty data is never torn, so it needs no fsync either."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Empty data is never torn, so it needs no fsync either, nor a temporary file when ``path`` does
+    not exist yet (a no-op step's patch): the file is complete the moment it is created."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if not raw and _create_empty(path):
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except FileNotFoundError:  # the folder is made on first use only (no mkdir call per write)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
@@ -54,6 +60,37 @@ def atomic_write(path: Path, data: bytes | str, *, durable: bool = True) -> None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _create_empty(path: Path) -> bool:
+    """Create ``path`` as an empty file (mode 0600, as `atomic_write`'s temporary files); False if
+    it already exists (then it is replaced atomically as usual)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        os.close(os.open(path, flags, 0o600))
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _create_empty(path)
+    return True
+
+
+def write_fresh(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` in place (created or truncated, no temporary file, no fsync).
+
+    Only for files that no one reads before they are complete (a prompt file, read by the runtime
+    started after it is written) or whose reader takes a partial file for an absent one (the
+    running-attempt registry): one created file instead of a temporary file and a rename."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(raw)
 
 
 def atomic_write_json(path: Path, obj: Any, *, durable: bool = True) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celery_selfheal.artifacts import atomic_write
+from celery_selfheal.artifacts import write_fresh
 from celery_selfheal.context import Context
 from celery_selfheal.core.budgets import Budgets
 from celery_selfheal.core.envelope import render_envelope
@@ -137,12 +137,12 @@ def run_attempt(
     stem = f"step-{plan.step.index:04d}-attempt-{plan.attempt:04d}"
     prompt = ctx.redactor.redact(prompt_text(plan))
     prompt_file = prompt_dir / f"{stem}.prompt.txt"
-    atomic_write(prompt_file, prompt, durable=False)  # written again by every attempt
+    # read only by the runtime started below (attempts never overlap): written in place, no rename
+    write_fresh(prompt_file, prompt)
     retry_file: Path | None = None
     if plan.retry_context is not None:
         retry_file = prompt_dir / f"{stem}.retry.json"
-        atomic_write(retry_file, json.dumps(ctx.redactor.redact_obj(dict(plan.retry_context)), indent=2),
-                     durable=False)
+        write_fresh(retry_file, json.dumps(ctx.redactor.redact_obj(dict(plan.retry_context)), indent=2))
     spec = RuntimeSpec(
         argv=plan.argv,
         cwd=ws.path,

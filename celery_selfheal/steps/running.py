@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from celery_selfheal.artifacts import atomic_write_json, check_safe_id
+from celery_selfheal.artifacts import check_safe_id, write_fresh
 
 TOUCH_INTERVAL = 0.5
 
@@ -32,8 +32,10 @@ class RunningAttempts:
 
     def register(self, task_id: str, record: dict[str, Any]) -> None:
         """Record a running attempt (``jobId, stepIndex, attempt, epoch, pgid, ...``)."""
-        atomic_write_json(self._path(task_id), {**record, "taskId": task_id, "registeredAt": time.time()},
-                          durable=False)  # a registry of live processes: meaningless after an OS crash
+        # written in place (one created file, no rename, no fsync: a registry of live processes is
+        # meaningless after an OS crash): a reader that catches it half-written takes it for not yet
+        # registered, as in the moment between the runtime's start and this call
+        write_fresh(self._path(task_id), json.dumps({**record, "taskId": task_id, "registeredAt": time.time()}))
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         """The record of a task, or None."""

@@ -173,9 +173,13 @@ def _build(tmp: Path, repo: str, baseline_sha: str, metas: Sequence[Mapping[str,
 def _build_once(tmp: Path, repo: str, baseline_sha: str, metas: Sequence[Mapping[str, Any]],
                 patches: Sequence[bytes], arts: JobArtifacts, *, in_process: bool) -> None:
     try:
-        ws = GitWorkspace.create(tmp, repo, baseline_sha, checkout=False)
+        # nothing to replay (a job's first step): a plain clone checked out at the baseline, without
+        # the patch stack's private index and scratch repository, and one ref update instead of two
+        ws = GitWorkspace.create(tmp, repo, baseline_sha, checkout=not metas)
     except WorkspaceError as exc:
         raise ReplayError(f"replay: cannot create a workspace at baseline {baseline_sha}: {exc}") from None
+    if not metas:
+        return
     stack = PatchStack(ws, baseline_sha, in_process=in_process)
     try:
         tree = ws.rev(f"{baseline_sha}^{{tree}}")

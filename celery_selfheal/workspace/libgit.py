@@ -52,6 +52,7 @@ class InProcess:
         self.repo = repo
         self.base_ref = base_ref
         self._index_tree: str | None = None  # the tree `apply_cached` left in the index
+        self._disk_tree: str | None = None  # the tree of the index on disk when `snapshot` read it
 
     def _commit_of(self, name: str) -> Any:
         return self.repo.revparse_single(name).peel(pygit2.Commit)
@@ -85,6 +86,10 @@ class InProcess:
         tree sha and the index (written to disk only by `commit`)."""
         index = self.repo.index
         index.read(force=True)  # start from the real index on disk, with its stat cache
+        try:  # the tree the index on disk holds (its cached trees: no object written when valid)
+            self._disk_tree = str(index.write_tree())
+        except Error:
+            self._disk_tree = None  # e.g. conflict entries: `commit` writes the index
         index.add_all()
         return str(index.write_tree()), index
 
@@ -93,7 +98,8 @@ class InProcess:
         base ref moved there in one ref transaction, then ``index`` made the real index."""
         oid = self.commit_tree(tree, parent, message, identity)
         self.set_refs(oid)
-        index.write()  # atomic (lock file + rename), like the CLI's replace of the index
+        if tree != self._disk_tree:  # the index on disk already holds this tree (a no-op step): keep it
+            index.write()  # atomic (lock file + rename), like the CLI's replace of the index
         return oid
 
     def commit_tree(self, tree: str, parent: str, message: str, identity: dict[str, str]) -> str:

@@ -24,7 +24,7 @@ from tests.engine import Engine
 #: is the store's one write of a stage: the start (attempt record, step, event), then the success
 STAGES = [
     ("store", "write_job:start"),                               # recording the start
-    ("celery_selfheal.steps.attempt", "atomic_write"),          # the prompt file
+    ("celery_selfheal.steps.attempt", "write_fresh"),           # the prompt file
     ("celery_selfheal.steps.attempt", "run_runtime"),           # the supervisor
     ("celery_selfheal.workspace.git.GitWorkspace", "current_change"),
     ("celery_selfheal.steps.finish", "judge"),

@@ -101,3 +101,45 @@ def test_resolve_local_equals_rev_parse_or_defers(baseline: tuple[Path, str], tm
     assert libgit.resolve_local(repo / "sub", "HEAD") is None  # not the top: the CLI says why
     assert libgit.resolve_local(repo, "no-such-branch") is None
     assert libgit.resolve_local(tmp_path, "HEAD") is None
+
+
+def _index_stamp(ws: GitWorkspace) -> tuple[int, int]:
+    st = (ws.git_dir / "index").stat()
+    return st.st_ino, st.st_mtime_ns
+
+
+def test_noop_commit_keeps_the_index_and_a_change_rewrites_it(baseline: tuple[Path, str], scratch: Path) -> None:
+    repo, sha = baseline
+    ws = GitWorkspace.create(scratch / "ws", str(repo), sha)
+    before = _index_stamp(ws)
+    tree = ws.commit_change("noop\n")
+    assert _index_stamp(ws) == before  # nothing staged differs: no index write (a lock file and a rename)
+    assert ws.rev("HEAD") != sha and ws.is_clean_at(tree) and tree == ws.rev(f"{sha}^{{tree}}")
+    (ws.path / "new.txt").write_text("new\n")
+    tree = ws.commit_change("change\n")
+    assert _index_stamp(ws) != before and ws.is_clean_at(tree)
+    assert ws.git(["status", "--porcelain", "-z", "--untracked-files=all"]) == b""
+
+
+def test_staged_then_reverted_change_rewrites_the_index(baseline: tuple[Path, str], scratch: Path) -> None:
+    # the runtime staged a file, then removed it: same tree as the base, but the index on disk differs
+    repo, sha = baseline
+    ws = GitWorkspace.create(scratch / "ws", str(repo), sha)
+    (ws.path / "tmp.txt").write_text("x\n")
+    run_git(ws.path, "add", "tmp.txt")
+    (ws.path / "tmp.txt").unlink()
+    tree = ws.commit_change("m\n")
+    assert tree == ws.rev(f"{sha}^{{tree}}") and ws.is_clean_at(tree)
+    assert ws.git(["status", "--porcelain", "-z", "--untracked-files=all"]) == b""
+
+
+def test_cached_inprocess_workspace_is_reopened_when_its_config_changes(baseline: tuple[Path, str],
+                                                                         scratch: Path) -> None:
+    repo, sha = baseline
+    ws = GitWorkspace.create(scratch / "ws", str(repo), sha)
+    first = ws._fast()
+    assert first is not None and ws._fast() is first  # opened once per instance
+    run_git(ws.path, "config", "core.autocrlf", "true")  # set by the runtime between two calls
+    assert ws._fast() is None
+    (ws.path / "crlf.txt").write_bytes(b"a\r\nb\r\n")
+    assert ws.current_change().tree == cli_tree(ws)
