@@ -27,6 +27,9 @@ MIN_VALUE_LEN = 8
 MAX_VALUE_LEN = 512
 #: Below this many characters scanned (text length x forms), ``str.find`` beats compiling.
 _FIND_BUDGET = 4_000_000
+#: About what one rebuild of the Hyperscan database costs, in the same units (measured: a
+#: rebuild ~1 ms, ``str.find`` of one form in 256 Ki characters ~60 us).
+_REBUILD_COST = 4_000_000
 
 Span = tuple[int, int]
 
@@ -46,6 +49,9 @@ class SeenSecrets:
         self._db_key: tuple[str, ...] = ()
         self._db: object = None
         self._db_forms: list[str] = []
+        self._db_set: frozenset[str] = frozenset()
+        #: ``str.find`` work (characters x forms) on forms not in the database since its build
+        self._find_spent = 0
         #: (how many values were remembered, their forms) from the last call without new values
         self._cached: tuple[int, dict[str, int]] | None = None
         #: (forms, the ASCII ones, the others) of the last Hyperscan pass
@@ -140,7 +146,8 @@ class SeenSecrets:
     def _scan(
         self, text: str, key: tuple[str, ...], forms: Mapping[str, int], out: list[Span], data: bytes, lo: int, hi: int
     ) -> None:
-        """One Hyperscan literal pass (database rebuilt only when the set of values changes)."""
+        """One Hyperscan literal pass; forms not in its database yet are found with ``str.find``
+        until they would cost more than a rebuild."""
         if self._split is None or self._split[0] is not forms:  # same dict: same split
             self._split = (
                 forms,
@@ -149,12 +156,22 @@ class SeenSecrets:
             )
         ascii_forms = self._split[1]
         self._find(text, self._split[2], out, lo, hi)
-        if key != self._db_key:
+        # Values arrive a few per batch early in a stream, and a rebuild costs about as much as
+        # ``str.find`` of a dozen forms in a batch: the forms not in the database yet are found
+        # with ``str.find`` until that has cost about one rebuild (at most twice the best).
+        extra = {f: a for f, a in ascii_forms.items() if f not in self._db_set}
+        cost = len(extra) * (hi - lo)
+        if extra and self._find_spent + cost > _REBUILD_COST:
+            self._find_spent = 0
             db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
             self._db_forms = list(ascii_forms)
             pats = [f.encode("ascii") for f in self._db_forms]
             db.compile(expressions=pats, ids=list(range(len(pats))), elements=len(pats), flags=0, literal=True)
-            self._db, self._db_key = db, key
+            self._db, self._db_key, self._db_set, extra = db, key, frozenset(self._db_forms), {}
+        self._find_spent += cost if extra else 0
+        self._find(text, extra, out, lo, hi)
+        if self._db is None:
+            return
         hits: list[tuple[int, int]] = []
 
         def on_match(index: int, _from: int, to: int, _flags: int, _ctx: object) -> None:
@@ -163,8 +180,9 @@ class SeenSecrets:
         self._db.scan(data if hi - lo == len(data) else data[lo:hi], match_event_handler=on_match)  # type: ignore[attr-defined]
         for index, end in hits:
             form = self._db_forms[index]
+            after = ascii_forms.get(form)  # None: a value in the database but not remembered
             start = lo + end - len(form)
-            if start > ascii_forms.get(form, -1):
+            if after is not None and start > after:
                 out.append(literal_span(text, start, len(form)))
 
 

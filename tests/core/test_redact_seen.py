@@ -177,3 +177,39 @@ def test_an_occurrence_whose_padding_joins_two_touching_covered_spans_is_found()
     seen = SeenSecrets()
     seen.commit([S])
     assert merge(covered + seen.occurrences(text, {}, None, covered)) == [(0, len(text))]
+
+
+SEEN_VALUES = [S, "Qw3rTy7UiOp2AsDf", "ghp_" + "Zq8" * 12, "p4ss-W0rd-l0ng", "Zm9vYmFyYmF6cXV4"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from([*SEEN_VALUES, "x" * 7, " ", "\n", "=="]), max_size=30), min_size=1, max_size=8),
+    st.lists(st.integers(0, len(SEEN_VALUES)), min_size=8, max_size=8),
+    st.sampled_from([0, 200, 4_000_000, 1 << 60]),
+)
+def test_hyperscan_pass_equals_find_while_values_arrive(
+    batches: list[list[str]], arrivals: list[int], rebuild: int
+) -> None:
+    """Values remembered a few per batch: the Hyperscan pass (its database rebuilt at once, late
+    or never, the forms not in it found with ``str.find``) finds what ``str.find`` alone finds."""
+    from celery_selfheal.core import redact_seen
+
+    if redact_seen.hyperscan is None:
+        pytest.skip("no Hyperscan on this platform")
+    budget, cost = redact_seen._FIND_BUDGET, redact_seen._REBUILD_COST
+    by_hs, by_find = SeenSecrets(), SeenSecrets()
+    try:
+        for parts, n in zip(batches, arrivals, strict=False):
+            text = "".join(parts) * 3
+            new = {v: text.find(v) for v in SEEN_VALUES[:n] if v in text and v not in by_hs}
+            redact_seen._FIND_BUDGET, redact_seen._REBUILD_COST = -1, rebuild
+            hs = by_hs.occurrences(text, new)
+            redact_seen._FIND_BUDGET = 1 << 60
+            found = by_find.occurrences(text, new)
+            assert sorted(hs) == sorted(found)
+            kept = sorted(new, key=new.__getitem__)[: (len(new) + 1) // 2]  # the rest held back
+            for seen in (by_hs, by_find):
+                seen.commit(kept)
+    finally:
+        redact_seen._FIND_BUDGET, redact_seen._REBUILD_COST = budget, cost
