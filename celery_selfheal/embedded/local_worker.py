@@ -44,34 +44,28 @@ def hold_presence(settings: Settings, name: str) -> None:
     _held.append(fh)
 
 
+def _lock_held(path: Path) -> bool:
+    """True if some process holds the presence lock ``path`` (a live worker)."""
+    with open(path, "rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
 def worker_running(settings: Settings) -> bool:
     """True if some worker holds a presence lock under this state dir."""
     folder = lock_dir(settings)
-    if not folder.exists():
-        return False
-    for path in folder.glob("*.lock"):
-        with open(path, "rb") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
+    return folder.exists() and any(_lock_held(path) for path in folder.glob("*.lock"))
 
 
 def other_workers_alive(settings: Settings, name: str) -> bool:
     """True if a worker other than ``name`` (this one) holds a presence lock on this state dir."""
     folder = lock_dir(settings)
-    for path in folder.glob("*.lock") if folder.exists() else ():
-        if path.name == _lock_name(name):
-            continue
-        with open(path, "rb") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
+    return folder.exists() and any(_lock_held(path) for path in folder.glob("*.lock")
+                                   if path.name != _lock_name(name))
 
 
 class LocalWorker:
