@@ -35,19 +35,8 @@ import bench_redact  # noqa: E402  (the agent-log generator)
 
 from celery_selfheal.core.redact import Redactor  # noqa: E402
 
-CONTEXTS = (
-    "{s}",
-    "using {s} now",
-    "export X={s}",
-    "echo '{s}'",
-    '{{"value": "{s}", "n": 1}}',
-    "<value>{s}</value>",
-    "header was {s}.",
-    "  File \"app.py\", line 3, in <module>: ValueError('{s}')",
-    "curl https://api.example.com/v1?x={s}&y=1",
-    "[{s}]\n",
-    "ERROR: request failed (creds={s})",
-)
+#: the places a token is printed in, none naming it a secret (shared with the per-rule tests)
+CONTEXTS = tuple(json.loads((ROOT / "tests/core/data/token_contexts.json").read_text()))
 
 
 def positives() -> list[tuple[str, str, list[str]]]:

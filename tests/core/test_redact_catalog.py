@@ -20,19 +20,7 @@ DATA = Path(__file__).parent / "data"
 RULES = builtin_rules()
 R = Redactor(env={})
 #: Realistic places a token is printed in, none of which names it a secret.
-CONTEXTS = (
-    "{s}",
-    "using {s} now",
-    "export X={s}",
-    "echo '{s}'",
-    '{{"value": "{s}", "n": 1}}',
-    "<value>{s}</value>",
-    "header was {s}.",
-    "  File \"app.py\", line 3, in <module>: ValueError('{s}')",
-    "curl https://api.example.com/v1?x={s}&y=1",
-    "[{s}]\n",
-    "ERROR: request failed (creds={s})",
-)
+CONTEXTS = tuple(json.loads((DATA / "token_contexts.json").read_text()))
 
 
 def secret_part(rule: Rule, example: str) -> str:
