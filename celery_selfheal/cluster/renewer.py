@@ -11,11 +11,14 @@ for a renewal in flight, as joining its thread did.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 import weakref
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 class Renewable(Protocol):
@@ -86,7 +89,12 @@ class Renewer:
     def _run(self) -> None:
         while True:
             for lease in self._next():
-                if not lease.renew_due():
+                try:
+                    keep = lease.renew_due()
+                except Exception:  # one lease's bug must not end the renewals of every later attempt
+                    log.exception("celery-selfheal: renewing a lease raised; it is no longer renewed")
+                    keep = False
+                if not keep:
                     self.remove(lease)
 
 

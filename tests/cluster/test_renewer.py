@@ -70,3 +70,19 @@ def test_a_child_forked_while_the_renewer_holds_its_lock_still_renews() -> None:
     calls, held = out.get(timeout=20)
     proc.join(20)
     assert calls >= 3 and held == 1
+
+
+class Raising(Counting):
+    def renew_due(self) -> bool:
+        super().renew_due()
+        raise RuntimeError("a bug in one lease")
+
+
+def test_a_lease_that_raises_is_dropped_and_the_others_are_still_renewed() -> None:
+    renewer = Renewer()
+    bad, good = Raising(0.02), Counting(0.02)
+    renewer.add(bad)
+    renewer.add(good)
+    wait_for(lambda: good.calls >= 5, "the good lease renewed five times", timeout=10)
+    assert bad.calls == 1
+    renewer.remove(good)
