@@ -32,8 +32,17 @@ def _loose(path: Path) -> set[str]:
     return {f"{d.name}{f.name}" for d in objects.iterdir() if len(d.name) == 2 for f in d.iterdir()}
 
 
+@pytest.fixture(autouse=True)
+def _private_scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scratch repositories in a directory of this test's own: other test processes replay in
+    /dev/shm at the same time, and their scratch directories are not this test's leftovers."""
+    private = tmp_path / "scratch"
+    private.mkdir()
+    monkeypatch.setattr(memodb, "_memory_tmp", lambda: str(private))
+
+
 def _scratch_dirs() -> set[str]:
-    parent = Path(memodb._memory_tmp() or "/tmp")
+    parent = Path(memodb._memory_tmp() or "/nonexistent")
     return {p.name for p in parent.glob("selfheal-replay-*")}
 
 
