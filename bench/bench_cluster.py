@@ -40,6 +40,7 @@ from celery import Celery, chain
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import _cpu  # noqa: E402
 from bench._common import make_baseline_repo  # noqa: E402
 from celery_selfheal.api import submit  # noqa: E402
 from celery_selfheal.cluster.checks import DEFAULT_LEASE_TTL, DEFAULT_SWEEP_INTERVAL  # noqa: E402
@@ -196,6 +197,15 @@ def fmt(values: list[float]) -> str:
     return f"median {statistics.median(values):7.2f} s  worst {max(values):7.2f} s"
 
 
+def print_cpu(cpu: dict[str, list[dict[str, float]]]) -> None:
+    """CPU milliseconds per step by process role (median over runs), both sides."""
+    roles = sorted({role for runs in cpu.values() for run in runs for role in run})
+    print("CPU ms per step        " + "".join(f"{role:>16}" for role in roles) + f"{'total':>10}")
+    for name, label in (("ours", "celery-selfheal"), ("base", "plain Celery")):
+        meds = {role: statistics.median(run.get(role, 0.0) for run in cpu[name]) for role in roles}
+        print(f"{label:<23}" + "".join(f"{meds[r]:16.2f}" for r in roles) + f"{sum(meds.values()):10.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200)
@@ -222,9 +232,15 @@ def main() -> None:
         noop = bench.job_file(repo, args.steps, ["true"])
         bench.selfheal_batch(noop, 4), bench.plain_batch(4, args.steps)  # warm-up
         ours, base = [], []
+        roles = {redis_proc.pid: "redis-server", os.getpid(): "client",
+                 **{proc.pid: "worker" for _, proc in bench.workers.values()}}
+        cpu: dict[str, list[dict[str, float]]] = {"ours": [], "base": []}
         for _ in range(args.runs):
-            ours.append(bench.selfheal_batch(noop, args.jobs))
-            base.append(bench.plain_batch(args.jobs, args.steps))
+            for name, times, batch in (("ours", ours, lambda: bench.selfheal_batch(noop, args.jobs)),
+                                       ("base", base, lambda: bench.plain_batch(args.jobs, args.steps))):
+                before = _cpu.snapshot(roles)
+                times.append(batch())
+                cpu[name].append(_cpu.per_step(before, _cpu.snapshot(roles), args.jobs * args.steps))
         kills = [recovery_run(bench, repo, sleep=3.0, timeout=180) for _ in range(args.kills)]
     finally:
         bench.stop()
@@ -238,8 +254,11 @@ def main() -> None:
     print(f"plain Celery chains  : {fmt(base)}  -> {steps / med_b:7.1f} steps/s  {args.jobs / med_b:6.1f} jobs/s")
     print(f"throughput ratio     : celery-selfheal = {med_b / med_o:.3f} x plain Celery "
           f"({(med_o - med_b) / steps * 1000 * 2 * args.concurrency:.0f} ms more per step per slot)")
+    print_cpu(cpu)
     ttl = args.lease_ttl or DEFAULT_LEASE_TTL
     sweep = args.sweep_interval or DEFAULT_SWEEP_INTERVAL
+    if not kills:
+        return
     print(f"worker death -> step running again ({args.kills} kills, lease TTL {ttl:g} s, sweep {sweep:g} s, "
           f"bound {ttl + sweep:g} s + pickup): {fmt(kills)}")
 

@@ -47,8 +47,13 @@ def create(ws: GitWorkspace, repo: str, sha: str, *, checkout: bool) -> GitWorks
 def _clone(ws: GitWorkspace, repo: str, sha: str, checkout: bool) -> None:
     local = is_local(repo)
     source = str(Path(repo).resolve()) if local else repo
-    conf = [arg for kv in (*OVERRIDES, f"user.name={IDENTITY['GIT_AUTHOR_NAME']}",
-                           f"user.email={IDENTITY['GIT_AUTHOR_EMAIL']}") for arg in ("--config", kv)]
+    settings = (*OVERRIDES, f"user.name={IDENTITY['GIT_AUTHOR_NAME']}", f"user.email={IDENTITY['GIT_AUTHOR_EMAIL']}")
+    if local and libgit.clone_local(source, ws.path, sha, checkout=checkout,
+                                    config=dict(kv.split("=", 1) for kv in settings)):
+        _set_base(ws, sha, head=False)
+        return
+    shutil.rmtree(ws.git_dir, ignore_errors=True)  # what an in-process attempt left
+    conf = [arg for kv in settings for arg in ("--config", kv)]
     git(["clone", "--quiet", "--no-checkout", "--template=", *conf, "--", source, str(ws.path)],
         isolated=False, timeout=None if local else NETWORK_TIMEOUT)
     if not ws.has_commit(sha):
@@ -58,13 +63,18 @@ def _clone(ws: GitWorkspace, repo: str, sha: str, checkout: bool) -> None:
             raise WorkspaceError(f"commit {sha} not found in {repo}")
     if checkout:
         ws.git(["checkout", "--quiet", "--force", "--detach", sha])
+    _set_base(ws, sha, head=not checkout)
+
+
+def _set_base(ws: GitWorkspace, sha: str, *, head: bool) -> None:
+    """Point the base ref (and with ``head`` a detached HEAD) at ``sha``."""
     fast = libgit.open_workspace(ws.path, BASE_REF)
     if fast is not None:
         try:
-            fast.set_refs(sha, head=not checkout)
+            fast.set_refs(sha, head=head)
             return
         except libgit.Error:
             pass  # the CLI below does the same
-    if not checkout:
+    if head:
         ws.git(["update-ref", "--no-deref", "HEAD", sha])
     ws.git(["update-ref", BASE_REF, sha])

@@ -6,8 +6,10 @@ machine this was the largest part of a no-op step's overhead (bench/profile_step
 in-process takes a few milliseconds (bench/bench_git_inproc.py). Only these operations live here:
 staging the work tree into an in-memory index and writing its tree, the checkpoint commit and its
 ref update, the clean check, resolving the base, and replay's patch application (checked against
-the checkpoint's tree, see `workspace.patch_stack`). Diffs (the checkpoint's patch bytes), clones and
-checkouts stay on the git CLI (a libgit2 checkout of the replay bench's 320 files was no faster).
+the checkpoint's tree, see `workspace.patch_stack`), and the clone of a local baseline
+(`clone_local`: a CLI clone and checkout are four processes, most of a first step's cost and of a
+replay on another worker). Diffs (the checkpoint's patch bytes), clones of URLs and replay's
+checkout stay on the git CLI (a libgit2 checkout of the replay bench's 320 files was no faster).
 
 Same results as the CLI, or the CLI is used: the trees are those of ``git add --all`` +
 ``write-tree`` (tests/workspace/test_libgit.py compares the two on generated work trees), commits
@@ -20,6 +22,8 @@ Without pygit2 everything uses the CLI.
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +163,38 @@ def open_workspace(path: Path, base_ref: str) -> InProcess | None:
     except Error:
         return None
     return InProcess(repo, base_ref)
+
+
+def clone_local(source: str, path: Path, sha: str, *, checkout: bool, config: Mapping[str, str]) -> bool:
+    """``git clone --no-checkout --template=`` of the local repository ``source`` into the empty
+    directory ``path``, detached at ``sha`` with ``config`` set, and with ``checkout`` its index and
+    work tree written; in-process. libgit2 hard-links the objects as git's local clone does and makes
+    the same refs (``refs/heads/*``, ``refs/remotes/origin/*``) and ``origin`` remote. Cloned bare
+    into ``path/.git`` and then made a work tree, so that ``checkout=False`` writes no file. False when
+    libgit2 cannot do it (no pygit2, a repository it cannot open, ``sha`` missing); the caller then
+    removes ``path/.git`` and uses the CLI, which also words any error."""
+    if not AVAILABLE:
+        return False
+    git_dir = path / ".git"
+    try:
+        bare = pygit2.clone_repository(source, str(git_dir), bare=True)
+        bare.config["core.bare"] = False
+        bare.free()
+        repo = pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+        for key, value in {"core.logallrefupdates": "true", **config}.items():
+            repo.config[key] = value
+        commit = repo.revparse_single(sha).peel(pygit2.Commit)
+        if checkout:
+            repo.checkout_tree(commit.tree, strategy=pygit2.enums.CheckoutStrategy.FORCE)
+        repo.set_head(commit.id)  # detached, as ``git checkout --detach``
+    except Error:
+        return False
+    except TypeError:  # a path or sha text libgit2 refuses to take
+        return False
+    # libgit2's built-in template; the CLI's empty one (--template=) leaves none of these
+    shutil.rmtree(git_dir / "hooks", ignore_errors=True)
+    (git_dir / "description").unlink(missing_ok=True)
+    return True
 
 
 def resolve_local(root: Path, ref: str) -> str | None:
