@@ -197,6 +197,24 @@ def fmt(values: list[float]) -> str:
     return f"median {statistics.median(values):7.2f} s  worst {max(values):7.2f} s"
 
 
+def redis_calls(url: str) -> dict[str, int]:
+    """Commands redis-server has run so far, by name (``INFO commandstats``)."""
+    import redis
+
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def print_commands(commands: dict[str, list[dict[str, float]]]) -> None:
+    """Redis commands per step (median over runs), both sides, the most frequent first."""
+    for name, label in (("ours", "celery-selfheal"), ("base", "plain Celery")):
+        names = {k for run in commands[name] for k in run}
+        meds = {k: statistics.median(run.get(k, 0.0) for run in commands[name]) for k in names}
+        top = sorted(((v, k) for k, v in meds.items() if v >= 0.05), reverse=True)
+        print(f"redis commands per step, {label}: {sum(meds.values()):.1f} = "
+              + ", ".join(f"{k} {v:.1f}" for v, k in top))
+
+
 def print_cpu(cpu: dict[str, list[dict[str, float]]]) -> None:
     """CPU milliseconds per step by process role (median over runs), both sides."""
     roles = sorted({role for runs in cpu.values() for run in runs for role in run})
@@ -235,12 +253,15 @@ def main() -> None:
         roles = {redis_proc.pid: "redis-server", os.getpid(): "client",
                  **{proc.pid: "worker" for _, proc in bench.workers.values()}}
         cpu: dict[str, list[dict[str, float]]] = {"ours": [], "base": []}
+        commands: dict[str, list[dict[str, float]]] = {"ours": [], "base": []}
         for _ in range(args.runs):
             for name, times, batch in (("ours", ours, lambda: bench.selfheal_batch(noop, args.jobs)),
                                        ("base", base, lambda: bench.plain_batch(args.jobs, args.steps))):
-                before = _cpu.snapshot(roles)
+                before, calls = _cpu.snapshot(roles), redis_calls(url)
                 times.append(batch())
                 cpu[name].append(_cpu.per_step(before, _cpu.snapshot(roles), args.jobs * args.steps))
+                commands[name].append({k: (v - calls.get(k, 0)) / (args.jobs * args.steps)
+                                       for k, v in redis_calls(url).items()})
         kills = [recovery_run(bench, repo, sleep=3.0, timeout=180) for _ in range(args.kills)]
     finally:
         bench.stop()
@@ -255,6 +276,7 @@ def main() -> None:
     print(f"throughput ratio     : celery-selfheal = {med_b / med_o:.3f} x plain Celery "
           f"({(med_o - med_b) / steps * 1000 * 2 * args.concurrency:.0f} ms more per step per slot)")
     print_cpu(cpu)
+    print_commands(commands)
     ttl = args.lease_ttl or DEFAULT_LEASE_TTL
     sweep = args.sweep_interval or DEFAULT_SWEEP_INTERVAL
     if not kills:

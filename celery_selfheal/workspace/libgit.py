@@ -22,7 +22,8 @@ Without pygit2 everything uses the CLI.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -192,8 +193,11 @@ def clone_local(source: str, path: Path, sha: str, *, checkout: bool, config: Ma
     except TypeError:  # a path or sha text libgit2 refuses to take
         return False
     # libgit2's built-in template; the CLI's empty one (--template=) leaves none of these
-    shutil.rmtree(git_dir / "hooks", ignore_errors=True)
-    (git_dir / "description").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        os.unlink(git_dir / "hooks" / "README.sample")
+        os.rmdir(git_dir / "hooks")
+    with contextlib.suppress(OSError):
+        os.unlink(git_dir / "description")
     return True
 
 
