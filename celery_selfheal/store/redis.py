@@ -48,6 +48,7 @@ from redis.retry import Retry
 
 from celery_selfheal.store import _codec as codec
 from celery_selfheal.store import _redis_writes
+from celery_selfheal.store._redis_records import JobRecords
 from celery_selfheal.store._redis_scripts import Scripts
 from celery_selfheal.store._seen import Seen
 from celery_selfheal.store.base import FINISHED, AttemptWrite, JobSnapshot, Record, StateStore
@@ -67,7 +68,7 @@ def split_prefix(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), prefix
 
 
-class RedisStore(StateStore):
+class RedisStore(JobRecords, StateStore):
     """The state store in Redis (see the module docstring for URL, key layout and atomicity)."""
 
     #: commands are retried on connection errors with backoff 0.05 s doubling up to 1 s: ~15 s in all
@@ -204,66 +205,6 @@ class RedisStore(StateStore):
         first = max(after, 0) + 1
         return [(first + i, codec.loads(raw)) for i, raw in enumerate(raws)]
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def record_checkpoint(self, job_id: str, step_index: int, epoch: int, meta: Record) -> bool:
-        data = codec.dumps({**meta, "jobId": job_id, "stepIndex": step_index, "epoch": epoch})
-        return bool(self._r().hsetnx(self._job(job_id, ":checkpoints"), f"{step_index}:{epoch}", data))
-
-    def list_checkpoints(self, job_id: str, *, include_superseded: bool = False) -> list[Record]:
-        pipe = self._r().pipeline(transaction=True)  # one consistent snapshot of both keys
-        pipe.hgetall(self._job(job_id, ":checkpoints"))
-        pipe.smembers(self._job(job_id, ":checkpoints:old"))
-        return _checkpoints(*pipe.execute(), include_superseded=include_superseded)
-
-    def supersede_checkpoints(self, job_id: str, from_index: int) -> int:
-        found, old = self._job(job_id, ":checkpoints"), self._job(job_id, ":checkpoints:old")
-
-        def txn(pipe: Any) -> int:
-            fields = [f for f in pipe.hkeys(found) if int(f.split(":")[0]) >= from_index]
-            fresh = sorted(set(fields) - pipe.smembers(old))
-            pipe.multi()
-            if fresh:
-                pipe.sadd(old, *fresh)
-            return len(fresh)
-
-        return int(self._r().transaction(txn, found, old, value_from_callable=True))
-
-    # -- control requests -------------------------------------------------------------------
-    def add_control(self, job_id: str, request: Record) -> str:
-        request_id = codec.new_request_id()
-        record = {**request, "jobId": job_id, "requestId": request_id, "state": codec.PENDING}
-        pipe = self._r().pipeline(transaction=True)  # MULTI: both writes or neither
-        pipe.hset(self._job(job_id, ":control"), request_id, codec.dumps(record))
-        pipe.rpush(self._job(job_id, ":control:order"), request_id)
-        pipe.execute()
-        return request_id
-
-    def _control(self, job_id: str) -> list[Record]:
-        pipe = self._r().pipeline(transaction=True)
-        pipe.lrange(self._job(job_id, ":control:order"), 0, -1)
-        pipe.hgetall(self._job(job_id, ":control"))
-        order, found = pipe.execute()
-        return [codec.loads(found[rid]) for rid in order if rid in found]
-
-    def pending_control(self, job_id: str) -> list[Record]:
-        return [rec for rec in self._control(job_id) if rec.get("state") == codec.PENDING]
-
-    def resolve_control(self, job_id: str, request_id: str, changes: Record) -> bool:
-        codec.dumps(changes)
-        return self._update(
-            self._job(job_id, ":control"), request_id,
-            lambda rec: codec.resolved(rec, changes) if rec.get("state") == codec.PENDING else None)
-
-    def list_control(self, job_id: str) -> list[Record]:
-        return self._control(job_id)
-
-    # -- audit ------------------------------------------------------------------------------
-    def append_audit(self, job_id: str, record: Record) -> None:
-        self._r().rpush(self._job(job_id, ":audit"), codec.dumps(record))
-
-    def list_audit(self, job_id: str) -> list[Record]:
-        return [codec.loads(raw) for raw in self._r().lrange(self._job(job_id, ":audit"), 0, -1)]
-
     # -- leases -----------------------------------------------------------------------------
     def acquire_lease(self, key: str, owner: str, ttl: float, *, take_expired: bool = True) -> bool:
         return bool(self._lua().acquire(keys=self._lease_keys,
@@ -310,13 +251,6 @@ class RedisStore(StateStore):
             pipe.hdel(self._lease_keys[0], *leases)
             pipe.zrem(self._lease_keys[1], *leases)
         return bool(pipe.execute()[0])
-
-
-def _checkpoints(found: dict[str, str], old: set[str], *, include_superseded: bool = False) -> list[Record]:
-    """Checkpoint records from the checkpoints hash and the set of superseded fields."""
-    records = sorted(({**codec.loads(raw), "superseded": field in old} for field, raw in found.items()),
-                     key=lambda rec: (rec["stepIndex"], rec["epoch"]))
-    return records if include_superseded else codec.active_checkpoints(records)
 
 
 def _ms(seconds: float) -> int:
