@@ -47,11 +47,11 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from celery_selfheal.store import _codec as codec
-from celery_selfheal.store import _redis_writes
+from celery_selfheal.store import _redis_writes, _wake_redis
 from celery_selfheal.store._redis_records import JobRecords
 from celery_selfheal.store._redis_scripts import Scripts
 from celery_selfheal.store._seen import Seen
-from celery_selfheal.store.base import FINISHED, AttemptWrite, JobSnapshot, Record, StateStore
+from celery_selfheal.store.base import FINISHED, AttemptWrite, JobSnapshot, Record, StateStore, WakeListener
 
 #: clients inherited through fork(): kept referenced so the child never closes the parent's sockets
 _INHERITED: list[redis.Redis] = []
@@ -224,6 +224,22 @@ class RedisStore(JobRecords, StateStore):
         flat = self._lua().expired(keys=self._lease_keys, args=[prefix])
         return [(flat[i], {"owner": flat[i + 1], "expiresAt": float(flat[i + 2]) / 1000})
                 for i in range(0, len(flat), 3)]
+
+    # -- wake-ups (`_wake_redis`: PUBLISH, one subscriber thread per process) ------------------
+    def _wake_channel(self) -> str:
+        # channels are server-wide, not per database: the db is part of the name
+        return f"{self.prefix}wake:{self._r().connection_pool.connection_kwargs.get('db', 0)}"
+
+    def wake(self, job_id: str) -> None:
+        _wake_redis.publish(self._r, self._wake_channel(), job_id)
+
+    def wake_listener(self, job_id: str) -> WakeListener | None:
+        try:
+            hub = _wake_redis.hub(self._client_url, self._wake_channel(), lambda: self._r().pubsub())
+            return hub.listen(job_id)
+        except OSError as exc:  # e.g. out of file descriptors for the pipe: the attempt polls
+            _wake_redis.log.debug("celery-selfheal: no wake-up listener for job %s: %s", job_id, exc)
+            return None
 
     # -- retention --------------------------------------------------------------------------
     def finished_jobs(self, before: str, limit: int = 1000) -> list[Record]:

@@ -15,15 +15,19 @@ connection in the child on first use.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
 
 from celery_selfheal.store import _codec as codec
+from celery_selfheal.store import _wake_fifo
 from celery_selfheal.store._sqlite_db import SQLiteDB, sqlite_path
-from celery_selfheal.store.base import FINISHED, AttemptWrite, Record, StateStore
+from celery_selfheal.store.base import FINISHED, AttemptWrite, Record, StateStore, WakeListener
 
 __all__ = ["SQLiteStore", "sqlite_path"]
+
+log = logging.getLogger(__name__)
 
 
 class SQLiteStore(SQLiteDB, StateStore):
@@ -236,6 +240,17 @@ class SQLiteStore(SQLiteDB, StateStore):
             "where substr(name, 1, ?) = ? and expires_at <= ? order by expires_at",
             (len(prefix), prefix, time.time()))
         return [(name, {"owner": owner, "expiresAt": expires}) for name, owner, expires in rows]
+
+    # -- wake-ups (`_wake_fifo`: one FIFO per listening attempt next to the database) ----------
+    def wake(self, job_id: str) -> None:
+        _wake_fifo.wake(_wake_fifo.wake_dir(self.path), job_id)
+
+    def wake_listener(self, job_id: str) -> WakeListener | None:
+        try:
+            return _wake_fifo.FifoListener(_wake_fifo.wake_dir(self.path), job_id)
+        except OSError as exc:  # e.g. a file system without FIFOs: the attempt polls
+            log.debug("celery-selfheal: no wake-up FIFO for job %s: %s", job_id, exc)
+            return None
 
     # -- retention --------------------------------------------------------------------------
     def finished_jobs(self, before: str, limit: int = 1000) -> list[Record]:
