@@ -38,6 +38,7 @@ def _stem(job_id: str) -> str:
 
 def _private_dir(path: Path) -> None:
     """Create ``path`` mode 0700, or check that it is our own directory (not a symlink)."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # as the store does for its database
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
     st = os.lstat(path)

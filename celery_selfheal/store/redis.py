@@ -94,14 +94,17 @@ class RedisStore(JobRecords, StateStore):
             return self._client
         if self._client is not None:  # inherited through fork(): leave it to the parent
             _INHERITED.append(self._client)
-        client = redis.Redis.from_url(
+        client = self._new_client()
+        self._scripts = Scripts.register(client)
+        self._client, self._pid = client, os.getpid()
+        return client
+
+    def _new_client(self) -> Any:
+        return redis.Redis.from_url(
             self._client_url, decode_responses=True,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), self.RETRIES),
             socket_connect_timeout=5, socket_timeout=30, socket_keepalive=True,
             health_check_interval=15)  # pings idle connections first, so a restart is noticed early
-        self._scripts = Scripts.register(client)
-        self._client, self._pid = client, os.getpid()
-        return client
 
     def _lua(self) -> Scripts:
         self._r()
@@ -235,7 +238,8 @@ class RedisStore(JobRecords, StateStore):
 
     def wake_listener(self, job_id: str) -> WakeListener | None:
         try:
-            hub = _wake_redis.hub(self._client_url, self._wake_channel(), lambda: self._r().pubsub())
+            # a client of its own: the subscriber outlives this store object (and its `close`)
+            hub = _wake_redis.hub(self._client_url, self._wake_channel(), lambda: self._new_client().pubsub())
             return hub.listen(job_id)
         except OSError as exc:  # e.g. out of file descriptors for the pipe: the attempt polls
             _wake_redis.log.debug("celery-selfheal: no wake-up listener for job %s: %s", job_id, exc)
