@@ -1,5 +1,6 @@
-"""What the supervisor runs (`RuntimeSpec`), what it reports (`RuntimeResult`), and how it reads
-one output pipe (`OutputStream`): the data side of `runtime.supervisor`."""
+"""What the supervisor runs (`RuntimeSpec`), what it reports (`RuntimeResult`), how it reads
+one output pipe (`OutputStream`) and when it asks whether to cancel on a push (`WakeCheck`): the
+data side of `runtime.supervisor`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,31 @@ import codecs
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from celery_selfheal.core.model import Detector
+
+
+class Wakeup(Protocol):
+    """A descriptor that becomes readable when a cancel check is worth running now."""
+
+    def fileno(self) -> int:
+        """The descriptor to select on."""
+        ...
+
+    def drain(self) -> None:
+        """Consume what made it readable."""
+        ...
+
+
+@dataclass(frozen=True)
+class WakeCheck:
+    """A cancel check that costs a store read: run at the start, whenever ``wakeup`` is readable
+    (an operator's request was pushed), and every ``fallback`` seconds in case a push was lost."""
+
+    check: Callable[[], bool]
+    fallback: float
+    wakeup: Wakeup | None = None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from celery_selfheal.core.output_loop import LoopMatch, OutputLoopDetector, desc
 from celery_selfheal.runtime.capped_log import CappedLog
 from celery_selfheal.runtime.containment import MARKER_VAR, Guard, end_attempt, start_ticks
 from celery_selfheal.runtime.pid_window import PidWindow
-from celery_selfheal.runtime.spec import OutputStream, RuntimeResult, RuntimeSpec
+from celery_selfheal.runtime.spec import OutputStream, RuntimeResult, RuntimeSpec, Wakeup
 
 __all__ = ["TAIL_CHARS", "SupervisedRun", "close_pipes"]
 
@@ -37,9 +37,11 @@ class SupervisedRun:
 
     def __init__(self, proc: subprocess.Popen[bytes], spec: RuntimeSpec, log: CappedLog,
                  redact_stream: Callable[[], Any] | None, on_output: Callable[[str], None] | None,
-                 clock: Callable[[], float], window: PidWindow | None = None) -> None:
+                 clock: Callable[[], float], window: PidWindow | None = None, wakeup: Wakeup | None = None) -> None:
         self.proc, self.spec, self.log, self.on_output, self.clock = proc, spec, log, on_output, clock
         self.window = window
+        #: set when ``wakeup`` was readable (drained already); the supervisor clears it
+        self.woken = False
         self.sel = selectors.DefaultSelector()
         self.streams: list[OutputStream] = []
         self.output_bytes = 0
@@ -65,6 +67,8 @@ class SupervisedRun:
         else:
             proc.stdin.close()
         self._watch_exit()
+        if wakeup is not None:  # its owner closes it, after the selector
+            self.sel.register(wakeup.fileno(), selectors.EVENT_READ, wakeup)
 
     def _watch_exit(self) -> None:
         try:
@@ -92,8 +96,11 @@ class SupervisedRun:
                     self.sel.unregister(key.fd)
             elif key.data == "stdin":
                 self._write_prompt()
-            else:
+            elif isinstance(key.data, OutputStream):
                 self._read(key.data)
+            else:  # the wake-up
+                key.data.drain()
+                self.woken = True
         return exited
 
     def _write_prompt(self) -> None:

@@ -3,7 +3,8 @@ process group on timeout, cancel or shutdown (REQ-04).
 
 One thread, one ``selectors`` loop (`runtime.supervised`) over the child's stdout, stderr, stdin
 and a pidfd that becomes readable when the leader exits. The select timeout is the
-time to the nearest deadline (wall, last output + idle, next cancel poll), so a timeout is noticed
+time to the nearest deadline (wall, last output + idle, next cancel poll), and a wake-up descriptor
+(`spec.WakeCheck`: an operator's cancel pushed by the store) is selected on too, so a timeout is noticed
 within about a millisecond of its threshold instead of at the next coarse poll. The output-loop
 detector (`core.output_loop`) is fed each decoded chunk as it is read, so a loop ends the attempt
 (detector ``output_loop``) at the chunk that completes its last repetition. Ending an attempt ends
@@ -26,10 +27,10 @@ from celery_selfheal.runtime.capped_log import CappedLog
 from celery_selfheal.runtime.containment import MARKER_VAR, Guard, end_attempt, new_marker
 from celery_selfheal.runtime.pid_window import PidWindow
 from celery_selfheal.runtime.process_group import start_group_child_preexec
-from celery_selfheal.runtime.spec import RuntimeResult, RuntimeSpec
+from celery_selfheal.runtime.spec import RuntimeResult, RuntimeSpec, WakeCheck
 from celery_selfheal.runtime.supervised import TAIL_CHARS, SupervisedRun, close_pipes
 
-__all__ = ["RuntimeResult", "RuntimeSpec", "run_runtime"]
+__all__ = ["RuntimeResult", "RuntimeSpec", "WakeCheck", "run_runtime"]
 
 
 def _not_started(log: CappedLog, message: str) -> RuntimeResult:
@@ -88,6 +89,7 @@ def run_runtime(
     on_output: Callable[[str], None] | None = None,
     redact_text: Callable[[str], str] = str,
     clock: Callable[[], float] = time.monotonic,
+    wake: WakeCheck | None = None,
 ) -> RuntimeResult:
     """Run ``spec`` in its own process group until it exits, times out or is cancelled.
 
@@ -102,7 +104,10 @@ def run_runtime(
     Containment (`runtime.containment`): the runtime's environment gets a fresh
     ``SELFHEAL_ATTEMPT_MARKER``; whenever the attempt ends (success too) the group *and* every
     process carrying the marker are ended, and a guard process does the same if this process
-    dies. With ``spec.output_loop_limit`` the output is watched for a repeated block of lines
+    dies. ``cancel_check`` is run every ``cancel_poll`` seconds (keep it cheap); ``wake.check`` at
+    the start, when ``wake.wakeup`` is readable and every ``wake.fallback`` seconds; either one
+    returning True cancels. The caller closes ``wake.wakeup``. With ``spec.output_loop_limit`` the
+    output is watched for a repeated block of lines
     (detector OUTPUT_LOOP, ended as a timeout; ``note`` quotes the block through ``redact_text``).
     """
     if not spec.argv:
@@ -123,8 +128,9 @@ def run_runtime(
     try:
         if on_start is not None:
             on_start(proc.pid)
-        run = SupervisedRun(proc, spec, log, redact_stream, on_output, clock, window)
-        detector, lag, cancelled = _watch(run, cancel_check, cancel_poll)
+        run = SupervisedRun(proc, spec, log, redact_stream, on_output, clock, window,
+                            wake.wakeup if wake is not None else None)
+        detector, lag, cancelled = _watch(run, cancel_check, cancel_poll, wake)
         end = clock()
         # Also when the leader exited by itself: nothing the attempt started may outlive it.
         run.terminate()
@@ -138,12 +144,14 @@ def run_runtime(
     return run.result(rc, detector, lag, cancelled, end, redact_text)
 
 
-def _watch(run: SupervisedRun, cancel_check: Callable[[], bool] | None,
-           cancel_poll: float) -> tuple[Detector, float | None, bool]:
+def _watch(run: SupervisedRun, cancel_check: Callable[[], bool] | None, cancel_poll: float,
+           wake: WakeCheck | None) -> tuple[Detector, float | None, bool]:
     """The watchdog loop: returns (detector, detection lag, cancelled) when the attempt must end."""
     spec, clock = run.spec, run.clock
     wall_deadline = run.start + spec.wall_timeout
     next_cancel = run.start + cancel_poll if cancel_check is not None else float("inf")
+    # at once first: a request made before the wake-up listened was pushed to nobody
+    next_wake = run.start if wake is not None else float("inf")
     while True:
         now = clock()
         idle_deadline = run.last_output + spec.idle_timeout
@@ -156,7 +164,12 @@ def _watch(run: SupervisedRun, cancel_check: Callable[[], bool] | None,
             if cancel_check():
                 return Detector.EXIT, None, True
             next_cancel = clock() + cancel_poll
-        if run.pump(min(first, next_cancel) - now):
+        if wake is not None and (run.woken or now >= next_wake):
+            run.woken = False
+            if wake.check():
+                return Detector.EXIT, None, True
+            next_wake = clock() + wake.fallback
+        if run.pump(min(first, next_cancel, next_wake) - now):
             return Detector.EXIT, None, False
         if run.loop is not None:
             return Detector.OUTPUT_LOOP, None, False

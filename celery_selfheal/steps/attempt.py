@@ -23,7 +23,7 @@ from celery_selfheal.core.model import AttemptOutcome
 from celery_selfheal.core.redact import StreamRedactor
 from celery_selfheal.core.runtime_env import without_control_plane
 from celery_selfheal.runtime.capped_log import CappedLog
-from celery_selfheal.runtime.supervisor import RuntimeResult, RuntimeSpec, run_runtime
+from celery_selfheal.runtime.supervisor import RuntimeResult, RuntimeSpec, WakeCheck, run_runtime
 from celery_selfheal.workspace.git import Change, GitWorkspace
 
 #: characters the stream redactor collects before it scans: small, so the attempt log stays close to
@@ -129,8 +129,10 @@ def run_attempt(
     on_start: Callable[[int], None] | None = None,
     on_activity: Callable[[str], None] | None = None,
     cancel_poll: float = 0.25,
+    wake: WakeCheck | None = None,
 ) -> AttemptFacts:
-    """Run the step's runtime once in ``ws`` under the plan's budgets and collect the facts."""
+    """Run the step's runtime once in ``ws`` under the plan's budgets and collect the facts
+    (``cancel_check``, ``cancel_poll`` and ``wake``: as in `runtime.supervisor.run_runtime`)."""
     arts = ctx.artifacts(plan.job_id)
     # Prompt files live outside the workspace so they never show up in the step's diff.
     prompt_dir = ctx.settings.run_dir / "prompts" / plan.job_id
@@ -162,7 +164,8 @@ def run_attempt(
 
     try:
         result = run_runtime(spec, log=log, redact_stream=redact_stream, cancel_check=cancel_check,
-                             cancel_poll=cancel_poll, on_start=on_start, redact_text=ctx.redactor.redact)
+                             cancel_poll=cancel_poll, on_start=on_start, redact_text=ctx.redactor.redact,
+                             wake=wake)
     finally:
         log.close()
     return AttemptFacts(result=result, change=ws.current_change(), prompt_file=prompt_file, log_path=log_path)

@@ -21,6 +21,7 @@ from celery_selfheal.errors import ReplayError, WorkspaceError
 from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs import transitions
 from celery_selfheal.jobs.records import outcome_of, step_budgets
+from celery_selfheal.runtime.spec import WakeCheck
 from celery_selfheal.steps.attempt import AttemptPlan, run_attempt
 from celery_selfheal.steps.crashed import crash_reason, exception_class, finish_crashed_attempt
 from celery_selfheal.steps.finish import fail_step, finish_attempt
@@ -37,10 +38,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: how often a park is retried when an operator changes the job's flags at the same moment
 _PARK_TRIES = 3
-#: how often a running attempt reads its job for a cancel/preempt/new epoch: one small read (a
-#: primary-key row in SQLite, one GET in Redis) per 50 ms keeps "cancel -> runtime gone" within
-#: about 100 ms plus the kill grace (bench/bench_cancel.py); 20 reads/s per running attempt
+#: how often a running attempt looks at its lease-lost flag (a local attribute, no I/O), and reads
+#: its job for a cancel/preempt/new epoch when the store cannot push (20 reads/s per attempt):
+#: keeps "lease lost -> runtime TERMed" and, polled, "cancel -> runtime gone" within about 100 ms
+#: plus the kill grace (bench/bench_cancel.py)
 CANCEL_POLL_SECONDS = 0.05
+#: how often a running attempt reads its job when the store pushes preempting requests
+#: (`StateStore.wake`): the read then only catches a push that was lost (a publish while the Redis
+#: subscriber reconnects, a FIFO removed by hand), so a lost push costs at most this much latency
+#: for 2 reads/s per running attempt instead of 20
+PREEMPT_FALLBACK_SECONDS = 0.5
 
 
 def preempt_check(ctx: Context, job_id: str, epoch: int) -> Callable[[], bool]:
@@ -223,16 +230,22 @@ def _run_and_finish(ctx: Context, plan: AttemptPlan, ws: GitWorkspace, *, task_i
         else:
             fresh.clear()  # someone else changed the record: read it when recording the end
 
-    cancel = preempt_check(ctx, plan.job_id, plan.epoch)
     stage.name = "running the attempt"
     if lease is not None:  # a fenced attempt's runtime must be dead before its lease can expire
         lease.fit_kill_grace(plan.budgets.kill_grace_seconds)
+    # the lease flag is local and looked at often; the job is read on a wake-up or when due
+    lost = (lambda: lease.lost) if lease is not None else None
+    wakeup = ctx.store.wake_listener(plan.job_id)
+    wake = WakeCheck(preempt_check(ctx, plan.job_id, plan.epoch),
+                     PREEMPT_FALLBACK_SECONDS if wakeup is not None else CANCEL_POLL_SECONDS, wakeup)
     try:
-        facts = run_attempt(ctx, plan, ws, cancel_check=lease.guard(cancel) if lease is not None else cancel,
-                            on_start=on_start, on_activity=OutputToucher(registry, task_id),
-                            cancel_poll=CANCEL_POLL_SECONDS)
+        facts = run_attempt(ctx, plan, ws, cancel_check=lost, on_start=on_start,
+                            on_activity=OutputToucher(registry, task_id), cancel_poll=CANCEL_POLL_SECONDS,
+                            wake=wake)
     finally:
         registry.unregister(task_id)
+        if wakeup is not None:
+            wakeup.close()
     if lease is not None and not lease.confirm():
         # another worker may own the step now: record nothing, the lost-worker sweeper records this attempt
         return StepOutcome.stop(idx, "attempt lease lost")

@@ -117,7 +117,8 @@ def _merge(job_id: str, raw: str | None, raw_attempt: str | None, changes: Recor
 def job_state(store: RedisStore, job_id: str, lease: tuple[str, str, float] | None) -> JobSnapshot:
     """`StateStore.get_job_state` in one round trip: MULTI with the lease script (EVALSHA, loaded
     again if the server lost it) and the reads."""
-    from celery_selfheal.store.redis import _checkpoints, _ms
+    from celery_selfheal.store._redis_records import _checkpoints
+    from celery_selfheal.store.redis import _ms
 
     client = store._r()
     acquire = store._lua().acquire

@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 Record = dict[str, Any]
 #: the statuses `finished_jobs` lists (core.job_state.TERMINAL, spelled out: the store has no core import)
@@ -44,6 +44,22 @@ class JobSnapshot:
     checkpoints: list[Record]
     #: whether the lease asked for was acquired (False when none was asked for)
     leased: bool = False
+
+
+class WakeListener(Protocol):
+    """`StateStore.wake_listener`: readable while a wake-up of its job is unread."""
+
+    def fileno(self) -> int:
+        """A file descriptor to select on (read end)."""
+        ...
+
+    def drain(self) -> None:
+        """Consume the wake-ups received so far (non-blocking)."""
+        ...
+
+    def close(self) -> None:
+        """Stop listening and release the descriptor (idempotent)."""
+        ...
 
 
 class StateStore(abc.ABC):
@@ -200,6 +216,17 @@ class StateStore(abc.ABC):
     def delete_job(self, job_id: str) -> bool:
         """Remove the job and everything under it: attempts, events, checkpoints, control requests,
         audit, and its leases (names ending in ``:<job id>``). False if there was no such job."""
+
+    # -- wake-ups (push instead of poll) -----------------------------------------------------
+    def wake(self, job_id: str) -> None:  # noqa: B027 - a store that cannot push is polled
+        """Tell the attempts of ``job_id`` running anywhere to read the job now (called once a
+        preempting request is stored). Never raises: a wake-up lost only costs the attempt's
+        fallback poll."""
+
+    def wake_listener(self, job_id: str) -> WakeListener | None:
+        """A listener woken by `wake` of ``job_id`` (in any process this store reaches), or None
+        when this store cannot push (the caller then polls). The caller closes it."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -47,10 +47,11 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from celery_selfheal.store import _codec as codec
-from celery_selfheal.store import _redis_writes
+from celery_selfheal.store import _redis_writes, _wake_redis
+from celery_selfheal.store._redis_records import JobRecords
 from celery_selfheal.store._redis_scripts import Scripts
 from celery_selfheal.store._seen import Seen
-from celery_selfheal.store.base import FINISHED, AttemptWrite, JobSnapshot, Record, StateStore
+from celery_selfheal.store.base import FINISHED, AttemptWrite, JobSnapshot, Record, StateStore, WakeListener
 
 #: clients inherited through fork(): kept referenced so the child never closes the parent's sockets
 _INHERITED: list[redis.Redis] = []
@@ -67,7 +68,7 @@ def split_prefix(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), prefix
 
 
-class RedisStore(StateStore):
+class RedisStore(JobRecords, StateStore):
     """The state store in Redis (see the module docstring for URL, key layout and atomicity)."""
 
     #: commands are retried on connection errors with backoff 0.05 s doubling up to 1 s: ~15 s in all
@@ -93,14 +94,17 @@ class RedisStore(StateStore):
             return self._client
         if self._client is not None:  # inherited through fork(): leave it to the parent
             _INHERITED.append(self._client)
-        client = redis.Redis.from_url(
+        client = self._new_client()
+        self._scripts = Scripts.register(client)
+        self._client, self._pid = client, os.getpid()
+        return client
+
+    def _new_client(self) -> Any:
+        return redis.Redis.from_url(
             self._client_url, decode_responses=True,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), self.RETRIES),
             socket_connect_timeout=5, socket_timeout=30, socket_keepalive=True,
             health_check_interval=15)  # pings idle connections first, so a restart is noticed early
-        self._scripts = Scripts.register(client)
-        self._client, self._pid = client, os.getpid()
-        return client
 
     def _lua(self) -> Scripts:
         self._r()
@@ -204,66 +208,6 @@ class RedisStore(StateStore):
         first = max(after, 0) + 1
         return [(first + i, codec.loads(raw)) for i, raw in enumerate(raws)]
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def record_checkpoint(self, job_id: str, step_index: int, epoch: int, meta: Record) -> bool:
-        data = codec.dumps({**meta, "jobId": job_id, "stepIndex": step_index, "epoch": epoch})
-        return bool(self._r().hsetnx(self._job(job_id, ":checkpoints"), f"{step_index}:{epoch}", data))
-
-    def list_checkpoints(self, job_id: str, *, include_superseded: bool = False) -> list[Record]:
-        pipe = self._r().pipeline(transaction=True)  # one consistent snapshot of both keys
-        pipe.hgetall(self._job(job_id, ":checkpoints"))
-        pipe.smembers(self._job(job_id, ":checkpoints:old"))
-        return _checkpoints(*pipe.execute(), include_superseded=include_superseded)
-
-    def supersede_checkpoints(self, job_id: str, from_index: int) -> int:
-        found, old = self._job(job_id, ":checkpoints"), self._job(job_id, ":checkpoints:old")
-
-        def txn(pipe: Any) -> int:
-            fields = [f for f in pipe.hkeys(found) if int(f.split(":")[0]) >= from_index]
-            fresh = sorted(set(fields) - pipe.smembers(old))
-            pipe.multi()
-            if fresh:
-                pipe.sadd(old, *fresh)
-            return len(fresh)
-
-        return int(self._r().transaction(txn, found, old, value_from_callable=True))
-
-    # -- control requests -------------------------------------------------------------------
-    def add_control(self, job_id: str, request: Record) -> str:
-        request_id = codec.new_request_id()
-        record = {**request, "jobId": job_id, "requestId": request_id, "state": codec.PENDING}
-        pipe = self._r().pipeline(transaction=True)  # MULTI: both writes or neither
-        pipe.hset(self._job(job_id, ":control"), request_id, codec.dumps(record))
-        pipe.rpush(self._job(job_id, ":control:order"), request_id)
-        pipe.execute()
-        return request_id
-
-    def _control(self, job_id: str) -> list[Record]:
-        pipe = self._r().pipeline(transaction=True)
-        pipe.lrange(self._job(job_id, ":control:order"), 0, -1)
-        pipe.hgetall(self._job(job_id, ":control"))
-        order, found = pipe.execute()
-        return [codec.loads(found[rid]) for rid in order if rid in found]
-
-    def pending_control(self, job_id: str) -> list[Record]:
-        return [rec for rec in self._control(job_id) if rec.get("state") == codec.PENDING]
-
-    def resolve_control(self, job_id: str, request_id: str, changes: Record) -> bool:
-        codec.dumps(changes)
-        return self._update(
-            self._job(job_id, ":control"), request_id,
-            lambda rec: codec.resolved(rec, changes) if rec.get("state") == codec.PENDING else None)
-
-    def list_control(self, job_id: str) -> list[Record]:
-        return self._control(job_id)
-
-    # -- audit ------------------------------------------------------------------------------
-    def append_audit(self, job_id: str, record: Record) -> None:
-        self._r().rpush(self._job(job_id, ":audit"), codec.dumps(record))
-
-    def list_audit(self, job_id: str) -> list[Record]:
-        return [codec.loads(raw) for raw in self._r().lrange(self._job(job_id, ":audit"), 0, -1)]
-
     # -- leases -----------------------------------------------------------------------------
     def acquire_lease(self, key: str, owner: str, ttl: float, *, take_expired: bool = True) -> bool:
         return bool(self._lua().acquire(keys=self._lease_keys,
@@ -283,6 +227,23 @@ class RedisStore(StateStore):
         flat = self._lua().expired(keys=self._lease_keys, args=[prefix])
         return [(flat[i], {"owner": flat[i + 1], "expiresAt": float(flat[i + 2]) / 1000})
                 for i in range(0, len(flat), 3)]
+
+    # -- wake-ups (`_wake_redis`: PUBLISH, one subscriber thread per process) ------------------
+    def _wake_channel(self) -> str:
+        # channels are server-wide, not per database: the db is part of the name
+        return f"{self.prefix}wake:{self._r().connection_pool.connection_kwargs.get('db', 0)}"
+
+    def wake(self, job_id: str) -> None:
+        _wake_redis.publish(self._r, self._wake_channel(), job_id)
+
+    def wake_listener(self, job_id: str) -> WakeListener | None:
+        try:
+            # a client of its own: the subscriber outlives this store object (and its `close`)
+            hub = _wake_redis.hub(self._client_url, self._wake_channel(), lambda: self._new_client().pubsub())
+            return hub.listen(job_id)
+        except OSError as exc:  # e.g. out of file descriptors for the pipe: the attempt polls
+            _wake_redis.log.debug("celery-selfheal: no wake-up listener for job %s: %s", job_id, exc)
+            return None
 
     # -- retention --------------------------------------------------------------------------
     def finished_jobs(self, before: str, limit: int = 1000) -> list[Record]:
@@ -310,13 +271,6 @@ class RedisStore(StateStore):
             pipe.hdel(self._lease_keys[0], *leases)
             pipe.zrem(self._lease_keys[1], *leases)
         return bool(pipe.execute()[0])
-
-
-def _checkpoints(found: dict[str, str], old: set[str], *, include_superseded: bool = False) -> list[Record]:
-    """Checkpoint records from the checkpoints hash and the set of superseded fields."""
-    records = sorted(({**codec.loads(raw), "superseded": field in old} for field, raw in found.items()),
-                     key=lambda rec: (rec["stepIndex"], rec["epoch"]))
-    return records if include_superseded else codec.active_checkpoints(records)
 
 
 def _ms(seconds: float) -> int:
