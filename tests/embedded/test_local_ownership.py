@@ -17,8 +17,8 @@ from pathlib import Path
 from celery import Celery
 
 from celery_selfheal.context import build_context
-from celery_selfheal.embedded.recovery import steps_on_disk
 from celery_selfheal.embedded.local_worker import local_worker_pids
+from celery_selfheal.embedded.recovery import steps_on_disk
 from celery_selfheal.settings import Settings, load_settings
 from celery_selfheal.wiring.routing import RUN_STEP
 
