@@ -25,15 +25,8 @@ from celery_selfheal.cluster.checks import (
     configure_app,
     startup_warnings,
 )
-from celery_selfheal.cluster.leases import (
-    MAX_PRESTART_LOSSES,
-    AttemptLease,
-    Delivery,
-    GateKind,
-    enter,
-    hand_over_to,
-    lease_key,
-)
+from celery_selfheal.cluster.gate import MAX_PRESTART_LOSSES, Delivery, GateKind, enter, hand_over_to
+from celery_selfheal.cluster.leases import AttemptLease, lease_key
 from celery_selfheal.cluster.sweeper import Sweeper
 from celery_selfheal.context import Context, build_context
 from celery_selfheal.core.budgets import Budgets
