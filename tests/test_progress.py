@@ -243,7 +243,10 @@ def test_progress_live_prints_lines_above_a_refreshing_table() -> None:
     with Progress(console=console, live=True, job_id="job-1", steps=[{"stepIndex": 0, "stepId": "build"}]) as p:
         for e in SOFT_RESET_RUN:
             p.event(e)
-        time.sleep(0.6)  # a few refreshes
+        deadline = time.monotonic() + 30  # rich redraws from its own thread: wait for two redraws
+        while strip_ansi(out.getvalue()).count("job job-1  running") < 2:
+            assert time.monotonic() < deadline, "the live table was not redrawn"
+            time.sleep(0.05)
     text = strip_ansi(out.getvalue())
     assert "step 0 build: attempt 2 started (soft_reset)" in text
     assert text.count("job job-1  running") >= 2  # redrawn, not printed once

@@ -7,7 +7,7 @@ with ``AttributeError: 'NoneType' object has no attribute 'hostname'``, which Ce
 unrecoverable error: the worker exits; so does the acknowledgement of that task when it finishes
 after the reconnect (the old channel has no connection any more). Here both end quietly instead.
 Nothing is lost: the message stays in Redis's unacked set and comes back after the visibility
-timeout, where the attempt gate (`celery_selfheal.cluster.leases`) sees that it already ran.
+timeout, where the attempt gate (`celery_selfheal.cluster.gate`) sees that it already ran.
 Selected with ``broker_transport`` (`cluster.checks.configure_app`) while the URL stays ``redis://``.
 """
 

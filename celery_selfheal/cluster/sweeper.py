@@ -34,7 +34,8 @@ from celery import Celery
 from celery.signals import celeryd_init, worker_ready, worker_shutdown
 
 from celery_selfheal.cluster.checks import ClusterOptions, cluster_options, configure_app, startup_warnings
-from celery_selfheal.cluster.leases import LEASE_PREFIX, note_prestart_loss
+from celery_selfheal.cluster.gate import note_prestart_loss
+from celery_selfheal.cluster.leases import LEASE_PREFIX
 from celery_selfheal.context import Context, build_context
 from celery_selfheal.core.budgets import env_overrides, resolve_budgets
 from celery_selfheal.core.job_state import INITIAL, TERMINAL

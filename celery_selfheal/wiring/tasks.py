@@ -15,7 +15,7 @@ from celery import Celery, Task
 from celery.exceptions import Retry
 
 from celery_selfheal.cluster.checks import ClusterOptions, cluster_options
-from celery_selfheal.cluster.leases import Delivery, GateKind, enter, hand_over_to
+from celery_selfheal.cluster.gate import Delivery, GateKind, enter, hand_over_to
 from celery_selfheal.context import Context
 from celery_selfheal.core.job_state import INITIAL
 from celery_selfheal.core.model import FailureClass
@@ -65,7 +65,7 @@ def run_step_body(task: Task, ctx: Context, delivery: Delivery) -> dict[str, Any
         fail_bad_config(ctx, delivery, exc)
         task.request.chain = None
         return _result(delivery, "stop", str(exc))
-    # the attempt lease: one running attempt per job; a redelivered message does nothing (cluster.leases)
+    # the attempt lease: one running attempt per job; a redelivered message does nothing (cluster.gate)
     gate = enter(ctx, delivery, ttl=opts.lease_ttl, busy_wait=opts.busy_wait, sweep_interval=opts.sweep_interval,
                  renew_every=opts.renew_every)
     if gate.kind is GateKind.BUSY:

@@ -14,9 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from celery import Celery
+
 from celery_selfheal.context import build_context
 from celery_selfheal.embedded.local_worker import local_worker_pids
-from celery_selfheal.settings import load_settings
+from celery_selfheal.embedded.recovery import steps_on_disk
+from celery_selfheal.settings import Settings, load_settings
+from celery_selfheal.wiring.routing import RUN_STEP
 
 SELFHEAL = [sys.executable, "-c", "from celery_selfheal.cli.main import main; main()"]
 
@@ -48,6 +52,18 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def _scheduled_here(settings: Settings, job_id: str) -> bool:
+    """True when a live worker on the state dir holds a countdown step message of ``job_id``."""
+    app = Celery(set_as_current=False)
+    app.conf.update(settings.celery_conf())
+    try:
+        replies = app.control.inspect(timeout=1.0).scheduled() or {}
+    finally:
+        app.close()
+    return any(entry["request"].get("name") == RUN_STEP and entry["request"].get("kwargs", {}).get("job_id") == job_id
+               for entries in replies.values() for entry in entries)
 
 
 def _cleanup(settings_state: Path, *procs: subprocess.Popen[str]) -> None:
@@ -105,7 +121,9 @@ def test_a_killed_local_worker_is_replaced_and_its_waiting_retry_recovered(
                        for _, e in ctx.store.list_events(job_id))
 
         _wait(retry_waiting, 60, "the first failure")
-        time.sleep(0.5)  # the worker has fetched the retry's message (and kombu deleted its file)
+        # the worker holds the retry for its countdown (kombu already deleted the message's file)
+        _wait(lambda: _scheduled_here(settings, job_id), 30, "the worker to hold the retry")
+        assert not steps_on_disk(Path(settings.broker_transport_options()["data_folder_in"]))
         [pid] = local_worker_pids(settings)
         os.killpg(pid, signal.SIGKILL)
         out, err = run.communicate(timeout=90)
@@ -113,6 +131,8 @@ def test_a_killed_local_worker_is_replaced_and_its_waiting_retry_recovered(
         assert "the local worker is gone; starting a new one" in err
         assert (ctx.store.get_job(job_id) or {})["status"] == "succeeded"
         assert [a["status"] for a in ctx.store.list_attempts(job_id)] == ["failed", "succeeded"]
+        # the retry came back through the hand-over lease, not from a message left on disk
+        assert (ctx.store.get_job(job_id) or {}).get("recoveredMessages")
     finally:
         _cleanup(state, run)
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -102,8 +101,13 @@ def test_selfheal_control_cli_and_follow_of_a_revived_job(harness: Harness, make
                           enqueue_apply=lambda _job: None)
     follow = subprocess.Popen([*SELFHEAL, "follow", a, "--json"], env=env(harness), cwd=harness.tmp,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
     try:
-        time.sleep(2.0)
+        assert follow.stdout is not None
+        for line in follow.stdout:  # until follow has printed the failure it must not stop at
+            seen.append(json.loads(line)["event"])
+            if seen[-1] == "task.job.failed":
+                break
         assert follow.poll() is None, follow.communicate()
         send_apply(harness.selfheal.app, a)
         out, err = follow.communicate(timeout=60)
@@ -111,7 +115,8 @@ def test_selfheal_control_cli_and_follow_of_a_revived_job(harness: Harness, make
         if follow.poll() is None:
             follow.kill()
     assert follow.returncode == 0, err
-    events = [json.loads(line)["event"] for line in out.splitlines()]
+    events = seen + [json.loads(line)["event"] for line in out.splitlines()]
+    assert "task.job.failed" in seen  # it followed on past the failure, to the revival's end
     assert events[-1] == "task.job.succeeded" and "task.control.recovery.ack" in events
 
     r = run(harness, [*SELFHEAL, "control", a, "resume_from_step", "--step", "s1", "--actor", "bob"])

@@ -220,10 +220,20 @@ def test_redis_restart_mid_job(redis_server_factory: Callable[..., RedisServer],
     try:
         cluster.start("a")
         repo = make_repo()
-        job_id = cluster.submit(repo, three_steps(0))
+        release = tmp_path / "release-step-1"
+        steps = three_steps(0)
+        # step 1 runs until the worker is back on the restarted Redis: a fixed step duration let
+        # it end (and be acknowledged) before the restart, or on a connection the consumer had not
+        # yet given up, on a loaded machine; then there was nothing to redeliver
+        steps[1]["instructions"] = f"wait-for {release}\nwrite s1.txt: job 0 step 1"
+        job_id = cluster.submit(repo, steps)
         wait_for(lambda: any(a["stepIndex"] == 1 and a.get("status") == "running"
                              for a in cluster.store.list_attempts(job_id)), 30, "step 1 running")
         server.restart()
+        # the consumer closed the lost connection (its unacked message stays in Redis, or kombu
+        # put it back in the queue) and connected again; only then may step 1 end
+        wait_for(lambda: cluster.log("a").count("] Connected to ") >= 2, 30, "the worker to reconnect")
+        release.touch()
         job = cluster.wait_all([job_id], timeout=45)[job_id]
         assert job["status"] == "succeeded", job
         assert_each_change_once(cluster, job_id, tmp_path)

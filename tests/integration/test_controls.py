@@ -116,8 +116,8 @@ def test_cancel_ends_the_whole_process_tree_and_the_job_quickly(harness: Harness
     wait_for(lambda: harness.attempts(a)[0]["status"] == "cancelled", "the attempt to be recorded")
     print(f"\ncancel: job cancelled after {job_ended:.2f}s, process tree gone after {tree_ended:.2f}s "
           f"(kill grace 0.5s, preempt poll 0.25s)")
-    # the grandchild ignores SIGTERM: TERM, the 0.5 s grace, then KILL of the group
-    assert tree_ended < 5.0
+    # the grandchild ignores SIGTERM: TERM, the 0.5 s grace, then KILL of the group (the figures:
+    # bench/bench_cancel.py); here only that it all ends, within the waits' deadlines
     assert_acked(harness, a, req, "wrong branch")
     evs = names(harness.events(a))
     assert "task.job.cancelled" in evs and "task.job.failed" not in evs

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -112,10 +111,11 @@ def test_a_second_signal_forces_the_worker_down(tmp_path: Path, make_repo) -> No
         proc.send_signal(signal.SIGINT)
         lines.next(2.0)
         assert "stopping the local worker" in lines.next(2.0)
-        proc.send_signal(signal.SIGINT)  # the warm shutdown would wait for the running step
-        started = time.monotonic()
-        assert proc.wait(10) == 130
-        assert time.monotonic() - started < 3.0, "the second Ctrl-C did not force the stop"
+        proc.send_signal(signal.SIGINT)  # the warm shutdown would wait for the running step (120 s)
+        try:
+            assert proc.wait(30) == 130
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the second Ctrl-C did not force the stop") from None
         assert not process_alive(worker)
         wait_for(lambda: not process_alive(attempt["pid"]), "the runtime to end with its worker", timeout=10)
     finally:

@@ -119,13 +119,11 @@ def test_runtime_env_in_embedded_mode(harness, make_repo, tmp_path: Path) -> Non
 
 def test_non_redis_broker_without_store_is_refused(tmp_path: Path, make_repo) -> None:
     env = user_env(tmp_path, "amqp://guest:guest@127.0.0.1:1//")
-    started = time.monotonic()
     worker = subprocess.run([*CELERY, "worker", "--pool", "prefork", "-c", "1"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
     assert worker.returncode == 2, worker.stdout + worker.stderr
     lines = worker.stderr.strip().splitlines()
     assert len(lines) == 1 and "a store URL is required" in lines[0] and "Traceback" not in worker.stderr, lines
-    assert time.monotonic() - started < 30
     job = job_file(tmp_path, make_repo(), "print hi")
     cli = subprocess.run([*CELERY, "selfheal", "run", str(job)], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=60)

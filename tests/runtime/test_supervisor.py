@@ -22,7 +22,16 @@ from tests.conftest import process_alive
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process semantics")
 
 PY = sys.executable
-IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+#: ignores TERM, then says so (on stdout and with a ``ready`` file): only KILL ends it after that
+IGNORE_TERM = ("import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+               "print(\"ready\", flush=True); pathlib.Path(\"ready\").touch(); time.sleep(60)")
+#: prints each argument as a line, and goes on only once the test created ``go-<line>``
+STEPPED = ("import os, sys, time\n"
+           "for line in sys.argv[1:]:\n"
+           "    print(line, flush=True)\n"
+           "    while not os.path.exists('go-' + line):\n"
+           "        time.sleep(0.01)\n"
+           "time.sleep(60)\n")
 
 
 def _gone(pid: int) -> bool:
@@ -31,6 +40,35 @@ def _gone(pid: int) -> bool:
 
 def pids_in(text: str) -> list[int]:
     return [int(p) for p in re.findall(r"pid=(\d+)", text)]
+
+
+class JumpClock:
+    """The supervisor's clock: real time plus the jumps the test makes when the child has reached a
+    point of its life, so a threshold passes exactly there however slow the machine is."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def jump(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class Stepper:
+    """``on_output`` for a `STEPPED` child: at each line, jump the clock by that line's amount, then
+    let the child print the next one."""
+
+    def __init__(self, folder: Path, clock: JumpClock, jumps: dict[str, float]) -> None:
+        self.folder, self.clock, self.jumps, self.pending = folder, clock, jumps, ""
+
+    def __call__(self, text: str) -> None:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            self.clock.jump(self.jumps.get(line, 0.0))
+            (self.folder / f"go-{line}").touch()
 
 
 @pytest.fixture
@@ -65,77 +103,110 @@ def test_prompt_arrives_on_stdin_then_stdin_is_closed(log: CappedLog, tmp_path: 
 
 
 def test_large_prompt_to_a_child_that_never_reads_does_not_block(log: CappedLog) -> None:
-    started = time.monotonic()
-    result = run(log, ["sh", "-c", "sleep 0.2; exit 4"], stdin="x" * 5_000_000)
-    assert result.exit_code == 4
-    assert time.monotonic() - started < 2.0
+    # the child never reads its stdin and writes more than a pipe holds: a supervisor blocked on
+    # writing the prompt would never read that output, and the pair would sit until the wall timeout
+    writer = "import sys\nsys.stdout.write('x' * 1_000_000)\nsys.stdout.flush()\nsys.exit(4)\n"
+    result = run(log, [PY, "-c", writer], stdin="x" * 5_000_000, wall=60, idle=30)
+    assert (result.exit_code, result.detector) == (4, Detector.EXIT)
+    assert result.output_bytes == 1_000_000
 
 
-def test_idle_timeout_fires_just_after_the_last_output(log: CappedLog) -> None:
-    started = time.monotonic()
-    result = run(log, ["sh", "-c", "echo working; sleep 60"], idle=0.4)
-    took = time.monotonic() - started
+def test_idle_timeout_counts_from_the_last_output(log: CappedLog, tmp_path: Path) -> None:
+    clock = JumpClock()
+    # 40 s after the first line but 20 s after the last one: not idle yet; then 31 s of silence
+    steps = Stepper(tmp_path, clock, {"first": 20, "second": 20, "third": 31})
+    result = run(log, [PY, "-c", STEPPED, "first", "second", "third"], cwd=tmp_path, wall=600, idle=30,
+                 on_output=steps, clock=clock)
     assert result.detector is Detector.IDLE_TIMEOUT
-    assert result.detection_lag is not None and 0 <= result.detection_lag < 0.25
-    assert 0.4 <= result.idle_seconds < 0.65
     assert result.signal == signal.SIGTERM and result.exit_code is None
-    assert took < 1.5
-    assert result.tail == "working\n"
+    assert result.tail == "first\nsecond\nthird\n"
+    lag = result.detection_lag
+    assert lag is not None and lag >= 1.0  # the clock went 31 s past a 30 s threshold
+    assert result.idle_seconds >= 30 + lag - 1e-6  # counted from the last line, threshold first
+    assert result.wall_seconds >= 20 + 20 + result.idle_seconds - 1e-6
 
 
-def test_chatty_child_is_not_idle_killed_but_wall_killed(log: CappedLog) -> None:
-    chatty = "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.05)\n"
-    result = run(log, [PY, "-c", chatty], wall=1.0, idle=0.4)
+def test_chatty_child_is_not_idle_killed_but_wall_killed(log: CappedLog, tmp_path: Path) -> None:
+    clock = JumpClock()
+    ticks = [f"tick-{n}" for n in range(30)]
+    steps = Stepper(tmp_path, clock, dict.fromkeys(ticks, 10.0))  # a line every 10 s, for ever
+    result = run(log, [PY, "-c", STEPPED, *ticks], cwd=tmp_path, wall=100, idle=30,
+                 on_output=steps, clock=clock)
     assert result.detector is Detector.WALL_TIMEOUT
-    assert result.detection_lag is not None and 0 <= result.detection_lag < 0.25
-    assert 1.0 <= result.wall_seconds < 1.25
-    assert result.max_idle_seconds < 0.4
-    assert result.tail.count("tick") >= 5
+    lag = result.detection_lag
+    assert lag is not None and lag >= 0
+    assert result.wall_seconds >= 100 + lag - 1e-6  # a timeout never fires before its threshold
+    assert result.max_idle_seconds < 30
+    assert result.tail.count("tick") == 10  # the 10th line took the clock to 100 s
+
+
+@pytest.mark.parametrize(("wall", "idle", "first"), [(100, 30, Detector.IDLE_TIMEOUT), (20, 30, Detector.WALL_TIMEOUT)])
+def test_when_both_thresholds_passed_the_earlier_one_is_reported(
+        log: CappedLog, tmp_path: Path, wall: float, idle: float, first: Detector) -> None:
+    # as when the supervisor was stalled past both: the clock jumps 1000 s at the only line
+    clock = JumpClock()
+    steps = Stepper(tmp_path, clock, {"only": 1000})
+    result = run(log, [PY, "-c", STEPPED, "only"], cwd=tmp_path, wall=wall, idle=idle, on_output=steps, clock=clock)
+    assert result.detector is first
+    threshold = wall if first is Detector.WALL_TIMEOUT else idle
+    assert result.detection_lag is not None and result.detection_lag >= 1000 - threshold - 1e-6
 
 
 @pytest.mark.parametrize("grandchild", ["sleep 60", f"{PY} -c '{IGNORE_TERM}'"],
                          ids=["plain", "ignores-term"])
-def test_timeout_kills_the_whole_tree(log: CappedLog, grandchild: str) -> None:
+def test_timeout_kills_the_whole_tree(log: CappedLog, tmp_path: Path, grandchild: str) -> None:
     script = f"{grandchild} & echo pid=$!; sleep 60 & echo pid=$!; wait"
-    started = time.monotonic()
-    result = run(log, ["sh", "-c", script], idle=0.5, grace=0.3)
+    clock, seen = JumpClock(), []
+
+    def on_output(text: str) -> None:
+        seen.append(text)
+        both = len(pids_in("".join(seen))) == 2
+        if both and ("ready" in "".join(seen) or "IGN" not in grandchild):
+            clock.jump(1000)  # the idle timeout passes once the whole tree is up
+
+    result = run(log, ["sh", "-c", script], cwd=tmp_path, idle=30, wall=600, grace=0.3,
+                 on_output=on_output, clock=clock)
     assert result.detector is Detector.IDLE_TIMEOUT
     pids = pids_in(result.tail)
     assert len(pids) == 2
     assert all(_gone(pid) for pid in pids)
     assert _gone(result.pid)
-    assert time.monotonic() - started < 0.5 + 0.3 + 1.0
 
 
 def test_leader_exit_with_grandchild_holding_stdout_returns_promptly(log: CappedLog) -> None:
-    started = time.monotonic()
+    # waiting for the end of stdout (held by the grandchild) would end it as an idle timeout
     result = run(log, ["sh", "-c", "sleep 60 & echo pid=$!; exit 0"], idle=30, wall=60)
-    assert time.monotonic() - started < 1.0
     assert (result.exit_code, result.detector) == (0, Detector.EXIT)
     [grandchild] = pids_in(result.tail)
     assert _gone(grandchild)
 
 
-def test_leader_exit_kills_term_ignoring_leftovers_after_grace(log: CappedLog) -> None:
-    script = f"{PY} -c '{IGNORE_TERM}' & echo pid=$!; sleep 0.3; exit 0"
-    started = time.monotonic()
-    result = run(log, ["sh", "-c", script], grace=0.3)
-    assert result.exit_code == 0
+def test_leader_exit_kills_term_ignoring_leftovers_after_grace(log: CappedLog, tmp_path: Path) -> None:
+    script = f"{PY} -c '{IGNORE_TERM}' & echo pid=$!; while [ ! -e ready ]; do sleep 0.01; done; exit 0"
+    result = run(log, ["sh", "-c", script], cwd=tmp_path, grace=0.3, idle=30, wall=60)
+    assert (result.exit_code, result.detector) == (0, Detector.EXIT)
+    assert "ready" in result.tail  # it was ignoring TERM when the leader exited
     [grandchild] = pids_in(result.tail)
     assert _gone(grandchild)
-    assert time.monotonic() - started < 2.0
 
 
-def test_cancel_ends_the_attempt_within_poll_plus_grace(log: CappedLog) -> None:
+def test_cancel_ends_the_attempt(log: CappedLog) -> None:
     cancel = threading.Event()
-    threading.Timer(0.3, cancel.set).start()
-    started = time.monotonic()
-    result = run(log, ["sh", "-c", "sleep 60 & echo pid=$!; wait"], grace=0.5,
-                 cancel_check=cancel.is_set, cancel_poll=0.1)
-    took = time.monotonic() - started
+    asked: list[bool] = []
+
+    def cancel_check() -> bool:
+        asked.append(cancel.is_set())
+        return asked[-1]
+
+    def on_output(text: str) -> None:
+        if pids_in(text):
+            cancel.set()  # once the tree is up
+
+    result = run(log, ["sh", "-c", "sleep 60 & echo pid=$!; wait"], grace=0.5, idle=30, wall=60,
+                 cancel_check=cancel_check, cancel_poll=0.1, on_output=on_output)
     assert result.cancelled
     assert result.detector is Detector.SIGNAL and result.signal == signal.SIGTERM
-    assert 0.3 <= took < 0.3 + 0.1 + 0.5
+    assert asked[-1] and asked.count(True) == 1  # polled until it said yes, then no more
     assert all(_gone(pid) for pid in pids_in(result.tail))
 
 
@@ -156,22 +227,40 @@ def test_large_output_is_capped_in_the_log(tmp_path: Path) -> None:
     assert result.tail.endswith(f"{399_999:049d}\n")
 
 
-def test_split_utf8_sequence_decodes(log: CappedLog) -> None:
+#: writes its first argument, waits for the test to create ``go``, writes the second
+TWO_WRITES = ("import os, sys, time\n"
+              "os.write(1, os.fsencode(sys.argv[1]))\n"
+              "while not os.path.exists('go'):\n"
+              "    time.sleep(0.01)\n"
+              "os.write(1, os.fsencode(sys.argv[2]))\n")
+
+
+def test_split_utf8_sequence_decodes(log: CappedLog, tmp_path: Path) -> None:
     text = "héllo €uro 😀 done"
     raw = text.encode()
     cut = raw.index("😀".encode()) + 2  # inside the 4-byte emoji
     writer = (
         "import os, time\n"
         f"raw = {raw!r}\n"
-        f"os.write(1, raw[:{cut}]); time.sleep(0.15); os.write(1, raw[{cut}:])\n"
+        f"os.write(1, raw[:{cut}])\n"
+        "while not os.path.exists('go'):\n"
+        "    time.sleep(0.01)\n"
+        f"os.write(1, raw[{cut}:])\n"
     )
     seen: list[str] = []
-    result = run(log, [PY, "-c", writer], on_output=seen.append)
+
+    def on_output(chunk: str) -> None:
+        seen.append(chunk)
+        (tmp_path / "go").touch()
+
+    result = run(log, [PY, "-c", writer], cwd=tmp_path, on_output=on_output)
     assert result.tail == text
     assert "".join(seen) == text and len(seen) == 2
 
 
 def test_stream_redactor_sees_every_chunk_and_is_flushed(log: CappedLog, tmp_path: Path) -> None:
+    fed: list[str] = []
+
     class HoldBack:
         """Replaces SECRET even when split across chunks (holds back a 5-char window)."""
 
@@ -179,6 +268,7 @@ def test_stream_redactor_sees_every_chunk_and_is_flushed(log: CappedLog, tmp_pat
             self.pending = ""
 
         def feed(self, text: str) -> str:
+            fed.append(text)
             self.pending = (self.pending + text).replace("SECRET", "***")
             out, self.pending = self.pending[:-5], self.pending[-5:]
             return out
@@ -187,9 +277,10 @@ def test_stream_redactor_sees_every_chunk_and_is_flushed(log: CappedLog, tmp_pat
             out, self.pending = self.pending, ""
             return out
 
-    writer = "import os, time\nos.write(1, b'token SEC'); time.sleep(0.15); os.write(1, b'RET end')\n"
-    result = run(log, [PY, "-c", writer], redact_stream=HoldBack)
+    result = run(log, [PY, "-c", TWO_WRITES, "token SEC", "RET end"], cwd=tmp_path, redact_stream=HoldBack,
+                 on_output=lambda text: (tmp_path / "go").touch())
     log.close()
+    assert fed[:2] == ["token SEC", "RET end"]  # the secret really was split
     assert result.tail == "token *** end"
     assert "SECRET" not in (tmp_path / "attempt.log").read_text()
 
@@ -230,12 +321,24 @@ def test_exception_from_a_signal_handler_kills_the_group_and_reraises(log: Cappe
         raise FakeSoftTimeLimit()
 
     seen: list[str] = []
+    up = threading.Event()
+
+    def on_output(text: str) -> None:
+        seen.append(text)
+        up.set()
+
+    def signal_once_up() -> None:
+        if up.wait(30):  # the tree is up; the signal lands while the supervisor waits for output
+            os.kill(os.getpid(), signal.SIGUSR1)
+
     previous = signal.signal(signal.SIGUSR1, handler)
-    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+    sender = threading.Thread(target=signal_once_up)
+    sender.start()
     try:
         with pytest.raises(FakeSoftTimeLimit):
-            run(log, ["sh", "-c", "sleep 60 & echo pid=$!; wait"], on_output=seen.append, grace=0.5)
+            run(log, ["sh", "-c", "sleep 60 & echo pid=$!; wait"], on_output=on_output, grace=0.5)
     finally:
+        sender.join()
         signal.signal(signal.SIGUSR1, previous)
     [grandchild] = pids_in("".join(seen))
     assert _gone(grandchild)
@@ -262,7 +365,7 @@ def test_without_pidfd_the_waiter_thread_notices_the_exit(
         raise OSError(38, "Function not implemented")
 
     monkeypatch.setattr(os, "pidfd_open", no_pidfd)
-    started = time.monotonic()
-    result = run(log, ["sh", "-c", "sleep 0.2; exit 5"], idle=0.5)
-    assert result.exit_code == 5
-    assert time.monotonic() - started < 0.5
+    # the grandchild keeps stdout open: only the waiter thread can tell that the leader is gone
+    # (else this would end as an idle timeout)
+    result = run(log, ["sh", "-c", "sleep 60 & exit 5"], idle=30, wall=60)
+    assert (result.exit_code, result.detector) == (5, Detector.EXIT)

@@ -118,10 +118,10 @@ def test_token_file_names_are_the_actors(tmp_path: Path) -> None:
         reader.start()
         assert opened.wait(10)
     finally:
-        started = time.monotonic()
         code = stop(proc)
         assert code == 130, log.read_text()
-    assert time.monotonic() - started < 5  # the open stream does not hold the shutdown
+    # the open stream did not hold the shutdown until uvicorn's graceful timeout cut it
+    assert "timeout graceful shutdown exceeded" not in log.read_text(), log.read_text()
     reader.join(10)
     assert not reader.is_alive()
     assert "Traceback" not in log.read_text(), log.read_text()

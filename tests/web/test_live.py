@@ -5,6 +5,7 @@ the same store, and control through HTTP is acknowledged by the worker."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,11 @@ def test_keep_alive_comments_on_a_quiet_job(embedded: Any, make_repo, tmp_path: 
 
 
 def test_pause_over_http_pending_then_acked_then_resume(harness: Any, make_repo) -> None:
+    release = harness.tmp / f"release-{uuid.uuid4().hex[:8]}"
+    # step 0 runs until the pause has been asked for (a console starting on a loaded machine can
+    # take longer than any fixed step duration)
     job_id = harness.submit(write_job(harness.tmp, make_repo(), [
-        {"id": "first", "instructions": "sleep 1.5\nwrite one.txt: 1"},
+        {"id": "first", "instructions": f"wait-for {release}\nwrite one.txt: 1"},
         {"id": "second", "instructions": "write two.txt: 2"}]))
     wait_for(lambda: any(a["status"] == "running" for a in harness.attempts(job_id)), "step 0 to run")
     with run_console(harness.selfheal) as console, console.client(ALICE) as http:
@@ -105,6 +109,8 @@ def test_pause_over_http_pending_then_acked_then_resume(harness: Any, make_repo)
         pending = [p["requestId"] for p in doc["pendingControl"]]
         acked = any(a.get("requestId") == request_id and a["outcome"] == "acknowledged" for a in doc["audit"])
         assert request_id in pending or acked  # pending in the document until the worker's ack
+        assert doc["status"] == "running"
+        release.touch()  # step 0 ends now; the job parks at the step boundary
         wait_for(lambda: http.get(f"/api/jobs/{job_id}").json()["status"] == "paused", "the job to park")
         doc = http.get(f"/api/jobs/{job_id}").json()
         assert doc["pendingControl"] == []

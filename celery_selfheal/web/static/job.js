@@ -113,10 +113,13 @@ async function refresh() {
   attempts.sort((x, y) => (x.startedAt < y.startedAt ? -1 : 1));
   logAttempt = attempts.filter((a) => a.status === "running").pop() || attempts.pop() || null;
   const over = TERMINAL.includes(doc.status) && (doc.pendingControl || []).length === 0;
-  if (over && source) {
-    // the status can change before the last events reach the stream: read what is left, then stop
-    source.close(); source = null;
-    await catchUp().catch(() => {});
+  if (over && (source || endEpoch !== doc.epoch)) {
+    // the status can change before the last events reach the stream, and a revival can run to its
+    // end between two looks (with no stream open): read what is left; if the end of this run is not
+    // stored yet, follow the stream, which brings it (and asks for this again)
+    if (source) { source.close(); source = null; }
+    await catchUp(doc.epoch).catch(() => {});
+    if (endEpoch !== doc.epoch) { follow(); return; }
     setLive("job ended");
   }
   if (!over && !source) follow();
@@ -125,23 +128,24 @@ async function refresh() {
 function addEvent(seq, ev) {
   if (seq <= lastSeq) return;
   lastSeq = seq;
-  if (JOB_ENDS.includes(ev.event)) endSeen = true;
+  if (JOB_ENDS.includes(ev.event)) endEpoch = ev.epoch;
   const list = document.getElementById("events");
   list.prepend(eventItem(seq, ev));
   while (list.children.length > 500) list.lastChild.remove();
 }
 
 const JOB_ENDS = ["task.job.succeeded", "task.job.failed", "task.job.cancelled"];
-let endSeen = false;
+// the epoch of the last terminal event on the page: the job's current run has ended on the page
+// when it is the job's epoch (a revival starts another epoch)
+let endEpoch = null;
 
-async function catchUp() {
+async function catchUp(epoch) {
   // a few short looks: the terminal event is stored just after the status changes
-  for (let i = 0; i < 10 && !endSeen; i++) {
+  for (let i = 0; i < 10 && endEpoch !== epoch; i++) {
     const page = await api(BASE + "/events?after=" + lastSeq);
     for (const ev of page.events) addEvent(ev.seq, ev);
-    if (!endSeen) await new Promise((done) => setTimeout(done, 200));
+    if (endEpoch !== epoch) await new Promise((done) => setTimeout(done, 200));
   }
-  endSeen = false;  // a revived job ends again later
 }
 
 function scheduleRefresh() {
@@ -229,7 +233,10 @@ async function start() {
   try {
     const backlog = await api(BASE + "/events?after=0");
     const list = document.getElementById("events");
-    for (const ev of backlog.events) list.prepend(eventItem(ev.seq, ev));
+    for (const ev of backlog.events) {
+      list.prepend(eventItem(ev.seq, ev));
+      if (JOB_ENDS.includes(ev.event)) endEpoch = ev.epoch;  // a finished job's end is already here
+    }
     lastSeq = backlog.last;
   } catch (err) {
     document.getElementById("page-error").textContent = err.message;
