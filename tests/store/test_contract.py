@@ -300,7 +300,9 @@ def test_compare_and_set_loses_no_update(store: StateStore) -> None:
 def _control_traffic(store: StateStore, n: int) -> list[bool]:
     for i in range(10):
         store.add_control("j1", {"action": "pause", "proc": n, "i": i})
-    time.sleep(0.1)  # let every process finish adding, then all resolve the same requests
+    deadline = time.monotonic() + 60  # every process has added its requests: all resolve the same ones
+    while len(store.list_control("j1")) < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
     return [store.resolve_control("j1", r["requestId"], {"by": n}) for r in store.list_control("j1")]
 
 
