@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -178,12 +179,9 @@ def clone_local(source: str, path: Path, sha: str, *, checkout: bool, config: Ma
         return False
     git_dir = path / ".git"
     try:
-        bare = pygit2.clone_repository(source, str(git_dir), bare=True)
-        bare.config["core.bare"] = False
-        bare.free()
+        pygit2.clone_repository(source, str(git_dir), bare=True).free()
+        _configure(git_dir / "config", {"core.logallrefupdates": "true", **config})
         repo = pygit2.Repository(str(path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
-        for key, value in {"core.logallrefupdates": "true", **config}.items():
-            repo.config[key] = value
         commit = repo.revparse_single(sha).peel(pygit2.Commit)
         if checkout:
             repo.checkout_tree(commit.tree, strategy=pygit2.enums.CheckoutStrategy.FORCE)
@@ -199,6 +197,33 @@ def clone_local(source: str, path: Path, sha: str, *, checkout: bool, config: Ma
     with contextlib.suppress(OSError):
         os.unlink(git_dir / "description")
     return True
+
+
+#: values written into a fresh clone's config as they are (no quoting or escaping needed)
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9@._/+-]+")
+
+
+def _configure(path: Path, settings: Mapping[str, str]) -> None:
+    """Make the bare clone's config (as libgit2 wrote it) a work tree's with ``settings`` added, in
+    one write: each libgit2 config set rewrites the file (~0.25 ms apiece, ten per clone). A section
+    may appear twice in a git config file, so the settings go in a block per section at the end;
+    a value that would need quoting goes through libgit2's config instead."""
+    text = path.read_text("utf-8")
+    if "\tbare = true\n" not in text:
+        raise pygit2.GitError(f"unexpected config written by libgit2 in {path}")
+    text = text.replace("\tbare = true\n", "\tbare = false\n", 1)
+    plain = {k: v for k, v in settings.items() if _PLAIN_VALUE.fullmatch(v) and k.count(".") == 1}
+    sections: dict[str, list[str]] = {}
+    for key, value in plain.items():
+        section, name = key.split(".")
+        sections.setdefault(section, []).append(f"\t{name} = {value}\n")
+    text += "".join(f"[{section}]\n" + "".join(lines) for section, lines in sections.items())
+    path.write_text(text, "utf-8")
+    rest = {k: v for k, v in settings.items() if k not in plain}
+    if rest:
+        config = pygit2.Config(str(path))
+        for key, value in rest.items():
+            config[key] = value
 
 
 def resolve_local(root: Path, ref: str) -> str | None:

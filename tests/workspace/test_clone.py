@@ -89,3 +89,13 @@ def test_a_commit_libgit2_cannot_find_falls_back_to_the_cli(baseline: tuple[Path
     ws = GitWorkspace.create(tmp_path / "ws", str(repo), topic)
     assert calls and calls[0][0] == "clone"
     assert run_git(ws.path, "rev-parse", "HEAD") == topic
+
+
+def test_configure_writes_plain_values_and_leaves_the_rest_to_libgit2(tmp_path: Path) -> None:
+    bare = tmp_path / "r.git"
+    libgit.pygit2.init_repository(str(bare), bare=True).free()
+    settings = {"core.hooksPath": "/dev/null", "user.name": 'A "quoted"; name # here', "gc.auto": "0",
+                "x.y.z": "three-part"}
+    libgit._configure(bare / "config", settings)
+    for key, value in {**settings, "core.bare": "false"}.items():
+        assert run_git(tmp_path, "--git-dir", str(bare), "config", "--get", key) == value
