@@ -103,16 +103,32 @@ def sweep(directory: Path) -> int:
     return gone
 
 
+#: directory -> the process that made it private and swept it: once per process (a FIFO is made
+#: per attempt, and each of these checks costs file system calls on every step); a waker removes
+#: the FIFOs of dead listeners it meets in between
+_READY: dict[Path, int] = {}
+
+
+def _prepare(directory: Path, *, again: bool = False) -> None:
+    if again or _READY.get(directory) != os.getpid():
+        _private_dir(directory)
+        sweep(directory)
+        _READY[directory] = os.getpid()
+
+
 class FifoListener:
     """One attempt's FIFO (see the module docstring): ``fileno`` to select on, ``drain``, ``close``."""
 
     def __init__(self, directory: Path, job_id: str) -> None:
-        _private_dir(directory)
-        sweep(directory)
+        _prepare(directory)
         # made under a name no waker or sweeper matches, and renamed once open for reading: a
         # sweep between mkfifo and open would otherwise see no reader and remove it
         temp = directory / f".new-{secrets.token_hex(8)}"
-        os.mkfifo(temp, 0o600)
+        try:
+            os.mkfifo(temp, 0o600)
+        except FileNotFoundError:  # the directory was removed since this process made it
+            _prepare(directory, again=True)
+            os.mkfifo(temp, 0o600)
         fds: list[int] = []
         try:
             fds.append(os.open(temp, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW))

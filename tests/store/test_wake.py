@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +69,10 @@ def test_fifos_of_dead_processes_are_removed(tmp_path: Path) -> None:
     directory = sqlite_wake_dir(store)
     _listen_and_die(store, "j1")
     (stale,) = directory.iterdir()
-    _listen_and_die(store, "j2")  # its listener swept the first one's FIFO, and left its own
+    _listen_and_die(store, "j2")  # its process's first listener swept the first one's FIFO, and left its own
     (second,) = directory.iterdir()
     assert second != stale
-    live = store.wake_listener("j1")  # a new listener sweeps the stale one
+    live = store.wake_listener("j1")  # this process's first listener sweeps the stale one
     assert live is not None
     assert [p.name for p in directory.iterdir()] == [live.path.name]  # type: ignore[attr-defined]
     _listen_and_die(store, "j1")
@@ -81,6 +82,25 @@ def test_fifos_of_dead_processes_are_removed(tmp_path: Path) -> None:
     assert readable(live, 5)
     live.close()
     assert list(directory.iterdir()) == []
+
+
+def test_the_directory_is_checked_once_per_process_and_made_again_if_removed(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/store.db")
+    directory = sqlite_wake_dir(store)
+    first = store.wake_listener("j1")
+    assert first is not None
+    _listen_and_die(store, "j2")
+    assert len(list(directory.iterdir())) == 2
+    second = store.wake_listener("j3")  # no sweep: the dead one stays until a waker meets it
+    assert second is not None and len(list(directory.iterdir())) == 3
+    for listener in (first, second):
+        listener.close()
+    shutil.rmtree(directory)
+    third = store.wake_listener("j1")  # the directory was removed: made again, private
+    assert third is not None and (directory.stat().st_mode & 0o777) == 0o700
+    store.wake("j1")
+    assert readable(third, 5)
+    third.close()
 
 
 def test_fifo_names_come_from_a_hash_in_a_private_directory(tmp_path: Path) -> None:
