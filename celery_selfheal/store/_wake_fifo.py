@@ -21,6 +21,8 @@ import secrets
 import stat
 from pathlib import Path
 
+from celery_selfheal.store.base import drain_fd
+
 log = logging.getLogger(__name__)
 
 #: the names of listeners' FIFOs (anything else in the directory is left alone)
@@ -150,9 +152,7 @@ class FifoListener:
 
     def drain(self) -> None:
         """Read what the wakers wrote (one wake-up however many bytes)."""
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._read, 4096):
-                pass
+        drain_fd(self._read)
 
     def close(self) -> None:
         """Remove the FIFO and close both ends (idempotent)."""

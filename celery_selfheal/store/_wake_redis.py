@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from celery_selfheal.store.base import drain_fd
+
 log = logging.getLogger(__name__)
 
 #: longest wait in ``get_message``, so that idle connections are health-checked
@@ -53,9 +55,7 @@ class PipeListener:
 
     def drain(self) -> None:
         """Read the pokes (one wake-up however many)."""
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._read, 4096):
-                pass
+        drain_fd(self._read)
 
     def close(self) -> None:
         """Stop listening and close the pipe (idempotent)."""

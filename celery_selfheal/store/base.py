@@ -13,6 +13,8 @@ child (they remember the pid that opened it).
 from __future__ import annotations
 
 import abc
+import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,6 +62,13 @@ class WakeListener(Protocol):
     def close(self) -> None:
         """Stop listening and release the descriptor (idempotent)."""
         ...
+
+
+def drain_fd(fd: int) -> None:
+    """Read a non-blocking descriptor until it is empty (a listener's `WakeListener.drain`)."""
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
 
 
 class StateStore(abc.ABC):

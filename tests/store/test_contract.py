@@ -7,7 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,15 +22,6 @@ from celery_selfheal.store.redis import RedisStore
 from celery_selfheal.store.sqlite import SQLiteStore
 
 FORK = multiprocessing.get_context("fork")
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    url = f"sqlite:///{tmp_path}/state/store.db" if request.param == "sqlite" \
-        else request.getfixturevalue("redis_url")
-    opened = open_store(url)
-    yield opened
-    opened.close()
 
 
 def job(job_id: str = "j1", **fields: Any) -> dict[str, Any]:

@@ -8,23 +8,11 @@ import os
 import select
 import shutil
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from celery_selfheal.store import StateStore, _wake_fifo, open_store
 from tests.conftest import wait_for
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    url = f"sqlite:///{tmp_path}/state/store.db" if request.param == "sqlite" \
-        else request.getfixturevalue("redis_url")
-    opened = open_store(url)
-    yield opened
-    opened.close()
 
 
 def readable(listener: Any, timeout: float) -> bool:

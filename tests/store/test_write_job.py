@@ -10,14 +10,14 @@ import pytest
 
 from celery_selfheal.store import StateStore
 from celery_selfheal.store.base import AttemptWrite
-from tests.store.test_contract import job, run_processes, store  # noqa: F401 - the two-backend fixture
+from tests.store.test_contract import job, run_processes
 
 
 def _steps(n: int = 2) -> list[dict[str, Any]]:
     return [{"stepId": f"s{i}", "status": "pending"} for i in range(n)]
 
 
-def test_write_job_applies_every_part_at_once(store: StateStore) -> None:  # noqa: F811
+def test_write_job_applies_every_part_at_once(store: StateStore) -> None:
     store.create_job(job(steps=_steps()))
     assert store.append_event("j1", {"event": "before"}) == 1
     seqs = store.write_job("j1", {"status": "running", "currentStep": 1}, expect={"epoch": 0},
@@ -38,7 +38,7 @@ def test_write_job_applies_every_part_at_once(store: StateStore) -> None:  # noq
 
 
 @pytest.mark.parametrize("why", ["expect", "attempt status", "missing attempt", "no such step", "unknown job"])
-def test_write_job_writes_nothing_when_a_guard_fails(store: StateStore, why: str) -> None:  # noqa: F811
+def test_write_job_writes_nothing_when_a_guard_fails(store: StateStore, why: str) -> None:
     store.create_job(job(steps=_steps()))
     store.put_attempt("j1", 0, 1, {"status": "succeeded"})
     kwargs: dict[str, Any] = {"expect": {"epoch": 0}, "step": (0, {"status": "succeeded"}),
@@ -64,7 +64,7 @@ def test_write_job_writes_nothing_when_a_guard_fails(store: StateStore, why: str
     assert [j["jobId"] for j in store.page_jobs(status="queued")[0]] == ["j1"]
 
 
-def test_write_job_transitions_an_attempt_once(store: StateStore) -> None:  # noqa: F811
+def test_write_job_transitions_an_attempt_once(store: StateStore) -> None:
     store.create_job(job(steps=_steps(1)))
     store.put_attempt("j1", 0, 1, {"status": "running", "pid": 7})
     done = AttemptWrite(0, 1, {"status": "succeeded"}, from_status="running")
@@ -75,14 +75,14 @@ def test_write_job_transitions_an_attempt_once(store: StateStore) -> None:  # no
     assert len(store.list_events("j1")) == 1
 
 
-def test_write_job_refuses_non_json_before_writing(store: StateStore) -> None:  # noqa: F811
+def test_write_job_refuses_non_json_before_writing(store: StateStore) -> None:
     store.create_job(job(steps=_steps(1)))
     with pytest.raises((TypeError, ValueError)):
         store.write_job("j1", {"x": 1}, events=[{"bad": float("nan")}])
     assert store.get_job("j1") == job(steps=_steps(1))
 
 
-def _race_writes(store: StateStore, n: int) -> list[bool]:  # noqa: F811
+def _race_writes(store: StateStore, n: int) -> list[bool]:
     wins = []
     for i in range(10):
         seqs = store.write_job("j1", {"by": n}, step=(0, {f"p{n}": i}),
@@ -92,7 +92,7 @@ def _race_writes(store: StateStore, n: int) -> list[bool]:  # noqa: F811
     return wins
 
 
-def test_racing_writes_apply_once_and_lose_nothing(store: StateStore) -> None:  # noqa: F811
+def test_racing_writes_apply_once_and_lose_nothing(store: StateStore) -> None:
     store.create_job(job(steps=_steps(1)))
     for i in range(10):
         store.put_attempt("j1", 0, i + 1, {"status": "running"})
@@ -111,7 +111,7 @@ def test_racing_writes_apply_once_and_lose_nothing(store: StateStore) -> None:  
         assert (f"p{n}" in step) == bool(mine)
 
 
-def test_gate_acquire_never_takes_another_owners_expired_lease(store: StateStore) -> None:  # noqa: F811
+def test_gate_acquire_never_takes_another_owners_expired_lease(store: StateStore) -> None:
     assert store.acquire_lease("attempt:j1", "w1", 0.1, take_expired=False)
     assert store.acquire_lease("attempt:j1", "w1", 0.1, take_expired=False)  # ours: extended
     assert not store.acquire_lease("attempt:j1", "w2", 30, take_expired=False)
@@ -151,7 +151,7 @@ def test_a_stale_guess_of_another_writer_never_decides(redis_url: str) -> None:
         other.close()
 
 
-def test_job_state_reads_everything_a_step_needs_with_the_lease(store: StateStore) -> None:  # noqa: F811
+def test_job_state_reads_everything_a_step_needs_with_the_lease(store: StateStore) -> None:
     store.create_job(job(steps=_steps()))
     store.put_attempt("j1", 0, 1, {"status": "succeeded"})
     store.record_checkpoint("j1", 0, 0, {"patchSha256": "a"})

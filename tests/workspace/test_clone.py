@@ -44,6 +44,14 @@ def _facts(path: Path) -> dict[str, object]:
     }
 
 
+def _recorded_git(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The argument lists of the git processes `workspace.clone` starts from now on."""
+    calls: list[list[str]] = []
+    real = clone.git
+    monkeypatch.setattr(clone, "git", lambda args, **kw: calls.append(list(args)) or real(args, **kw))
+    return calls
+
+
 def _cli_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(libgit, "clone_local", lambda *a, **k: False)
 
@@ -69,9 +77,7 @@ def test_in_process_clone_equals_the_cli_clone(baseline: tuple[Path, str], tmp_p
 def test_in_process_clone_starts_no_git_process(baseline: tuple[Path, str], tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     repo, sha = baseline
-    calls: list[list[str]] = []
-    real = clone.git
-    monkeypatch.setattr(clone, "git", lambda args, **kw: calls.append(list(args)) or real(args, **kw))
+    calls = _recorded_git(monkeypatch)
     GitWorkspace.create(tmp_path / "ws", str(repo), sha)
     assert calls == []
 
@@ -79,9 +85,7 @@ def test_in_process_clone_starts_no_git_process(baseline: tuple[Path, str], tmp_
 def test_a_commit_libgit2_cannot_find_falls_back_to_the_cli(baseline: tuple[Path, str], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     repo, _ = baseline
-    calls: list[list[str]] = []
-    real = clone.git
-    monkeypatch.setattr(clone, "git", lambda args, **kw: calls.append(list(args)) or real(args, **kw))
+    calls = _recorded_git(monkeypatch)
     topic = run_git(repo, "rev-parse", "topic")
     # libgit2 refuses (a commit it cannot find): the CLI runs, on an empty directory again
     monkeypatch.setattr(libgit.pygit2.Repository, "revparse_single",
