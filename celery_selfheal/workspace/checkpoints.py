@@ -235,10 +235,15 @@ def _build_prefix(path: Path) -> str:
 
 def _remove_stale_builds(path: Path, max_age: float = 3600.0) -> None:
     """Remove half-built replays left by a killed process (e.g. a Celery hard time limit)."""
-    now = time.time()
-    for stale in path.parent.glob(f"{_build_prefix(path)}*"):
+    now, prefix = time.time(), _build_prefix(path)
+    try:  # a prefix test on the listing, not a glob: the folder holds every job's workspace
+        with os.scandir(path.parent) as entries:
+            builds = [entry.path for entry in entries if entry.name.startswith(prefix)]
+    except (FileNotFoundError, NotADirectoryError, PermissionError):  # what glob found there: nothing
+        return
+    for stale in builds:
         with contextlib.suppress(OSError):
-            if now - stale.stat().st_mtime > max_age:
+            if now - os.stat(stale).st_mtime > max_age:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
