@@ -277,11 +277,18 @@ def replay(
 
 def workspace_matches(path: Path, checkpoints: Sequence[Mapping[str, Any]], baseline_sha: str) -> bool:
     """True if ``path`` is a clean workspace at the last checkpoint's tree (the baseline's if none)."""
+    return matching_workspace(path, checkpoints, baseline_sha) is not None
+
+
+def matching_workspace(path: Path, checkpoints: Sequence[Mapping[str, Any]],
+                       baseline_sha: str) -> GitWorkspace | None:
+    """The workspace at ``path`` if `workspace_matches`, else None: the instance that checked it, so
+    the step goes on with the repository it opened (not opened again)."""
     try:
         ws = GitWorkspace(Path(path))  # not open(): its rev-parse is redundant with is_clean_at
         if not ws.git_dir.is_dir():  # never let git find an enclosing repository instead
-            return False
+            return None
         expected = checkpoints[-1].get("treeAfter") if checkpoints else ws.rev(f"{baseline_sha}^{{tree}}")
     except (WorkspaceError, OSError):
-        return False
-    return isinstance(expected, str) and ws.is_clean_at(expected)
+        return None
+    return ws if isinstance(expected, str) and ws.is_clean_at(expected) else None
