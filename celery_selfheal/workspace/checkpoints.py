@@ -56,9 +56,9 @@ def _rel(arts: JobArtifacts, path: Path) -> str:
     return path.relative_to(arts.base).as_posix()
 
 
-def _archive_existing(arts: JobArtifacts, step_index: int) -> None:
-    """Move an earlier checkpoint of this step into ``history/`` (JSON first: then it is absent)."""
-    state, patch = arts.step_state_path(step_index), arts.patch_path(step_index)
+def _archive_existing(arts: JobArtifacts, step_index: int, state: Path, patch: Path) -> None:
+    """Move an earlier checkpoint of this step into ``history/`` (JSON first: then it is absent);
+    ``state`` and ``patch``: the step's `JobArtifacts` paths, as the caller just checked them."""
     if not state.exists():
         return  # a patch without JSON is a leftover of an interrupted write: overwritten below
     try:
@@ -105,7 +105,7 @@ def write_checkpoint(
         "treeBefore": change.base_tree,
         "treeAfter": change.tree,
     }
-    _archive_existing(arts, step_index)
+    _archive_existing(arts, step_index, state_path, patch_path)
     # Durable: the patch bytes (fsynced before the caller records the checkpoint in the store).
     # The JSON is a copy of the metadata the store keeps, and replay reads the store's: atomic only.
     atomic_write(patch_path, change.patch)
