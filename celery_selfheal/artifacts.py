@@ -110,7 +110,7 @@ class JobArtifacts:
 
     @functools.cached_property
     def _root(self) -> Path:
-        return self.root.resolve()  # once per instance: every path below is still resolved in full
+        return _resolved_root(self.root)  # every path below is still resolved in full
 
     @functools.cached_property
     def base(self) -> Path:
@@ -146,8 +146,31 @@ class JobArtifacts:
         return iter(sorted(p for p in self.base.rglob("*") if p.is_file() and not p.name.startswith(".")))
 
     def _inside(self, path: Path) -> Path:
-        root = self._root
         resolved = path.resolve()
-        if resolved != root and root not in resolved.parents:
-            raise ValueError(f"artifact path {path} escapes {root}")
+        if not _under(resolved, self._root):
+            # the root's resolution is cached per process: check against a fresh one before
+            # refusing, so that a root repointed since then gives the answer it always gave
+            root = _resolved_root(self.root, fresh=True)
+            if not _under(resolved, root):
+                raise ValueError(f"artifact path {path} escapes {root}")
         return path
+
+
+#: the artifact root's resolution, per root, in this process: one ``realpath`` of the root per
+#: process instead of one per `JobArtifacts` (several per step); every path under it is still
+#: resolved in full on each call, and a miss is checked again against a fresh resolution
+_ROOTS: dict[Path, Path] = {}
+
+
+def _resolved_root(root: Path, *, fresh: bool = False) -> Path:
+    resolved = None if fresh else _ROOTS.get(root)
+    if resolved is None:
+        resolved = _ROOTS[root] = root.resolve()
+    return resolved
+
+
+def _under(resolved: Path, root: Path) -> bool:
+    """``resolved`` is ``root`` or below it (both resolved): ``root in resolved.parents`` without
+    building the parents (their ``parts`` prefix, compared as `PurePath` equality compares)."""
+    parts = root.parts
+    return resolved.parts[: len(parts)] == parts

@@ -26,3 +26,23 @@ def test_a_symlink_out_of_the_root_is_refused_whenever_it_appears(tmp_path: Path
     (root / "job-2").symlink_to(outside, target_is_directory=True)
     with pytest.raises(ValueError, match="escapes"):
         JobArtifacts(root, "job-2").step_state_path(0)
+
+
+def test_a_root_repointed_after_its_resolution_was_cached_still_confines(tmp_path: Path) -> None:
+    """The root's resolution is cached per process: a root symlink moved to another folder gives
+    the same answers as a fresh resolution (paths under the new target pass, a way out is refused)."""
+    first, second, outside = tmp_path / "first", tmp_path / "second", tmp_path / "outside"
+    for folder in (first, second, outside):
+        folder.mkdir()
+    root = tmp_path / "root"
+    root.symlink_to(first, target_is_directory=True)
+    assert JobArtifacts(root, "job-1").step_state_path(0) == root / "job-1" / "state" / "steps" / "step-0000.json"
+    root.unlink()
+    root.symlink_to(second, target_is_directory=True)
+    assert JobArtifacts(root, "job-1").log_path(0, 1) == root / "job-1" / "logs" / "step-0000-attempt-0001.log"
+    (second / "job-2").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="escapes"):
+        JobArtifacts(root, "job-2").patch_path(0)
+    (second / "job-3").symlink_to(first, target_is_directory=True)  # into the root it had before
+    with pytest.raises(ValueError, match="escapes"):
+        JobArtifacts(root, "job-3").patch_path(0)

@@ -213,6 +213,36 @@ def resolve_budgets(*layers: tuple[str, Mapping[str, Any]]) -> Budgets:
     Each layer is validated with its name as ``where``; the merged result is validated as a
     whole, and a cross-field error names the layer that set the offending key.
     """
+    key = _layers_key(layers)
+    if key is not None and (known := _RESOLVED.get(key)) is not None:
+        return known
+    budgets = _resolve(layers)
+    if key is not None:
+        if len(_RESOLVED) >= 1024:
+            _RESOLVED.clear()
+        _RESOLVED[key] = budgets
+    return budgets
+
+
+#: `resolve_budgets` results by their layers: every step resolves its job's stored budgets and its
+#: own overrides again (a pure function of them; `Budgets` is frozen). Errors are never stored.
+_RESOLVED: dict[tuple[Any, ...], Budgets] = {}
+
+
+def _layers_key(layers: tuple[tuple[str, Mapping[str, Any]], ...]) -> tuple[Any, ...] | None:
+    """The layers as a hashable key, each value with its type (``True`` is not ``1``, nor ``1.0``
+    an ``int``: the checks tell them apart) and a float by its exact bits (``-0.0`` is kept as
+    given); None for anything else (resolved uncached)."""
+    try:
+        key = tuple((name, tuple((k, type(v), v.hex() if type(v) is float else v) for k, v in values.items()))
+                    for name, values in layers)
+        hash(key)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return key
+
+
+def _resolve(layers: tuple[tuple[str, Mapping[str, Any]], ...]) -> Budgets:
     merged: dict[str, int | float] = budgets_to_dict(Budgets())
     origin: dict[str, str] = dict.fromkeys(merged, "defaults")
     for name, values in layers:

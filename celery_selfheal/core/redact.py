@@ -53,6 +53,8 @@ DEFAULT_WINDOW = 8 * 1024
 DEFAULT_BATCH = 256 * 1024
 #: Strings up to this long are memoized by :meth:`Redactor.redact`.
 _SMALL = 256
+#: scalars `Redactor.redact_obj` returns as they are (exact types: a subclass takes the general path)
+_AS_IS = frozenset({int, float, bool, type(None)})
 #: Lookbehind context kept from already emitted text (names before ``=``, token boundaries).
 _CONTEXT = 256
 
@@ -143,6 +145,11 @@ class Redactor:
         """A redacted copy of a JSON-like payload: values under secret-like keys become
         :data:`REDACTED` (``None`` and booleans are kept), every string (keys too) is
         :meth:`redact`-ed, lists/tuples keep their type, other scalars are returned as they are."""
+        cls = type(obj)  # exact types first: the usual leaves and dicts skip the ABC checks below
+        if cls is str:
+            return self.redact(obj)
+        if cls in _AS_IS:
+            return obj
         if isinstance(obj, str):
             return self.redact(obj)
         if isinstance(obj, Mapping):

@@ -81,7 +81,8 @@ def spec_of(job: Mapping[str, Any]) -> JobSpec:
     return JobSpec.from_dict(job["spec"])
 
 
-def step_budgets(job: Mapping[str, Any], step_index: int) -> Budgets:
-    """Budgets of one step: the job's resolved budgets, then the step's own overrides."""
-    step = spec_of(job).steps[step_index]
+def step_budgets(job: Mapping[str, Any], step_index: int, spec: JobSpec | None = None) -> Budgets:
+    """Budgets of one step: the job's resolved budgets, then the step's own overrides (``spec``: the
+    job's spec if the caller has it parsed already)."""
+    step = (spec or spec_of(job)).steps[step_index]
     return resolve_budgets(("job", job["budgets"]), (f"step {step.id!r}", dict(step.overrides)))

@@ -66,12 +66,17 @@ class CappedLog:
         if head_bytes < 0 or tail_bytes < 0:
             raise ValueError("head_bytes and tail_bytes must be >= 0")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._head_cap = head_bytes
         self._tail_cap = tail_bytes
         self._flush_interval = flush_interval
         # 0600 like the other artifacts, whatever the umask (the output is scrubbed, still private)
-        self._fh = open(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")  # noqa: SIM115
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            fd = os.open(self.path, flags, 0o600)
+        except FileNotFoundError:  # the folder is made on first use only (no mkdir call per attempt)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, flags, 0o600)
+        self._fh = open(fd, "wb")  # noqa: SIM115
         self._head = bytearray()
         self._head_full = head_bytes == 0
         #: exactly the bytes after the head (and after the marker, once something was dropped)

@@ -169,7 +169,7 @@ def plan_attempt(ctx: Context, job: JobState, delivery: StepDelivery,
                   if a.get("status") in DECIDED_ATTEMPTS and a.get("epoch", 0) == delivery.epoch)
     return AttemptPlan(job_id=delivery.job_id, step=spec.steps[idx], argv=spec.step_runtime(idx),
                        attempt=max((a["attempt"] for a in earlier), default=0) + 1, round=job.steps[idx].round,
-                       epoch=delivery.epoch, strategy=delivery.strategy, budgets=step_budgets(job.to_record(), idx),
+                       epoch=delivery.epoch, strategy=delivery.strategy, budgets=step_budgets(job.extra, idx, spec),
                        retry_context=delivery.retry_context, step_count=len(job.steps), resets_used=job.resets_used,
                        queue_retries_used=job.queue_retries_used, objective=spec.objective,
                        start_tree=kept_tree(earlier, delivery.strategy), prior=prior)

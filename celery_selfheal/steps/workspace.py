@@ -15,7 +15,7 @@ from celery_selfheal.context import Context
 from celery_selfheal.core.job_state import JobState
 from celery_selfheal.core.model import Strategy
 from celery_selfheal.errors import ReplayError, WorkspaceError
-from celery_selfheal.workspace.checkpoints import replay, workspace_matches
+from celery_selfheal.workspace.checkpoints import matching_workspace, replay
 from celery_selfheal.workspace.git import GitWorkspace
 
 
@@ -49,7 +49,7 @@ def prepare_workspace(ctx: Context, job: JobState, step_index: int, strategy: st
                     return ws
             except WorkspaceError:
                 pass  # its repository was destroyed or replaced: rebuilt from the checkpoints below
-        elif workspace_matches(path, cps, baseline):
-            return GitWorkspace(path)  # workspace_matches just opened and checked it
+        elif (kept := matching_workspace(path, cps, baseline)) is not None:
+            return kept  # the instance that checked it: its repository stays open for the step
     return replay(path, repo=str(job.get("repo")), baseline_sha=baseline, checkpoints=cps,
                   arts=ctx.artifacts(job_id))

@@ -56,9 +56,9 @@ def _rel(arts: JobArtifacts, path: Path) -> str:
     return path.relative_to(arts.base).as_posix()
 
 
-def _archive_existing(arts: JobArtifacts, step_index: int) -> None:
-    """Move an earlier checkpoint of this step into ``history/`` (JSON first: then it is absent)."""
-    state, patch = arts.step_state_path(step_index), arts.patch_path(step_index)
+def _archive_existing(arts: JobArtifacts, step_index: int, state: Path, patch: Path) -> None:
+    """Move an earlier checkpoint of this step into ``history/`` (JSON first: then it is absent);
+    ``state`` and ``patch``: the step's `JobArtifacts` paths, as the caller just checked them."""
     if not state.exists():
         return  # a patch without JSON is a leftover of an interrupted write: overwritten below
     try:
@@ -105,7 +105,7 @@ def write_checkpoint(
         "treeBefore": change.base_tree,
         "treeAfter": change.tree,
     }
-    _archive_existing(arts, step_index)
+    _archive_existing(arts, step_index, state_path, patch_path)
     # Durable: the patch bytes (fsynced before the caller records the checkpoint in the store).
     # The JSON is a copy of the metadata the store keeps, and replay reads the store's: atomic only.
     atomic_write(patch_path, change.patch)
@@ -235,10 +235,15 @@ def _build_prefix(path: Path) -> str:
 
 def _remove_stale_builds(path: Path, max_age: float = 3600.0) -> None:
     """Remove half-built replays left by a killed process (e.g. a Celery hard time limit)."""
-    now = time.time()
-    for stale in path.parent.glob(f"{_build_prefix(path)}*"):
+    now, prefix = time.time(), _build_prefix(path)
+    try:  # a prefix test on the listing, not a glob: the folder holds every job's workspace
+        with os.scandir(path.parent) as entries:
+            builds = [entry.path for entry in entries if entry.name.startswith(prefix)]
+    except (FileNotFoundError, NotADirectoryError, PermissionError):  # what glob found there: nothing
+        return
+    for stale in builds:
         with contextlib.suppress(OSError):
-            if now - stale.stat().st_mtime > max_age:
+            if now - os.stat(stale).st_mtime > max_age:
                 shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -272,11 +277,18 @@ def replay(
 
 def workspace_matches(path: Path, checkpoints: Sequence[Mapping[str, Any]], baseline_sha: str) -> bool:
     """True if ``path`` is a clean workspace at the last checkpoint's tree (the baseline's if none)."""
+    return matching_workspace(path, checkpoints, baseline_sha) is not None
+
+
+def matching_workspace(path: Path, checkpoints: Sequence[Mapping[str, Any]],
+                       baseline_sha: str) -> GitWorkspace | None:
+    """The workspace at ``path`` if `workspace_matches`, else None: the instance that checked it, so
+    the step goes on with the repository it opened (not opened again)."""
     try:
         ws = GitWorkspace(Path(path))  # not open(): its rev-parse is redundant with is_clean_at
         if not ws.git_dir.is_dir():  # never let git find an enclosing repository instead
-            return False
+            return None
         expected = checkpoints[-1].get("treeAfter") if checkpoints else ws.rev(f"{baseline_sha}^{{tree}}")
     except (WorkspaceError, OSError):
-        return False
-    return isinstance(expected, str) and ws.is_clean_at(expected)
+        return None
+    return ws if isinstance(expected, str) and ws.is_clean_at(expected) else None

@@ -116,6 +116,10 @@ class GitWorkspace:
             self._inproc_stamp = stamp
         return self._inproc
 
+    def opens_in_process(self) -> bool:
+        """True if libgit2 opens this workspace as the CLI sees it (the instance `_fast` keeps)."""
+        return self._fast() is not None
+
     def _config_stamp(self) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self.git_dir / "config")

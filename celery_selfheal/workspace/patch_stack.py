@@ -49,7 +49,7 @@ class PatchStack:
         self.scratch: Path | None = None
         # Only for a workspace libgit2 opens as the CLI sees it (not, e.g., one of an object format
         # it does not read): the scratch repository reads the workspace's objects.
-        if in_process and libgit.open_workspace(ws.path, BASE_REF) is not None:
+        if in_process and ws.opens_in_process():  # opened once for `rev` above, not again
             from celery_selfheal.workspace import memodb  # needs pygit2
 
             repo, self.memory, self.scratch = memodb.scratch_repository(ws.git_dir / "objects")

@@ -181,3 +181,40 @@ def test_output_loop_limit_key_env_and_bounds():
         env_overrides({"STEP_OUTPUT_LOOP_LIMIT": "1"})
     with pytest.raises(ConfigError, match=r"step_output_loop_limit: must be >= 0"):
         resolve_budgets(("job", {"step_output_loop_limit": -1}))
+
+
+_any_value = st.one_of(st.booleans(), st.integers(-2, 3), st.sampled_from([0.0, -0.0, 1.0, 2.5, math.nan]),
+                       st.none(), st.text(max_size=2), st.lists(st.integers(), max_size=1))
+
+
+def _outcome(layers):
+    try:
+        return budgets_to_dict(resolve_budgets(*layers)), None
+    except ConfigError as exc:
+        return None, str(exc)
+
+
+@given(values=st.lists(st.tuples(st.sampled_from(BUDGET_KEYS), _any_value), max_size=6), repeat=st.integers(1, 3))
+def test_remembered_resolutions_answer_as_a_first_one(values, repeat):
+    """`resolve_budgets` remembers results by their layers: asked again (or with a value equal but of
+    another type, ``True`` for ``1``, ``-0.0`` for ``0.0``) it answers exactly as when it computed."""
+    from celery_selfheal.core import budgets as module
+
+    layers = [("job", dict(values[: len(values) // 2])), ("step 's'", dict(values[len(values) // 2:]))]
+    module._RESOLVED.clear()
+    first = _outcome(layers)
+    for _ in range(repeat):
+        assert _outcome(layers) == first
+        assert repr(_outcome(layers)) == repr(first)  # -0.0 stays -0.0
+    module._RESOLVED.clear()
+    assert _outcome(layers) == first
+
+
+def test_a_value_equal_to_a_remembered_one_but_of_another_type_is_checked_again():
+    assert resolve_budgets(("step", {"step_max_attempts": 1})).step_max_attempts == 1
+    with pytest.raises(ConfigError, match="must be an integer"):
+        resolve_budgets(("step", {"step_max_attempts": True}))
+    with pytest.raises(ConfigError, match="must be an integer"):
+        resolve_budgets(("step", {"step_max_attempts": 1.0}))
+    assert str(budgets_to_dict(resolve_budgets(("s", {"kill_grace_seconds": 0.0})))["kill_grace_seconds"]) == "0.0"
+    assert str(budgets_to_dict(resolve_budgets(("s", {"kill_grace_seconds": -0.0})))["kill_grace_seconds"]) == "-0.0"

@@ -264,6 +264,23 @@ def test_redact_obj() -> None:
     assert R.redact_obj(3) == 3 and R.redact_obj(None) is None
 
 
+def test_redact_obj_takes_subclasses_of_the_usual_types_as_before() -> None:
+    """Exact ``str``/``int``/``dict`` take a fast path; their subclasses the general one, same result."""
+    import collections
+    import enum
+
+    class Text(str):
+        pass
+
+    class Level(enum.IntEnum):
+        HIGH = 2
+
+    secret = "ghp_" + TOK36
+    out = R.redact_obj(collections.OrderedDict([("a", Text(secret)), ("b", Level.HIGH), ("password", Level.HIGH)]))
+    assert out == {"a": REDACTED, "b": Level.HIGH, "password": REDACTED} and type(out) is dict
+    assert R.redact_obj(Level.HIGH) is Level.HIGH and R.redact_obj(True) is True and R.redact_obj(0.5) == 0.5
+
+
 # --------------------------------------------------------------------------- properties
 
 PEM_BEGIN, PEM_END = "-----BEGIN RSA PRIVATE KEY-----\n", "\n-----END RSA PRIVATE KEY-----"

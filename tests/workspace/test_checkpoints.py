@@ -14,6 +14,7 @@ import pytest
 from celery_selfheal.artifacts import JobArtifacts
 from celery_selfheal.errors import ReplayError
 from celery_selfheal.workspace.checkpoints import (
+    matching_workspace,
     replay,
     verify_checkpoint,
     workspace_matches,
@@ -248,3 +249,19 @@ def test_stale_half_built_replays_are_removed(job: dict[str, Any]) -> None:
     replay(ws.path, repo=str(job["repo"]), baseline_sha=job["sha"], checkpoints=job["metas"],
            arts=job["arts"])
     assert not stale.exists() and fresh.exists() and other_job.exists()
+
+
+def test_a_matching_workspace_comes_back_with_the_repository_it_opened(
+        job: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step goes on with the instance that checked the workspace: libgit2 opens it once."""
+    from celery_selfheal.workspace import libgit
+
+    ws, metas, sha = job["ws"], job["metas"], job["sha"]
+    opened: list[Path] = []
+    real = libgit.open_workspace
+    monkeypatch.setattr(libgit, "open_workspace", lambda path, ref: opened.append(path) or real(path, ref))
+    kept = matching_workspace(ws.path, metas, sha)
+    assert kept is not None and kept.path == ws.path
+    assert kept.head_tree() == metas[-1]["treeAfter"] and kept.current_change().base_tree == metas[-1]["treeAfter"]
+    assert len(opened) == (1 if libgit.AVAILABLE else 0)
+    assert matching_workspace(ws.path, metas[:1], sha) is None
