@@ -72,10 +72,12 @@ def request_control(ctx: Context, job_id: str, action: str, *, step: str | None 
         # (its own state change still stops the attempt); set after, it could stay set for good.
         update_job(ctx, job_id, preempt=True)
     record["requestId"] = ctx.store.add_control(job_id, record)
-    if action in rules.PREEMPTING:
-        # after the flag and the request are stored: the attempt woken reads the job and sees both
-        ctx.store.wake(job_id)
     audit(ctx, job_id, record, "requested")
     ctx.bus.emit("task.control.recovery.requested", job_id, **fields(record))
+    if action in rules.PREEMPTING:
+        # after the flag and the request are stored (the attempt woken reads the job and sees
+        # both) and after they were audited and announced: the woken attempt's applier acks at
+        # once, and its ack must not come before the request in the audit trail and the events
+        ctx.store.wake(job_id)
     enqueue_apply(job_id)
     return {**record, "state": "pending"}
