@@ -112,10 +112,6 @@ class AttemptLease:
         self.renew()
         return not self.lost
 
-    def guard(self, check: Callable[[], bool]) -> Callable[[], bool]:
-        """A cancel check that also fires when the lease is lost."""
-        return lambda: self.lost or check()
-
     def _stop_thread(self) -> None:
         RENEWER.remove(self)
         with self._lock:  # waits for a renewal in flight; none starts afterwards
