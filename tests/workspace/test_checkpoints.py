@@ -50,18 +50,24 @@ STEPS: list[tuple[str, Callable[[Path], None]]] = [
 ]
 
 
+def checkpointed_job(tmp_path: Path, steps: Any = STEPS, *, job_id: str = "job-1",
+                     summary: str = "ok") -> dict[str, Any]:
+    """A straight run of ``steps`` (id, edit) in a fresh workspace with a checkpoint after each."""
+    repo = tmp_path / "baseline"
+    sha = make_repo(repo)
+    arts = JobArtifacts(tmp_path / "artifacts", job_id)
+    ws = GitWorkspace.create(tmp_path / "ws", str(repo), sha)
+    metas = []
+    for index, (step_id, edit) in enumerate(steps):
+        edit(ws.path)
+        metas.append(write_checkpoint(ws, arts, step_id=step_id, step_index=index, attempt=1, summary=summary))
+    return {"repo": repo, "sha": sha, "arts": arts, "ws": ws, "metas": metas, "tmp": tmp_path}
+
+
 @pytest.fixture
 def job(tmp_path: Path) -> dict[str, Any]:
     """A straight run of three steps with a checkpoint after each."""
-    repo = tmp_path / "baseline"
-    sha = make_repo(repo)
-    arts = JobArtifacts(tmp_path / "artifacts", "job-1")
-    ws = GitWorkspace.create(tmp_path / "ws", str(repo), sha)
-    metas = []
-    for index, (step_id, edit) in enumerate(STEPS):
-        edit(ws.path)
-        metas.append(write_checkpoint(ws, arts, step_id=step_id, step_index=index, attempt=1, summary="ok"))
-    return {"repo": repo, "sha": sha, "arts": arts, "ws": ws, "metas": metas, "tmp": tmp_path}
+    return checkpointed_job(tmp_path)
 
 
 def _listing(path: Path) -> dict[str, bytes]:

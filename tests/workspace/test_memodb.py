@@ -13,14 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from celery_selfheal.artifacts import JobArtifacts
 from celery_selfheal.workspace import libgit, memodb
-from celery_selfheal.workspace.checkpoints import replay, workspace_matches, write_checkpoint
+from celery_selfheal.workspace.checkpoints import replay, workspace_matches
 from celery_selfheal.workspace.git import GitWorkspace
 from celery_selfheal.workspace.patch_stack import PatchStack
 
 from . import BINARY, make_repo, run_git, worktree_tree
-from .test_checkpoints import STEPS
+from .test_checkpoints import STEPS, checkpointed_job
 
 
 def _fsck(path: Path) -> None:
@@ -100,15 +99,7 @@ def test_memory_objects_become_one_valid_pack(tmp_path: Path) -> None:
 
 
 def _job(tmp_path: Path, steps: Any = STEPS) -> dict[str, Any]:
-    repo = tmp_path / "baseline"
-    sha = make_repo(repo)
-    arts = JobArtifacts(tmp_path / "artifacts", "job-m")
-    ws = GitWorkspace.create(tmp_path / "ws", str(repo), sha)
-    metas = []
-    for index, (step_id, edit) in enumerate(steps):
-        edit(ws.path)
-        metas.append(write_checkpoint(ws, arts, step_id=step_id, step_index=index, attempt=1, summary=""))
-    return {"repo": repo, "sha": sha, "arts": arts, "ws": ws, "metas": metas}
+    return checkpointed_job(tmp_path, steps, job_id="job-m", summary="")
 
 
 def _edit(root: Path) -> None:
