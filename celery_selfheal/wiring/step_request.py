@@ -17,7 +17,7 @@ from typing import Any
 
 from celery.worker.request import Request
 
-from celery_selfheal.cluster.checks import acks_at_start, cluster_options, is_amqp_url
+from celery_selfheal.cluster.checks import acks_at_start, cluster_options
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +30,10 @@ class StepRequest(Request):
         if self.acknowledged or not self.task.acks_late:
             return
         app = self.task.app
-        broker_url = str(app.conf.broker_url or "")
-        if not is_amqp_url(broker_url):  # only RabbitMQ has a consumer_timeout: skip reading the options
-            return
         settings = getattr(getattr(app, "selfheal", None), "settings", None)
         worker_table: Any = getattr(settings, "worker", {})
         hard, _ = self.time_limits
-        if acks_at_start(broker_url, hard, cluster_options(worker_table)):
+        if acks_at_start(str(app.conf.broker_url or ""), hard, cluster_options(worker_table)):
             log.info("celery-selfheal: step message %s acknowledged at start (hard limit %ss is not below "
                      "the RabbitMQ consumer_timeout); its attempt lease guards it", self.id, hard)
             self.acknowledge()
