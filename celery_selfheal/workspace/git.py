@@ -301,8 +301,19 @@ class GitWorkspace:
         if patch:
             self.git(["apply", "--index", *APPLY_ARGS], input=patch)
 
-    def checkout(self, commit: str) -> None:
-        """Make index and work tree exactly ``commit`` and detach HEAD (and the base) there."""
+    def checkout(self, commit: str, *, empty: bool = False) -> None:
+        """Make index and work tree exactly ``commit`` and detach HEAD (and the base) there.
+
+        ``empty``: the work tree and index are known to be empty (replay's fresh clone), so libgit2
+        may write them in-process, as a first step's clone does; the CLI otherwise or on error."""
+        fast = self._fast() if empty else None
+        if fast is not None:
+            try:
+                fast.checkout_empty(commit)
+                self.move_head(commit)
+                return
+            except libgit.Error:
+                pass  # the CLI's --force below overwrites whatever libgit2 wrote
         self.git(["checkout", "--quiet", "--force", "--detach", commit])
         self.move_head(commit)
 

@@ -8,8 +8,9 @@ staging the work tree into an in-memory index and writing its tree, the checkpoi
 ref update, the clean check, resolving the base, and replay's patch application (checked against
 the checkpoint's tree, see `workspace.patch_stack`), and the clone of a local baseline
 (`clone_local`: a CLI clone and checkout are four processes, most of a first step's cost and of a
-replay on another worker). Diffs (the checkpoint's patch bytes), clones of URLs and replay's
-checkout stay on the git CLI (a libgit2 checkout of the replay bench's 320 files was no faster).
+replay on another worker), and the checkout of a replayed workspace (`InProcess.checkout_empty`: a
+``git checkout`` process was a third of a small replay's CPU; for the replay bench's 320 files the
+two take the same time). Diffs (the checkpoint's patch bytes) and clones of URLs stay on the git CLI.
 
 Same results as the CLI, or the CLI is used: the trees are those of ``git add --all`` +
 ``write-tree`` (tests/workspace/test_libgit.py compares the two on generated work trees), commits
@@ -123,6 +124,12 @@ class InProcess:
             for ref in refs:
                 txn.lock_ref(ref)
                 txn.set_target(ref, oid, message="selfheal checkpoint")
+
+    def checkout_empty(self, commit: str) -> None:
+        """Write the index and work tree of ``commit`` into a workspace that has neither yet (as
+        `clone_local` does for a first step); the caller moves HEAD and the base."""
+        tree = self._commit_of(commit).tree
+        self.repo.checkout_tree(tree, strategy=pygit2.enums.CheckoutStrategy.FORCE)
 
     def apply_cached(self, tree: str, patch: bytes) -> str:
         """``git apply --cached`` of ``patch`` onto ``tree`` in the workspace's own index (replay's

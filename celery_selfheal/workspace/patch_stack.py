@@ -96,10 +96,10 @@ class PatchStack:
     def finish(self) -> None:
         """Create the queued commits and check the last one out."""
         if not self.commits:
-            self.ws.checkout(self.start)
+            self.ws.checkout(self.start, empty=True)
             return
         head = self._commit_in_process() if self.fast is not None else self._fast_import()
-        self.ws.checkout(head)
+        self.ws.checkout(head, empty=True)
 
     def _commit_in_process(self) -> str:
         assert self.fast is not None

@@ -271,3 +271,43 @@ def test_a_matching_workspace_comes_back_with_the_repository_it_opened(
     assert kept.head_tree() == metas[-1]["treeAfter"] and kept.current_change().base_tree == metas[-1]["treeAfter"]
     assert len(opened) == (1 if libgit.AVAILABLE else 0)
     assert matching_workspace(ws.path, metas[:1], sha) is None
+
+
+def _checked_out(path: Path) -> dict[str, Any]:
+    """What a checkout leaves: the index as the CLI reads it, the files with their modes and
+    symlink targets, and what ``git status`` says (the CLI's own view of the stat cache)."""
+    return {
+        "index": run_git(path, "ls-files", "--stage"),
+        "files": sorted((p.relative_to(path).as_posix(), os.lstat(p).st_mode,
+                         os.readlink(p) if p.is_symlink() else p.read_bytes())
+                        for p in path.rglob("*") if (p.is_file() or p.is_symlink()) and ".git" not in p.parts),
+        "status": run_git(path, "status", "--porcelain", "--untracked-files=all"),
+        "head": run_git(path, "rev-parse", "HEAD", "refs/selfheal/base"),
+    }
+
+
+@pytest.mark.parametrize("upto", [0, 3])
+def test_replay_checks_out_in_process_as_the_cli_does(
+        job: dict[str, Any], monkeypatch: pytest.MonkeyPatch, upto: int) -> None:
+    """Replay writes the rebuilt work tree with libgit2 (no git process, as a first step's clone);
+    the result is the one the CLI's ``checkout --force`` gives, which is also the fallback."""
+    from celery_selfheal.workspace import gitcmd, libgit
+
+    if not libgit.AVAILABLE:
+        pytest.skip("pygit2 is a declared dependency; this compares its checkout with the CLI's")
+    args = {"repo": str(job["repo"]), "baseline_sha": job["sha"], "checkpoints": job["metas"][:upto],
+            "arts": job["arts"]}
+    calls: list[list[str]] = []
+    real_git = gitcmd.subprocess.run
+    with monkeypatch.context() as m:
+        m.setattr(gitcmd.subprocess, "run", lambda cmd, *a, **k: calls.append(list(cmd)) or real_git(cmd, *a, **k))
+        fast = replay(job["tmp"] / "fast", **args)
+    assert not [c for c in calls if "checkout" in c]  # (a patch libgit2 cannot apply goes to the CLI)
+    with monkeypatch.context() as m:
+        def refuse(self: Any, commit: str) -> None:
+            raise libgit.pygit2.GitError("refused by the test")
+        m.setattr(libgit.InProcess, "checkout_empty", refuse)
+        slow = replay(job["tmp"] / "slow", **args)
+    assert _checked_out(fast.path) == _checked_out(slow.path)
+    assert _checked_out(fast.path)["status"] == ""
+    assert workspace_matches(fast.path, job["metas"][:upto], job["sha"])
