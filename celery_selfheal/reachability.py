@@ -47,11 +47,16 @@ def check_broker(app: Any, *, shown: Callable[[str], str] = str, where: str = "b
 
 def check_store(store: Any, *, shown: Callable[[str], str] = str, timeout: float = CHECK_TIMEOUT) -> None:
     """Ping a Redis store once without the store's own retries; SQLite needs no server."""
+    from celery_selfheal.store.sqlite import SQLiteStore
+
+    if isinstance(store, SQLiteStore):  # (not importing redis-py for it: a tenth of a CLI call)
+        return
+    import redis
+
     from celery_selfheal.store.redis import RedisStore
 
     if not isinstance(store, RedisStore):
         return
-    import redis
 
     client = redis.Redis.from_url(store._client_url, socket_connect_timeout=timeout, socket_timeout=timeout,
                                   retry=None)

@@ -24,6 +24,7 @@ Each secret becomes :data:`REDACTED`; the text around it is kept. Redaction is i
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,13 +86,34 @@ def _hashable(rule: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 class Redactor:
     """Scrubs secrets from text. Pure: reads only the env mapping it is given (or ``os.environ``
-    once, at construction, when ``env`` is None)."""
+    once, at construction, when ``env`` is None).
+
+    The scanner (the token catalog, compiled for hyperscan, and the env values' literal forms) is
+    built on first use, once, under a lock: a CLI command that never redacts anything (``selfheal
+    jobs``) does not pay its ~0.3 s."""
 
     def __init__(self, env: Mapping[str, str] | None = None, config: RedactionConfig | None = None) -> None:
         self._config = config = config or RedactionConfig()
-        env = dict(os.environ) if env is None else env
+        self._env: dict[str, str] | None = dict(os.environ if env is None else env)
         self._allow = frozenset(config.allowlist)
         self._extra_keys = frozenset(k.lower() for k in config.extra_keys)
+        self._built: tuple[SpanFinder, int] | None = None
+        self._lock = threading.Lock()
+        self._small: dict[str, str] = {}
+
+    def _scanner(self) -> tuple[SpanFinder, int]:
+        """(the span finder, the stream window), built from the env snapshot on first use."""
+        built = self._built
+        if built is None:
+            with self._lock:
+                if self._built is None:
+                    self._built = self._build(self._env or {})
+                    self._env = None  # the values live on only in the finder's literals
+                built = self._built
+        return built
+
+    def _build(self, env: Mapping[str, str]) -> tuple[SpanFinder, int]:
+        config = self._config
         secret_names = frozenset(config.extra_env_names)
         literals: set[str] = set()
         values: list[str] = []
@@ -101,17 +123,21 @@ class Redactor:
                 literals |= literal_forms(value)
                 values.append(value)
         catalog = catalog_for(tuple(_hashable(rule) for rule in config.rules))
-        self._finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow, catalog, values)
-        finder = self._finder
-        self._window = max(
+        finder = SpanFinder(literals - self._allow, config.extra_patterns, self._allow, catalog, values)
+        window = max(
             DEFAULT_WINDOW, rules.MAX_RULE_SPAN, catalog.max_len + 64, finder.max_literal + 64, finder.max_wrapped
         )
-        self._small: dict[str, str] = {}
+        return finder, window
+
+    def prepare(self) -> None:
+        """Build the scanner now (a worker does it before forking, so its pool children inherit the
+        compiled catalog instead of each compiling it at its first step)."""
+        self._scanner()
 
     @property
     def window(self) -> int:
         """How many characters a :class:`StreamRedactor` holds back at a chunk edge."""
-        return self._window
+        return self._scanner()[1]
 
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by :data:`REDACTED`."""
@@ -181,7 +207,7 @@ class Redactor:
     def find_spans(self, text: str, seen: SeenSecrets | None = None, new_from: int = 0) -> Found:
         """The spans to replace in ``text`` (sorted, merged) and where PEM blocks start; with
         ``seen``, later occurrences of values redacted earlier too (see :mod:`redact_seen`)."""
-        return self._finder.find(text, seen, new_from)
+        return self._scanner()[0].find(text, seen, new_from)
 
 
 class StreamRedactor:

@@ -51,7 +51,9 @@ def connect_signals(app: Celery, get_context: Callable[[], Context], reset_conte
     def check_pool(sender: Any = None, **_: Any) -> None:
         if sender is None or getattr(sender, "app", None) is not app:
             return
-        settings = get_context().settings
+        ctx = get_context()
+        ctx.redactor.prepare()  # before the fork: the children inherit the compiled catalog
+        settings = ctx.settings
         settings.ensure_dirs()
         from celery_selfheal.embedded.local_worker import hold_presence
 

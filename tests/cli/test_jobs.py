@@ -60,3 +60,22 @@ def test_jobs_lists_newest_first_with_filter_and_limit(env: dict[str, str]) -> N
 def test_jobs_rejects_a_bad_status_in_one_line(env: dict[str, str]) -> None:
     out = cli(env, "jobs", "--status", "bogus")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "bogus" in out.stderr
+
+
+def test_listing_jobs_builds_no_redactor_and_loads_only_its_store(env: dict[str, str]) -> None:
+    """A read-only listing never redacts anything (stored text was redacted when it was written):
+    it must not pay for the secret scanner (~0.3 s), nor import redis-py for a SQLite store."""
+    seed(env, 2)
+    probe = (
+        "import sys\n"
+        "from celery_selfheal.cli.main import selfheal\n"
+        "from celery_selfheal.core import redact_catalog\n"
+        "try:\n"
+        "    selfheal.main(['jobs', '--json'])\n"
+        "finally:\n"
+        "    print('catalogs built', redact_catalog.catalog_for.cache_info().currsize)\n"
+        "    print('redis imported', 'redis' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "catalogs built 0" in out.stdout and out.stdout.count('"jobId"') == 2, out.stdout
+    assert f"redis imported {'SELFHEAL_STORE_URL' in env}" in out.stdout, out.stdout
