@@ -21,7 +21,6 @@ from celery_selfheal.core.text_bounds import one_line
 from celery_selfheal.errors import InputError, SelfHealError
 from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS, utc_now_iso
 from celery_selfheal.jobs import transitions
-from celery_selfheal.jobs.submission import load_job_file, prepare_job
 from celery_selfheal.wiring.install import SelfHeal
 from celery_selfheal.wiring.routing import enqueue_from
 
@@ -39,6 +38,8 @@ def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
     """Validate, store and enqueue a job file; returns the job record. `InputError` on bad input,
     in which case nothing was stored or sent. Check the broker first (`reachability.check_broker`,
     as the CLI does): a send that still fails marks the stored job failed (``not_sent``)."""
+    from celery_selfheal.jobs.submission import load_job_file, prepare_job  # (git: not for read-only calls)
+
     ctx = selfheal.context()
     path = Path(job_file)
     spec = load_job_file(path)

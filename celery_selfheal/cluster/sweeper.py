@@ -43,7 +43,6 @@ from celery_selfheal.core.model import Detector, Strategy
 from celery_selfheal.events.bus import utc_now_iso
 from celery_selfheal.jobs.records import update_job
 from celery_selfheal.settings import Settings
-from celery_selfheal.steps.lost import complete_lost_success, finish_lost_attempt
 from celery_selfheal.steps.outcome import OutcomeKind
 from celery_selfheal.steps.running import RunningAttempts
 from celery_selfheal.wiring.routing import enqueue_from
@@ -75,6 +74,8 @@ def recover_job(ctx: Context, app: Celery, job_id: str, *, dead_owner: str) -> b
                  "epoch": record.get("epoch", 0), "pgid": 0}
         log.warning("celery-selfheal: job %s: lease of %s expired with attempt %s of step %s running",
                     job_id, record.get("leaseOwner") or dead_owner, record["attempt"], record["stepIndex"])
+        from celery_selfheal.steps.lost import finish_lost_attempt  # the engine: not at install (CLI start-up)
+
         finish_lost_attempt(ctx, app, entry, detector=Detector.WORKER_LOST.value, reason=LOST_REASON)
     if running:
         return True
@@ -108,6 +109,8 @@ def complete_succeeded(ctx: Context, app: Celery, job: Mapping[str, Any], attemp
         return False
     log.warning("celery-selfheal: job %s: step %s succeeded but its worker %s died before moving on; "
                 "completing it", job["jobId"], idx, dead_owner)
+    from celery_selfheal.steps.lost import complete_lost_success
+
     outcome = complete_lost_success(ctx, job, done[0])
     if outcome is OutcomeKind.NEXT:
         enqueue_from(app, ctx.store.get_job(job["jobId"]) or job, idx + 1)

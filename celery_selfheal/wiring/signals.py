@@ -53,6 +53,7 @@ def connect_signals(app: Celery, get_context: Callable[[], Context], reset_conte
             return
         ctx = get_context()
         ctx.redactor.prepare()  # before the fork: the children inherit the compiled catalog
+        import celery_selfheal.steps.execute  # noqa: F401  (and the engine's modules, imported once)
         settings = ctx.settings
         settings.ensure_dirs()
         from celery_selfheal.embedded.local_worker import hold_presence

@@ -21,7 +21,6 @@ from celery_selfheal.core.job_state import INITIAL
 from celery_selfheal.core.model import FailureClass
 from celery_selfheal.errors import ConfigError
 from celery_selfheal.jobs import transitions
-from celery_selfheal.steps.execute import execute_step
 from celery_selfheal.steps.outcome import OutcomeKind, StepOutcome, time_limits
 from celery_selfheal.wiring.routing import RUN_STEP, default_queue, enqueue_from, worker_queue
 
@@ -77,6 +76,10 @@ def run_step_body(task: Task, ctx: Context, delivery: Delivery) -> dict[str, Any
     if gate.kind is not GateKind.RUN:
         task.request.chain = None  # a duplicate delivery, or the job failed at the gate
         return _result(delivery, "stop", gate.reason)
+    # imported here: the engine (git, the supervisor) is a fifth of a CLI command's start-up, and a
+    # worker imports it before forking (`wiring.signals`)
+    from celery_selfheal.steps.execute import execute_step
+
     try:
         outcome = execute_step(ctx, delivery.step, task_id=delivery.task_id, hostname=delivery.hostname,
                                enqueue=functools.partial(enqueue_from, task.app), lease=gate.lease, job=gate.job,
