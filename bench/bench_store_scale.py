@@ -10,7 +10,10 @@ everything measured goes through the public store and API calls:
 - ``selfheal jobs``' first page: ``store.list_jobs(50)``;
 - ``events --follow`` on the big job: one poll for new events at its tail
   (``list_events(after=N - 10)``) against the same poll on a small job: O(new events), not O(all);
-- following the big job from the start (``api.follow_events``, paged): time and peak Python memory.
+- following the big job from the start (``api.follow_events``, paged): time and peak Python memory;
+- ``selfheal jobs`` as a user runs it: the whole CLI process against the seeded store (start-up,
+  imports, the query, printing), next to a process that only imports Celery (the floor any
+  Celery-based command pays).
 
     python bench/bench_store_scale.py [--jobs 10000] [--events 1000000] [--big 100000]
                                       [--stores sqlite,redis]
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,7 +77,26 @@ def median_ms(fn: Callable[[], Any], runs: int = 20) -> float:
     return statistics.median(times) * 1000
 
 
-def measure(name: str, store: StateStore, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
+def process_ms(argv: list[str], env: dict[str, str], runs: int = 5) -> float:
+    """Median wall time of a whole process (after one warm-up run), which must succeed."""
+    times = []
+    for _ in range(runs + 1):
+        t0 = time.perf_counter()
+        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, timeout=120)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:]) * 1000
+
+
+def cli_figures(url: str, tmp: Path) -> dict[str, float]:
+    """``selfheal jobs`` (first page) as a whole process, and the Celery-import floor."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
+    env.update(SELFHEAL_STATE_DIR=str(tmp / "cli-state"), SELFHEAL_STORE_URL=url)
+    selfheal = str(Path(sys.executable).parent / "selfheal")
+    return {"selfheal jobs (whole process)": process_ms([selfheal, "jobs"], env),
+            "python -c 'import celery.app'": process_ms([sys.executable, "-c", "import celery.app"], env)}
+
+
+def measure(name: str, store: StateStore, args: argparse.Namespace, tmp: Path, url: str) -> dict[str, float]:
     t0 = time.perf_counter()
     for n in range(args.jobs):
         store.create_job(job_record(n))
@@ -107,6 +130,7 @@ def measure(name: str, store: StateStore, args: argparse.Namespace, tmp: Path) -
     follow()
     out["follow peak memory (MiB)"] = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
+    out.update(cli_figures(url, tmp))
     print(f"{name}: seeded {args.jobs} jobs, {args.big + per_job * (args.jobs - 1)} events in {seeded:.1f} s")
     for key, value in out.items():
         print(f"  {name} {key:30} {value:9.2f}" + ("" if key.endswith("(MiB)") else " ms"))
@@ -125,11 +149,12 @@ def main() -> None:
           f"(one job with {args.big})")
     for name in args.stores.split(","):
         if name == "sqlite":
-            measure("sqlite", open_store(f"sqlite:///{tmp / 'state.db'}"), args, tmp)
+            url = f"sqlite:///{tmp / 'state.db'}"
+            measure("sqlite", open_store(url), args, tmp, url)
         else:
             proc, url = start_redis(tmp)
             try:
-                measure("redis", open_store(url), args, tmp)
+                measure("redis", open_store(url), args, tmp, url)
             finally:
                 proc.terminate()
                 proc.wait()
