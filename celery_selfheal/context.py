@@ -31,10 +31,19 @@ class Context:
     redactor: Redactor
     bus: EventBus
     classifiers: Sequence[Classifier] = field(default_factory=tuple)
+    _artifacts: dict[str, JobArtifacts] = field(default_factory=dict, repr=False, compare=False)
 
     def artifacts(self, job_id: str) -> JobArtifacts:
-        """The artifact paths of one job."""
-        return JobArtifacts(self.settings.artifact_root, job_id)
+        """The artifact paths of one job. The same instance for the same job (a few are kept): a step
+        asks for them several times, and each new one resolved the job's folder again; every path
+        it hands out is still resolved in full when asked for (`JobArtifacts`)."""
+        found = self._artifacts.get(job_id)
+        if found is None:
+            found = JobArtifacts(self.settings.artifact_root, job_id)
+            if len(self._artifacts) >= 64:
+                self._artifacts.clear()
+            self._artifacts[job_id] = found
+        return found
 
     def workspace_path(self, job_id: str) -> Path:
         """Where this host keeps the job's workspace."""

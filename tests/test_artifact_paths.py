@@ -46,3 +46,27 @@ def test_a_root_repointed_after_its_resolution_was_cached_still_confines(tmp_pat
     (second / "job-3").symlink_to(first, target_is_directory=True)  # into the root it had before
     with pytest.raises(ValueError, match="escapes"):
         JobArtifacts(root, "job-3").patch_path(0)
+
+
+def test_the_context_keeps_one_instance_per_job_and_every_path_is_still_checked(tmp_path: Path) -> None:
+    """`Context.artifacts` hands out the same `JobArtifacts` for a job (its folder resolved once),
+    yet a job folder swapped for a symlink out of the root after that is refused on the next path."""
+    import shutil
+
+    from celery_selfheal.context import build_context
+    from celery_selfheal.settings import load_settings
+
+    ctx = build_context(load_settings(env={"SELFHEAL_STATE_DIR": str(tmp_path / "state")}), sinks=[])
+    arts = ctx.artifacts("job-1")
+    assert ctx.artifacts("job-1") is arts and ctx.artifacts("job-2") is not arts
+    arts.step_state_path(0).parent.mkdir(parents=True)
+    assert arts.base.is_dir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(arts.base)
+    arts.base.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="escapes"):
+        ctx.artifacts("job-1").step_state_path(0)
+    for n in range(100):  # bounded: the oldest are let go
+        ctx.artifacts(f"job-x{n}")
+    assert len(ctx._artifacts) <= 64
