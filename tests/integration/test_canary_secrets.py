@@ -174,9 +174,21 @@ class UdpCollector:
                 self.packets.append(self.sock.recv(65536))
 
     def stop(self) -> None:
+        """Stop once every packet sent so far has been read: a marker packet sent now is queued
+        behind them on the socket, so reading it means they were read (no guessed delay)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as marker:
+            marker.sendto(_LAST_PACKET, ("127.0.0.1", self.port))
+        deadline = time.monotonic() + 10
+        while _LAST_PACKET not in self.packets and time.monotonic() < deadline:
+            time.sleep(0.01)
         self._stop = True
         self._thread.join(5)
         self.sock.close()
+        assert _LAST_PACKET in self.packets, "the UDP collector never read its own marker packet"
+        self.packets.remove(_LAST_PACKET)
+
+
+_LAST_PACKET = b"test.marker:1|c"
 
 
 class RedisTap:
@@ -379,8 +391,7 @@ def test_no_canary_leaks_anywhere(tmp_path: Path, make_repo: Any, broker: tuple[
     finally:
         events = capture.stop()
         stop_worker(worker)
-        time.sleep(0.2)  # the last StatsD packets
-        udp.stop()
+        udp.stop()  # after the worker stopped: every packet it sent has been read
     broker_blobs = tap.stop()
 
     # The run happened as designed: one failure with a retry, then success, every canary printed.
