@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,30 @@ def by_css(driver: Any, selector: str) -> list[Any]:
     return list(driver.find_elements("css selector", selector))
 
 
+def _fresh(read: Callable[[], Any]) -> Any:
+    """``read()`` of the page as it is now: the live console re-renders parts of it as the job
+    changes, so an element found a moment before may be gone; such a read is done again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(50):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            continue
+    return read()
+
+
 def text_of(driver: Any, selector: str) -> str:
-    found = by_css(driver, selector)
-    return str(found[0].text) if found else ""
+    def read() -> str:
+        found = by_css(driver, selector)
+        return str(found[0].text) if found else ""
+    return str(_fresh(read))
+
+
+def all_disabled(driver: Any, *actions: str) -> bool:
+    """Every one of these action buttons disabled (looked up afresh: the page re-renders them as
+    the job changes, so an element found a moment ago may be gone; `until` retries then)."""
+    return all(driver.find_element("id", f"action-{a}").get_attribute("disabled") is not None for a in actions)
 
 
 def login(driver: Any, console: Console, name: str = ALICE) -> None:
@@ -36,7 +58,7 @@ def login(driver: Any, console: Console, name: str = ALICE) -> None:
 
 
 def event_names(driver: Any) -> list[str]:
-    return [li.get_attribute("data-event") for li in by_css(driver, "#events li.event")]
+    return list(_fresh(lambda: [li.get_attribute("data-event") for li in by_css(driver, "#events li.event")]))
 
 
 def test_login_form_and_job_list(browser: Any, harness: Any, make_repo) -> None:
@@ -77,8 +99,7 @@ def test_job_heals_live_without_reload(browser: Any, harness: Any, make_repo) ->
         until(browser, lambda d: "task.job.succeeded" in event_names(d), "the job's end in the feed", timeout=60)
         until(browser, lambda d: text_of(d, "#job-status") == "succeeded", "the status to follow")
         assert browser.execute_script("return window.__sameDocument") is True  # no reload happened
-        first = by_css(browser, '.step[data-step-index="1"] tr.attempt')[0]
-        cells = first.text
+        cells = text_of(browser, '.step[data-step-index="1"] tr.attempt')
         assert "idle_timeout" in cells and "transient_runtime" in cells and "soft_reset" in cells
         assert "thinking" in text_of(browser, '.step[data-step-index="1"] .att-summary')  # scrubbed summary
         until(browser, lambda d: "(succeeded)" in text_of(d, "#log-title") and by_css(d, "#artifacts li"),
@@ -115,7 +136,7 @@ def test_pause_shows_pending_then_the_ack(browser: Any, harness: Any, make_repo)
         assert "acknowledged" in text_of(browser, "#audit") and "check step one" in text_of(browser, "#audit")
         until(browser, lambda d: d.find_element("id", "action-resume").get_attribute("disabled") is None,
               "resume enabled once paused")
-        assert browser.find_element("id", "action-pause").get_attribute("disabled") is not None
+        until(browser, lambda d: all_disabled(d, "pause"), "pause disabled while paused")
         browser.find_element("id", "action-resume").click()
         until(browser, lambda d: text_of(d, "#job-status") == "succeeded", "the job to finish", timeout=60)
 
@@ -129,8 +150,8 @@ def test_resume_from_step_on_a_finished_job_and_a_rejection(browser: Any, harnes
         browser.get(f"{console.url}/jobs/{job_id}")
         until(browser, lambda d: text_of(d, "#job-status") == "succeeded", "the finished job")
         until(browser, lambda d: by_css(d, "#action-pause"), "the buttons")
-        for action in ("pause", "resume", "takeover", "cancel"):
-            assert browser.find_element("id", f"action-{action}").get_attribute("disabled") is not None, action
+        until(browser, lambda d: all_disabled(d, "pause", "resume", "takeover", "cancel"),
+              "pause, resume, takeover and cancel disabled on a finished job")
         browser.find_element("id", "action-resume_from_step").click()  # no step chosen: the server refuses
         until(browser, lambda d: "rejected" in text_of(d, "#control-msg"), "the rejection")
         assert "needs a step" in text_of(browser, "#control-msg")
@@ -185,5 +206,5 @@ def test_cancel_asks_for_confirmation(browser: Any, harness: Any, make_repo) -> 
         until(browser, lambda d: d.switch_to.alert, "the confirmation").accept()
         until(browser, lambda d: text_of(d, "#job-status") == "cancelled", "the job cancelled", timeout=60)
         until(browser, lambda d: "task.job.cancelled" in event_names(d), "the cancel in the feed")
-        for action in ("pause", "cancel", "retry_step", "resume_from_step"):
-            assert browser.find_element("id", f"action-{action}").get_attribute("disabled") is not None, action
+        until(browser, lambda d: all_disabled(d, "pause", "cancel", "retry_step", "resume_from_step"),
+              "pause, cancel, retry_step and resume_from_step disabled on a cancelled job")
