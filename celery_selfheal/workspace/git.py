@@ -301,12 +301,13 @@ class GitWorkspace:
         if patch:
             self.git(["apply", "--index", *APPLY_ARGS], input=patch)
 
-    def checkout(self, commit: str, *, empty: bool = False) -> None:
+    def checkout(self, commit: str, *, fresh: bool = False) -> None:
         """Make index and work tree exactly ``commit`` and detach HEAD (and the base) there.
 
-        ``empty``: the work tree and index are known to be empty (replay's fresh clone), so libgit2
-        may write them in-process, as a first step's clone does; the CLI otherwise or on error."""
-        fast = self._fast() if empty else None
+        ``fresh``: the index and work tree are still empty (a clone without checkout, as replay
+        builds), so libgit2 writes them in-process, as a first step's clone does; the CLI otherwise,
+        or when libgit2 fails."""
+        fast = self._fast() if fresh else None
         if fast is not None:
             try:
                 fast.checkout_empty(commit)

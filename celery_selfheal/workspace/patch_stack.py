@@ -95,11 +95,12 @@ class PatchStack:
 
     def finish(self) -> None:
         """Create the queued commits and check the last one out."""
+        in_process = self.fast is not None  # a rebuild with the CLI alone keeps to the CLI
         if not self.commits:
-            self.ws.checkout(self.start, empty=True)
+            self.ws.checkout(self.start, fresh=in_process)
             return
-        head = self._commit_in_process() if self.fast is not None else self._fast_import()
-        self.ws.checkout(head, empty=True)
+        head = self._commit_in_process() if in_process else self._fast_import()
+        self.ws.checkout(head, fresh=in_process)
 
     def _commit_in_process(self) -> str:
         assert self.fast is not None
