@@ -311,3 +311,27 @@ def test_replay_checks_out_in_process_as_the_cli_does(
     assert _checked_out(fast.path) == _checked_out(slow.path)
     assert _checked_out(fast.path)["status"] == ""
     assert workspace_matches(fast.path, job["metas"][:upto], job["sha"])
+
+
+def test_a_rebuild_with_the_cli_alone_checks_out_with_the_cli(
+        job: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """When libgit2 fails where the CLI cannot take over, replay starts again with the CLI alone:
+    that rebuild's checkout is the CLI's too, and the result is the same workspace."""
+    from celery_selfheal.workspace import libgit
+
+    if not libgit.AVAILABLE:
+        pytest.skip("pygit2 is a declared dependency; this forces its failure")
+    in_process: list[str] = []
+    real = libgit.InProcess.checkout_empty
+    monkeypatch.setattr(libgit.InProcess, "checkout_empty",
+                        lambda self, commit: in_process.append(commit) or real(self, commit))
+
+    def broken(*args: Any, **kwargs: Any) -> str:
+        raise libgit.pygit2.GitError("broken by the test")
+
+    monkeypatch.setattr(libgit.InProcess, "commit_tree", broken)
+    new = replay(job["tmp"] / "cli-only", repo=str(job["repo"]), baseline_sha=job["sha"],
+                 checkpoints=job["metas"], arts=job["arts"])
+    assert in_process == []
+    assert workspace_matches(new.path, job["metas"], job["sha"])
+    assert run_git(new.path, "rev-parse", "HEAD") == run_git(job["ws"].path, "rev-parse", "HEAD")
