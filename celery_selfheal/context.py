@@ -14,7 +14,7 @@ from pathlib import Path
 from celery_selfheal.artifacts import JobArtifacts, check_safe_id
 from celery_selfheal.core.classify import Classifier
 from celery_selfheal.core.redact import RedactionConfig, Redactor
-from celery_selfheal.core.redact_catalog import CatalogError, make_rule
+from celery_selfheal.core.redact_catalog import CatalogError, make_config_rule
 from celery_selfheal.errors import ConfigError
 from celery_selfheal.events.bus import EventBus
 from celery_selfheal.events.sink import EventSink
@@ -61,7 +61,7 @@ def redaction_config(settings: Settings) -> RedactionConfig:
         raise ConfigError("must be an array of tables ([[redaction.rules]])", where=where)
     for i, rule in enumerate(rules):
         try:
-            make_rule(dict(rule), f"entry {i}")
+            make_config_rule(dict(rule), f"entry {i}")
         except CatalogError as exc:
             raise ConfigError(str(exc), where=where) from None
     return RedactionConfig(**{key: tuple(value) for key, value in table.items()})

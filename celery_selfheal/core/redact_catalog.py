@@ -36,6 +36,7 @@ from celery_selfheal.core.redact_engine import (
     PythonPrefilter,
     ctx_flags,
     hyperscan,
+    prefilter_problem,
     width,
 )
 from celery_selfheal.core.redact_rules import PASSES, URL_KEY, is_secret_name_cached
@@ -107,6 +108,16 @@ def make_rule(entry: Mapping[str, Any], where: str = "rule") -> Rule:
         examples=examples,
         max_len=width(source)[1],
     )
+
+
+def make_config_rule(entry: Mapping[str, Any], where: str = "rule") -> Rule:
+    """`make_rule` for a user's ``[[redaction.rules]]`` table, whose ``prefilter`` is also checked
+    the way the scanner will use it (the built-in file's are checked by its tests, not at every
+    start-up)."""
+    rule = make_rule(entry, where)
+    if "prefilter" in entry and (problem := prefilter_problem(rule.prefilter)):
+        raise CatalogError(f"{where} {rule.id!r}: prefilter {problem}")
+    return rule
 
 
 @functools.cache

@@ -37,6 +37,24 @@ def width(pattern: str) -> tuple[int, int]:
     return int(low), int(min(high, 1 << 20))
 
 
+def prefilter_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be a rule's prefilter here, or None: it must be ASCII, parse as a
+    regex (its width is taken) and, where Hyperscan is used, compile there (a user's rule is
+    checked with this when the configuration is read, not at the first redaction)."""
+    if not pattern.isascii():
+        return "must be ASCII"
+    try:
+        width(pattern)
+    except re.error as exc:
+        return f"does not parse: {exc}"
+    if hyperscan is not None:
+        try:
+            hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK).compile(expressions=[pattern.encode("ascii")])
+        except hyperscan.error as exc:
+            return f"Hyperscan cannot compile it: {exc}"
+    return None
+
+
 def ctx_flags(rule: ContextRule) -> int:
     """The ``re`` flags of a context prefilter."""
     return (re.I if rule.caseless else 0) | (re.M if rule.multiline else 0)

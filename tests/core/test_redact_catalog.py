@@ -219,3 +219,28 @@ def test_redaction_config_rules_key() -> None:
         redaction_config(_settings({"rules": [{**rule, "regex": "acme_("}]}))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="array of tables"):
         redaction_config(_settings({"rules": "acme"}))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prefilter, why", [
+    ("acme_(", "does not parse"),
+    ("acm\u00e9_", "must be ASCII"),
+    ("(?<=x)acme_", "Hyperscan cannot compile it"),  # (Hyperscan is a declared dependency: no skip)
+])
+def test_a_bad_prefilter_is_a_config_error_when_read(prefilter: str, why: str) -> None:
+    """A user rule's ``prefilter`` is checked with the configuration (one line naming the file,
+    table and rule), not found broken by the first redaction (a traceback mid-command)."""
+    from celery_selfheal.context import redaction_config
+    from celery_selfheal.errors import ConfigError
+
+    rule = {"id": "acme-key", "keyword": "acme_", "regex": "acme_[a-z0-9]{24}", "prefilter": prefilter}
+    with pytest.raises(ConfigError, match=rf"config.toml: \[redaction\] rules: entry 0 'acme-key': prefilter {why}"):
+        redaction_config(_settings({"rules": [rule]}))  # type: ignore[arg-type]
+    assert redaction_config(_settings({"rules": [{**rule, "prefilter": "acme_"}]})).rules  # type: ignore[arg-type]
+
+
+def test_every_builtin_prefilter_passes_the_config_check() -> None:
+    """The check a user's prefilter gets is no stricter than the scanner: the built-in file's 250+
+    prefilters, which the scanner compiles together, each pass it alone."""
+    from celery_selfheal.core.redact_engine import prefilter_problem
+
+    assert [(r.id, why) for r in redact_catalog.builtin_rules() if (why := prefilter_problem(r.prefilter))] == []
