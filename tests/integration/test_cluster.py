@@ -174,10 +174,14 @@ def test_worker_killed_mid_step_jobs_finish_on_the_other(cluster: Cluster, make_
                 if a.get("hostname") == host_a and a.get("status") == "running" and a.get("pid")
                 and a["stepIndex"] >= 1]
 
-    victims = wait_for(running_on_a, 40, "an attempt of step 1+ running on worker a")
-    time.sleep(0.3)  # mid-step: the runtime is sleeping
-    cluster.kill("a")
+    running = wait_for(running_on_a, 40, "an attempt of step 1+ running on worker a")
+    cluster.kill("a")  # at once: its runtime sleeps 1.2 s, a fixed wait here could outlast it when busy
     killed_at = time.monotonic()
+    # what the dead worker left running (it can no longer write): a step that ended just before the
+    # kill is no victim
+    victims = [a for a in running
+               if cluster.store.get_attempt(a["jobId"], a["stepIndex"], a["attempt"])["status"] == "running"]
+    assert victims, "every attempt seen running on worker a ended before it was killed"
 
     jobs = cluster.wait_all(job_ids, timeout=60)
     assert {j: job["status"] for j, job in jobs.items()} == dict.fromkeys(job_ids, "succeeded")
