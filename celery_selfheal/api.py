@@ -12,17 +12,17 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery_selfheal.context import Context
-from celery_selfheal.control.remote import recover
 from celery_selfheal.core.job_state import TERMINAL
 from celery_selfheal.core.text_bounds import one_line
 from celery_selfheal.errors import InputError, SelfHealError
 from celery_selfheal.events.bus import TERMINAL_JOB_EVENTS, utc_now_iso
-from celery_selfheal.jobs import transitions
-from celery_selfheal.wiring.install import SelfHeal
-from celery_selfheal.wiring.routing import enqueue_from
+
+if TYPE_CHECKING:
+    from celery_selfheal.control.remote import recover
+    from celery_selfheal.wiring.install import SelfHeal
 
 #: the fields of one ``selfheal jobs --json`` line and one ``/api/jobs`` row, in this order
 JOB_ROW_KEYS = ("jobId", "status", "currentStep", "createdAt", "updatedAt", "finishedAt", "objective")
@@ -38,7 +38,11 @@ def submit(selfheal: SelfHeal, job_file: str | Path) -> dict[str, Any]:
     """Validate, store and enqueue a job file; returns the job record. `InputError` on bad input,
     in which case nothing was stored or sent. Check the broker first (`reachability.check_broker`,
     as the CLI does): a send that still fails marks the stored job failed (``not_sent``)."""
-    from celery_selfheal.jobs.submission import load_job_file, prepare_job  # (git: not for read-only calls)
+    # imported here, not with the module: the read-only calls (the CLI's jobs, status, events,
+    # artifacts) then never import Celery, git or the job file parser
+    from celery_selfheal.jobs import transitions
+    from celery_selfheal.jobs.submission import load_job_file, prepare_job
+    from celery_selfheal.wiring.routing import enqueue_from
 
     ctx = selfheal.context()
     path = Path(job_file)
@@ -196,3 +200,13 @@ def export_artifacts(ctx: Context, job_id: str, dest: str | Path) -> Path:
     else:
         target.mkdir(parents=True, exist_ok=True)
     return target
+
+
+def __getattr__(name: str) -> Any:
+    """``recover`` (operator requests) is the control module's, imported on first use: it brings
+    Celery's remote-control machinery, which the read-only calls above never need."""
+    if name == "recover":
+        from celery_selfheal.control.remote import recover
+
+        return recover
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

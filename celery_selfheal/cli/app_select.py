@@ -26,6 +26,12 @@ def celery_app_arg() -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def running_under_celery() -> bool:
+    """This CLI runs as ``celery [-A APP] selfheal …`` (Celery's root command holds an app)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and getattr(ctx.find_root().obj, "app", None) is not None
+
+
 def select_selfheal(*, state_dir: str | None = None, broker_url: str | None = None,
                     store_url: str | None = None, config_path: str | None = None) -> Any:
     """The `SelfHeal` to use, with the flags applied (see the module docstring)."""

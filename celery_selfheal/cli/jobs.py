@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from celery_selfheal.cli.main import get_selfheal, handle_errors, location_options, selfheal
+from celery_selfheal.cli.main import get_context, handle_errors, location_options, selfheal
 from celery_selfheal.core.control_rules import STATUSES
 from celery_selfheal.core.text_bounds import terminal_safe
 
@@ -22,7 +22,7 @@ def jobs(status: str | None, limit: int, as_json: bool, **loc: Any) -> None:
     """List jobs, newest first: id, status, current step, times, objective."""
     from celery_selfheal.api import list_jobs
 
-    rows, _ = list_jobs(get_selfheal(**loc).context(), status=status, limit=limit)
+    rows, _ = list_jobs(get_context(**loc), status=status, limit=limit)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row, sort_keys=True))

@@ -69,6 +69,27 @@ def get_selfheal(state_dir: str | None = None, broker_url: str | None = None, st
     return sh
 
 
+def get_context(state_dir: str | None = None, broker_url: str | None = None, store_url: str | None = None,
+                config_path: str | None = None) -> Any:
+    """The `Context` a read-only command (jobs, status, events, artifacts) reads, its store checked
+    first. Run as ``selfheal`` (no ``celery -A APP``), it is built from flags, env and config.toml
+    as the ready app's would be, without importing Celery or installing the app: a third of a
+    second per command, which is most of what such a command costs. Under ``celery -A APP`` it is
+    the app's (`get_selfheal`)."""
+    from celery_selfheal.cli.app_select import running_under_celery
+
+    if running_under_celery():
+        return get_selfheal(state_dir, broker_url, store_url, config_path).context()
+    from celery_selfheal.context import build_context
+    from celery_selfheal.reachability import check_store
+    from celery_selfheal.settings import load_settings
+
+    ctx = build_context(load_settings(state_dir=state_dir, broker_url=broker_url, store_url=store_url,
+                                      config_path=config_path))
+    check_store(ctx.store, shown=ctx.redactor.redact)
+    return ctx
+
+
 def check_services(sh: Any, need: tuple[str, ...], *, broker_flag: bool = False) -> None:
     """Fail fast (one line) when a service a command needs does not answer."""
     from celery_selfheal.reachability import check_broker, check_store
@@ -174,7 +195,7 @@ def status(job_id: str, as_json: bool, **loc: Any) -> None:
     from celery_selfheal.api import job_status
     from celery_selfheal.cli.render import status_text
 
-    doc = job_status(get_selfheal(**loc).context(), job_id)
+    doc = job_status(get_context(**loc), job_id)
     click.echo(json.dumps(doc, indent=2, sort_keys=True) if as_json else status_text(doc))
 
 
@@ -189,7 +210,7 @@ def events(job_id: str, follow_: bool, as_json: bool, **loc: Any) -> None:
     from celery_selfheal.api import follow_events, require_job
     from celery_selfheal.cli.render import event_line, json_line
 
-    ctx = get_selfheal(**loc).context()
+    ctx = get_context(**loc)
     require_job(ctx, job_id)
     source = follow_events(ctx, job_id) if follow_ else iter(ctx.store.list_events(job_id))
     for _, event in source:
@@ -205,7 +226,7 @@ def artifacts(job_id: str, export_dir: str | None, **loc: Any) -> None:
     """List the job's artifacts, or export them."""
     from celery_selfheal.api import export_artifacts, list_artifacts
 
-    ctx = get_selfheal(**loc).context()
+    ctx = get_context(**loc)
     if export_dir:
         click.echo(str(export_artifacts(ctx, job_id, export_dir)))
         return

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from celery_selfheal.artifacts import atomic_write
 from celery_selfheal.context import build_context
 from celery_selfheal.settings import load_settings
 
@@ -79,3 +80,32 @@ def test_listing_jobs_builds_no_redactor_and_loads_only_its_store(env: dict[str,
     assert out.returncode == 0, out.stderr
     assert "catalogs built 0" in out.stdout and out.stdout.count('"jobId"') == 2, out.stdout
     assert f"redis imported {'SELFHEAL_STORE_URL' in env}" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("command", [["jobs", "--json"], ["status", "job-001", "--json"], ["events", "job-001"],
+                                     ["artifacts", "job-001"]])
+def test_read_only_commands_import_no_celery_and_answer_as_under_celery(env: dict[str, str],
+                                                                        command: list[str]) -> None:
+    """Run as ``selfheal …``, a read-only command builds its context from flags, env and config.toml
+    without importing Celery (a third of a second per command); its answer is the one the same
+    command gives as ``celery -A celery_selfheal.app selfheal …``."""
+    seed(env, 2)
+    ctx = build_context(load_settings(env=env), sinks=[])
+    ctx.store.append_event("job-001", {"event": "task.job.started", "jobId": "job-001", "ts": "2026-12-01T10:00:01Z"})
+    atomic_write(ctx.artifacts("job-001").log_path(0, 1), "output\n")
+    probe = (
+        "import sys\n"
+        "from celery_selfheal.cli.main import selfheal\n"
+        "try:\n"
+        f"    selfheal.main({command!r})\n"
+        "finally:\n"
+        "    print('celery imported', 'celery' in sys.modules, file=sys.stderr)\n")
+    alone = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert "celery imported False" in alone.stderr, alone.stderr
+    celery = str(Path(sys.executable).parent / "celery")
+    mounted = subprocess.run([celery, "-A", "celery_selfheal.app", "selfheal", *command], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert (alone.returncode, alone.stdout) == (mounted.returncode, mounted.stdout), (alone, mounted)
+    assert alone.returncode == 0, alone
+    shown = ("job-001", "task.job.started", "logs/step-0000-attempt-0001.log")
+    assert any(seen in alone.stdout for seen in shown), alone
