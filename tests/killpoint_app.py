@@ -59,7 +59,6 @@ def _succeeded(*args: Any, **kwargs: Any) -> bool:
 checkpoints.atomic_write = _after("patch", checkpoints.atomic_write, _is_patch)  # type: ignore[assignment]
 checkpoints.atomic_write_json = _after("meta", checkpoints.atomic_write_json)  # type: ignore[assignment]
 GitWorkspace.commit_change = _after("commit", GitWorkspace.commit_change)  # type: ignore[method-assign]
-SQLiteStore.record_checkpoint = _after("record", SQLiteStore.record_checkpoint)  # type: ignore[method-assign]
 SQLiteStore.transition_attempt = _after("attempt", SQLiteStore.transition_attempt,  # type: ignore[method-assign]
                                         _succeeded)
 finish.update_step = _after("step", finish.update_step,  # type: ignore[assignment]
@@ -71,7 +70,8 @@ def _writes_success(*args: Any, **kwargs: Any) -> bool:
     return attempt is not None and attempt.changes.get("status") == "succeeded"
 
 
-# the usual path records the attempt and the step succeeded in one store write: both points are after it
+# the usual path records the checkpoint, the attempt and the step succeeded in one store write: both
+# points are after it
 SQLiteStore.write_job = _after("attempt", _after("step", SQLiteStore.write_job, _writes_success),  # type: ignore[method-assign]
                                _writes_success)
 # after the step task released the lease of a succeeded step, before Celery sends the chain's next step

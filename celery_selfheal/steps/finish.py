@@ -132,24 +132,28 @@ def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recover
     # round trip, on the usual path)
     recorded = [c for c in ctx.store.list_checkpoints(job_id) if c.get("stepIndex") == step.index
                 and c.get("epoch", 0) == epoch] if arts.step_state_path(step.index).exists() else []
+    checkpoint: tuple[int, int, dict[str, Any]] | None = None
     if recorded:  # an earlier run of this step recorded it, then crashed: keep files and record together
         meta = reuse_checkpoint(ws, arts, recorded[0], done.change)
     else:
         meta = write_checkpoint(ws, arts, step_id=step.id, step_index=step.index,
                                 attempt=plan.attempt, summary=ctx.redactor.redact(done.summary), epoch=epoch,
                                 change=done.change)
-        # the store's copy says where the artifacts went (`selfheal artifacts` names it if they are not found)
-        ctx.store.record_checkpoint(job_id, step.index, epoch, {**meta, "artifactDir": str(arts.base)})
+        # the store's copy says where the artifacts went (`selfheal artifacts` names it if they are
+        # not found); recorded in the same store write as the attempt's success
+        checkpoint = (step.index, epoch, {**meta, "artifactDir": str(arts.base)})
     fields = done.record_fields(AttemptStatus.SUCCEEDED.value)
     events = [ctx.bus.build("task.step.attempt.finished", job_id, **done.event_fields(), exitCode=0,
                             patchSha256=meta.get("patchSha256"), changedFiles=meta.get("changedFiles"))]
     if recovered:
         events.append(ctx.bus.build("task.self_heal.recovered", job_id, **done.event_fields(),
                                     strategy=plan.recovery_strategy))
-    outcome = _record_success(ctx, plan, fields, events, started)
+    outcome = _record_success(ctx, plan, fields, events, started, checkpoint)
     if outcome is not None:
         return outcome
     # the job moved on meanwhile (or the attempt was recorded by another path): one write at a time
+    if checkpoint is not None:
+        ctx.store.record_checkpoint(job_id, *checkpoint)
     ctx.store.transition_attempt(job_id, step.index, plan.attempt, "running", fields)
     for event in events:
         ctx.bus.publish(event, ctx.store.append_event(job_id, event))
@@ -157,10 +161,12 @@ def _succeeded(ctx: Context, done: FinishedAttempt, ws: GitWorkspace, *, recover
 
 
 def _record_success(ctx: Context, plan: AttemptPlan, fields: dict[str, Any], events: list[dict[str, Any]],
-                    started: dict[str, Any] | None) -> StepOutcome | None:
-    """The usual end of a succeeded attempt in one store write: the attempt's record, its events,
-    the step (and the job, after the last step) succeeded. None if any part's guard failed
-    (nothing written): the caller then writes the parts one by one, as `complete_step` does."""
+                    started: dict[str, Any] | None,
+                    checkpoint: tuple[int, int, dict[str, Any]] | None = None) -> StepOutcome | None:
+    """The usual end of a succeeded attempt in one store write: the step's checkpoint record, the
+    attempt's record, its events, the step (and the job, after the last step) succeeded. None if any
+    part's guard failed (nothing written): the caller then writes the parts one by one, as
+    `complete_step` does."""
     job_id, step, epoch = plan.job_id, plan.step, plan.epoch
     last = step.index + 1 >= plan.step_count
     changes: dict[str, Any] = {"updatedAt": utc_now_iso()}
@@ -179,7 +185,7 @@ def _record_success(ctx: Context, plan: AttemptPlan, fields: dict[str, Any], eve
     seqs = ctx.store.write_job(job_id, changes, expect=transitions.succeed_expect(epoch) if last else {"epoch": epoch},
                                step=(step.index, {"status": StepStatus.SUCCEEDED.value}),
                                attempt=AttemptWrite(step.index, plan.attempt, fields, AttemptStatus.RUNNING.value),
-                               events=events)
+                               events=events, checkpoint=checkpoint)
     if seqs is None:
         return None
     if known is not None and seqs and seqs[0] != plan.events_after + 2:  # other events came in between

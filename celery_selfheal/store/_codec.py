@@ -93,6 +93,11 @@ def resolved(request: Record, changes: Record) -> str:
     return dumps(record)
 
 
+def checkpoint_text(job_id: str, step_index: int, epoch: int, meta: Record) -> str:
+    """The stored text of a step's checkpoint for an epoch (`StateStore.record_checkpoint`)."""
+    return dumps({**meta, "jobId": job_id, "stepIndex": step_index, "epoch": epoch})
+
+
 def active_checkpoints(ordered: Iterable[Record]) -> list[Record]:
     """From checkpoints ordered by (stepIndex, epoch), the newest non-superseded one per step."""
     newest: dict[int, Record] = {}

@@ -24,7 +24,7 @@ class JobRecords:
 
     # -- checkpoints ------------------------------------------------------------------------
     def record_checkpoint(self, job_id: str, step_index: int, epoch: int, meta: Record) -> bool:
-        data = codec.dumps({**meta, "jobId": job_id, "stepIndex": step_index, "epoch": epoch})
+        data = codec.checkpoint_text(job_id, step_index, epoch, meta)
         return bool(self._r().hsetnx(self._job(job_id, ":checkpoints"), f"{step_index}:{epoch}", data))
 
     def list_checkpoints(self, job_id: str, *, include_superseded: bool = False) -> list[Record]:

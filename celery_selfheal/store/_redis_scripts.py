@@ -37,15 +37,18 @@ return 1
 """
 
 #: `RedisStore.write_job`. KEYS: job key, attempts hash, events list, jobs zset, zset of the old
-#: status, zset of the new status. ARGV: job text read, new job text, attempt field ('' for none),
-#: attempt mode ('put', or 'cas': only if the attempt is still the text read), attempt text read,
-#: new attempt text, job id, '1' if the status changes, then the event texts. Returns the events'
-#: sequence numbers (the list's length after each RPUSH), or nil when a value changed since read.
+#: status, zset of the new status, checkpoints hash. ARGV: job text read, new job text, attempt
+#: field ('' for none), attempt mode ('put', or 'cas': only if the attempt is still the text read),
+#: attempt text read, new attempt text, job id, '1' if the status changes, checkpoint field ('' for
+#: none; kept if already there, as HSETNX), checkpoint text, then the event texts. Returns the
+#: events' sequence numbers (the list's length after each RPUSH), or nil when a value changed since
+#: read (then nothing was written).
 WRITE_JOB = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return nil end
 if ARGV[4] == 'cas' and redis.call('HGET', KEYS[2], ARGV[3]) ~= ARGV[5] then return nil end
 redis.call('SET', KEYS[1], ARGV[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[3], ARGV[6]) end
+if ARGV[9] ~= '' then redis.call('HSETNX', KEYS[7], ARGV[9], ARGV[10]) end
 if ARGV[8] == '1' then
   local seq = redis.call('ZSCORE', KEYS[4], ARGV[7])
   if seq then
@@ -54,7 +57,7 @@ if ARGV[8] == '1' then
   end
 end
 local out = {}
-for i = 9, #ARGV do out[#out + 1] = redis.call('RPUSH', KEYS[3], ARGV[i]) end
+for i = 11, #ARGV do out[#out + 1] = redis.call('RPUSH', KEYS[3], ARGV[i]) end
 return out
 """
 

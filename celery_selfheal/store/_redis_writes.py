@@ -62,10 +62,12 @@ def _read(store: RedisStore, key: str, attempts: str, field: str) -> tuple[str |
 
 def write_job(store: RedisStore, job_id: str, changes: Record | None, expect: Record | None,
               step: tuple[int, Record] | None, attempt: AttemptWrite | None,
-              events: Sequence[Record]) -> list[int] | None:
+              events: Sequence[Record], checkpoint: tuple[int, int, Record] | None = None) -> list[int] | None:
     """`StateStore.write_job` on Redis (see the module docstring)."""
     texts = [codec.dumps(event) for event in events]  # refuse non-JSON input before touching anything
     codec.dumps([changes, step, attempt.changes if attempt else None])
+    kept = ("", "") if checkpoint is None else (f"{checkpoint[0]}:{checkpoint[1]}",
+                                                 codec.checkpoint_text(job_id, *checkpoint))
     key, attempts = store._job(job_id), store._job(job_id, ":attempts")
     field = f"{attempt.step_index}:{attempt.attempt}" if attempt is not None else ""
     guarded = attempt is not None and attempt.from_status is not None  # only then is the attempt read
@@ -85,9 +87,9 @@ def write_job(store: RedisStore, job_id: str, changes: Record | None, expect: Re
         new_job, new_attempt, old, new = plan
         mode = "" if attempt is None else ("cas" if guarded else "put")
         seqs = script(keys=[key, attempts, store._job(job_id, ":events"), f"{store.prefix}jobs",
-                            store._by_status(old), store._by_status(new)],
+                            store._by_status(old), store._by_status(new), store._job(job_id, ":checkpoints")],
                       args=[raw, new_job, field, mode, raw_attempt or "", new_attempt, job_id,
-                            "1" if old != new else "0", *texts])
+                            "1" if old != new else "0", *kept, *texts])
         if seqs is not None:
             store._seen.put(key, "", new_job)
             if field:

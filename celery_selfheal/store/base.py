@@ -93,12 +93,15 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def write_job(self, job_id: str, changes: Record | None = None, *, expect: Record | None = None,
                   step: tuple[int, Record] | None = None, attempt: AttemptWrite | None = None,
-                  events: Sequence[Record] = ()) -> list[int] | None:
+                  events: Sequence[Record] = (), checkpoint: tuple[int, int, Record] | None = None,
+                  ) -> list[int] | None:
         """One atomic write of a stage of a job: merge ``changes`` into the job, ``step[1]`` into the
-        job's ``steps[step[0]]`` entry, write ``attempt``, and append ``events`` in order, all or
-        nothing, only if every ``expect`` field has the given value (as in `update_job`) and the
-        attempt is in its ``from_status``. Returns the events' sequence numbers (``[]`` without
-        events) if applied, None if not (unknown job, a guard failed, or no such step entry)."""
+        job's ``steps[step[0]]`` entry, write ``attempt``, record ``checkpoint`` (step index, epoch,
+        metadata: as `record_checkpoint`, kept if one is already recorded) and append ``events`` in
+        order, all or nothing, only if every ``expect`` field has the given value (as in
+        `update_job`) and the attempt is in its ``from_status``. Returns the events' sequence numbers
+        (``[]`` without events) if applied, None if not (unknown job, a guard failed, or no such step
+        entry): then nothing was written, the checkpoint neither."""
 
     def get_job_state(self, job_id: str, *, lease: tuple[str, str, float] | None = None) -> JobSnapshot:
         """What a step execution reads before it starts, together (a backend may answer in one round

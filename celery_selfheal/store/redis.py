@@ -145,8 +145,9 @@ class RedisStore(JobRecords, StateStore):
 
     def write_job(self, job_id: str, changes: Record | None = None, *, expect: Record | None = None,
                   step: tuple[int, Record] | None = None, attempt: AttemptWrite | None = None,
-                  events: Sequence[Record] = ()) -> list[int] | None:
-        return _redis_writes.write_job(self, job_id, changes, expect, step, attempt, events)
+                  events: Sequence[Record] = (), checkpoint: tuple[int, int, Record] | None = None,
+                  ) -> list[int] | None:
+        return _redis_writes.write_job(self, job_id, changes, expect, step, attempt, events, checkpoint)
 
     def get_job_state(self, job_id: str, *, lease: tuple[str, str, float] | None = None) -> JobSnapshot:
         return _redis_writes.job_state(self, job_id, lease)

@@ -58,9 +58,12 @@ class SQLiteStore(SQLiteDB, StateStore):
 
     def write_job(self, job_id: str, changes: Record | None = None, *, expect: Record | None = None,
                   step: tuple[int, Record] | None = None, attempt: AttemptWrite | None = None,
-                  events: Sequence[Record] = ()) -> list[int] | None:
+                  events: Sequence[Record] = (), checkpoint: tuple[int, int, Record] | None = None,
+                  ) -> list[int] | None:
         texts = [codec.dumps(event) for event in events]  # refuse non-JSON input before the lock
         codec.dumps([changes, step, attempt.changes if attempt else None])
+        kept = None if checkpoint is None else (job_id, checkpoint[0], checkpoint[1],
+                                                 codec.checkpoint_text(job_id, *checkpoint))
         with self._write() as db:  # one transaction: every part or none
             row = db.execute("select data from jobs where job_id = ?", (job_id,)).fetchone()
             job = None if row is None else codec.job_written(codec.loads(row[0]), changes, expect, step)
@@ -75,6 +78,9 @@ class SQLiteStore(SQLiteDB, StateStore):
                     return None
                 db.execute("insert or replace into attempts values (?, ?, ?, ?)", (*key, text))
             db.execute("update jobs set data = ? where job_id = ?", (codec.dumps(job), job_id))
+            if kept is not None:
+                db.execute("insert or ignore into checkpoints (job_id, step_index, epoch, data) "
+                           "values (?, ?, ?, ?)", kept)
             if not texts:
                 return []
             (seq,) = db.execute("select coalesce(max(seq), 0) from events where job_id = ?", (job_id,)).fetchone()
@@ -155,7 +161,7 @@ class SQLiteStore(SQLiteDB, StateStore):
 
     # -- checkpoints ------------------------------------------------------------------------
     def record_checkpoint(self, job_id: str, step_index: int, epoch: int, meta: Record) -> bool:
-        data = codec.dumps({**meta, "jobId": job_id, "stepIndex": step_index, "epoch": epoch})
+        data = codec.checkpoint_text(job_id, step_index, epoch, meta)
         cur = self._db().execute("insert or ignore into checkpoints (job_id, step_index, epoch, data) "
                                  "values (?, ?, ?, ?)", (job_id, step_index, epoch, data))
         return cur.rowcount == 1

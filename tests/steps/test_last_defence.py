@@ -31,9 +31,8 @@ STAGES = [
     ("celery_selfheal.workspace.checkpoints", "atomic_write"),  # the checkpoint patch
     ("celery_selfheal.workspace.checkpoints", "atomic_write_json"),  # the checkpoint metadata
     ("celery_selfheal.workspace.git.GitWorkspace", "commit_change"),
-    ("store", "record_checkpoint"),
     ("celery_selfheal.steps.finish", "write_attempt_artifact"),
-    ("store", "write_job:succeeded"),                           # marking the attempt and step succeeded
+    ("store", "write_job:succeeded"),                           # the checkpoint record, the attempt and step succeeded
 ]
 
 
@@ -107,14 +106,26 @@ def test_an_exception_at_any_stage_never_leaves_the_attempt_running(
 
 def test_a_crash_after_the_checkpoint_is_recorded_reuses_it(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     """The rerun of a step whose checkpoint was recorded (attempt still `running`, as after a kill) keeps
-    the recorded patch: no sha256 mismatch, the job finishes."""
+    the recorded patch: no sha256 mismatch, the job finishes. The usual path records checkpoint and
+    success in one write; this state comes from the step-by-step path (the job changed meanwhile,
+    so that write was refused) killed between the checkpoint's record and the attempt's."""
     job_id = engine.submit("date +%s%N > out.txt", "cat out.txt")
     store = engine.ctx.store
-    real = store.write_job
-    monkeypatch.setattr(store, "write_job", _one_shot(
-        real, KeyboardInterrupt(), lambda *a, **k: _attempt_status(*a, **k) == "succeeded"))
+    real_write, real_transition = store.write_job, store.transition_attempt
+    refused: list[bool] = []
+
+    def refuse_success_once(*args: Any, **kwargs: Any) -> Any:
+        if not refused and _attempt_status(*args, **kwargs) == "succeeded":
+            refused.append(True)
+            return None  # as a compare-and-set that lost to another change: nothing written
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(store, "write_job", refuse_success_once)
+    monkeypatch.setattr(store, "transition_attempt", _one_shot(
+        real_transition, KeyboardInterrupt(), lambda *a, **k: _attempt_status(*a, **k) == "succeeded"))
     with pytest.raises(KeyboardInterrupt):  # not an Exception: like a kill, nothing records it
         engine.run(job_id)
+    assert refused
     [running] = store.list_attempts(job_id)
     assert running["status"] == "running"
     [cp] = store.list_checkpoints(job_id)

@@ -1,5 +1,6 @@
-"""`StateStore.write_job` (one atomic write of a job stage: job, step entry, attempt, events) and the
-gate's lease acquire that never takes another owner's expired lease, on both real backends."""
+"""`StateStore.write_job` (one atomic write of a job stage: job, step entry, attempt, checkpoint,
+events) and the gate's lease acquire that never takes another owner's expired lease, on both real
+backends."""
 
 from __future__ import annotations
 
@@ -35,6 +36,30 @@ def test_write_job_applies_every_part_at_once(store: StateStore) -> None:
     assert [j["jobId"] for j in store.page_jobs(status="running")[0]] == ["j1"]
     assert store.page_jobs(status="queued")[0] == []
     assert store.write_job("j1", {"x": 1}) == []  # no events: applied, no numbers
+
+
+def test_write_job_records_the_checkpoint_with_the_success_once(store: StateStore) -> None:
+    """A step's success and its checkpoint in one write: recorded as `record_checkpoint` would, kept
+    when one is already recorded for that step and epoch, and not recorded when the write is refused."""
+    store.create_job(job(steps=_steps()))
+    store.put_attempt("j1", 0, 1, {"status": "running"})
+    success: dict[str, Any] = {"step": (0, {"status": "succeeded"}), "events": [{"event": "done"}],
+               "attempt": AttemptWrite(0, 1, {"status": "succeeded"}, from_status="running")}
+    assert store.write_job("j1", {"currentStep": 1}, expect={"epoch": 1}, **success,
+                           checkpoint=(0, 0, {"patchSha256": "refused"})) is None
+    assert store.list_checkpoints("j1") == [] and store.get_attempt("j1", 0, 1)["status"] == "running"  # type: ignore[index]
+    assert store.write_job("j1", {"currentStep": 1}, expect={"epoch": 0}, **success,
+                           checkpoint=(0, 0, {"patchSha256": "a"})) == [1]
+    [cp] = store.list_checkpoints("j1")
+    assert cp["patchSha256"] == "a" and (cp["jobId"], cp["stepIndex"], cp["epoch"]) == ("j1", 0, 0)
+    assert store.get_attempt("j1", 0, 1)["status"] == "succeeded"  # type: ignore[index]
+    assert not store.record_checkpoint("j1", 0, 0, {"patchSha256": "b"})  # the same record as before
+    store.put_attempt("j1", 1, 1, {"status": "running"})
+    store.record_checkpoint("j1", 1, 0, {"patchSha256": "first"})  # e.g. a run that crashed after it
+    assert store.write_job("j1", {"currentStep": 2}, step=(1, {"status": "succeeded"}),
+                           attempt=AttemptWrite(1, 1, {"status": "succeeded"}, from_status="running"),
+                           checkpoint=(1, 0, {"patchSha256": "second"})) == []
+    assert [c["patchSha256"] for c in store.list_checkpoints("j1")] == ["a", "first"]
 
 
 @pytest.mark.parametrize("why", ["expect", "attempt status", "missing attempt", "no such step", "unknown job"])
