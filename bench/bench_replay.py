@@ -7,6 +7,10 @@ path: median and worst of several runs, and the git processes one replay starts.
 also times the naive way (per step ``git apply --index`` on the work tree and a commit). Goals: 100
 checkpoints in under 2 s (issue 3), then in at most 0.5 s (issue 16).
 
+Then a step that comes back to a worker holding the job's workspace from K steps ago (a 10-step
+job): that workspace brought forward by `catch_up` against a full replay, with the repository as a
+local path and as a ``file://`` URL (cloned the way a server's repository is, without the network).
+
     /tmp/venv/bin/python bench/bench_replay.py [--runs 3] [--sizes 10,50,100,200]
 """
 
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from celery_selfheal.artifacts import JobArtifacts
+from celery_selfheal.workspace.catch_up import catch_up
 from celery_selfheal.workspace.checkpoints import (
     checkpoint_message,
     replay,
@@ -112,6 +117,29 @@ class _CountGit:
         subprocess.run = self._run  # type: ignore[assignment]
 
 
+def catch_up_figures(root: Path, repo: Path, sha: str, metas: list[dict], arts: JobArtifacts, runs: int) -> None:
+    """Median time to have the workspace of step 10 on a worker whose copy is K checkpoints behind."""
+    n = 10
+    print(f"{'behind':>6} {'repository':>10} {'catch-up median':>16} {'replay median':>14} {'ratio':>6}")
+    for behind in (1, 3, 9):
+        for label, source in (("path", str(repo)), ("file://", repo.as_uri())):
+            ups, full = [], []
+            for run in range(runs):
+                stale = root / f"stale-{behind}-{run}"
+                replay(stale, repo=source, baseline_sha=sha, checkpoints=metas[:n - behind], arts=arts)
+                t0 = time.perf_counter()
+                ws = catch_up(stale, metas[:n], sha, arts)
+                ups.append(time.perf_counter() - t0)
+                assert ws is not None and ws.head_tree() == metas[n - 1]["treeAfter"]
+                t0 = time.perf_counter()
+                replay(root / f"full-{behind}-{run}", repo=source, baseline_sha=sha, checkpoints=metas[:n], arts=arts)
+                full.append(time.perf_counter() - t0)
+                shutil.rmtree(stale)
+                shutil.rmtree(root / f"full-{behind}-{run}")
+            up, rep = statistics.median(ups), statistics.median(full)
+            print(f"{behind:>6} {label:>10} {up * 1000:>14.1f}ms {rep * 1000:>12.1f}ms {up / rep:>6.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -157,6 +185,7 @@ def main() -> None:
             med = statistics.median(times)
             print(f"{n:>11} {med:>13.3f}s {max(times):>7.3f}s {med / n * 1000:>7.1f}ms "
                   f"{statistics.median(naive):>12.3f}s {procs.count:>9}")
+        catch_up_figures(root, repo, sha, metas, arts, max(opts.runs, 5))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -2,9 +2,9 @@
 
 A first attempt (or a queue retry) needs a clean work tree at the last checkpoint's tree; a soft
 reset (or an operator's retry_step) keeps the previous attempt's changes but still needs HEAD at that
-tree; a hard reset always
-rebuilds. Anything else (missing, another worker's, crashed, hand-edited) is rebuilt by verified
-replay, never silently used.
+tree; a hard reset always rebuilds. A clean workspace that an earlier step of the job left on this
+worker is brought forward by the later checkpoints' verified patches (`workspace.catch_up`).
+Anything else (missing, crashed, hand-edited) is rebuilt by verified replay, never silently used.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from celery_selfheal.context import Context
 from celery_selfheal.core.job_state import JobState
 from celery_selfheal.core.model import Strategy
 from celery_selfheal.errors import ReplayError, WorkspaceError
+from celery_selfheal.workspace.catch_up import catch_up
 from celery_selfheal.workspace.checkpoints import matching_workspace, replay
 from celery_selfheal.workspace.git import GitWorkspace
 
@@ -51,5 +52,7 @@ def prepare_workspace(ctx: Context, job: JobState, step_index: int, strategy: st
                 pass  # its repository was destroyed or replaced: rebuilt from the checkpoints below
         elif (kept := matching_workspace(path, cps, baseline)) is not None:
             return kept  # the instance that checked it: its repository stays open for the step
+        elif (caught := catch_up(path, cps, baseline, ctx.artifacts(job_id))) is not None:
+            return caught  # left here some steps ago, clean: brought forward, no new clone
     return replay(path, repo=str(job.get("repo")), baseline_sha=baseline, checkpoints=cps,
                   arts=ctx.artifacts(job_id))
