@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from celery_selfheal.artifacts import JobArtifacts
-from celery_selfheal.workspace.catch_up import catch_up
+from celery_selfheal.workspace.catch_up import MAX_BEHIND, catch_up
 from celery_selfheal.workspace.checkpoints import (
     checkpoint_message,
     replay,
@@ -121,7 +121,7 @@ def catch_up_figures(root: Path, repo: Path, sha: str, metas: list[dict], arts: 
     """Median time to have the workspace of step 10 on a worker whose copy is K checkpoints behind."""
     n = 10
     print(f"{'behind':>6} {'repository':>10} {'catch-up median':>16} {'replay median':>14} {'ratio':>6}")
-    for behind in (1, 3, 9):
+    for behind in (1, 3, MAX_BEHIND):
         for label, source in (("path", str(repo)), ("file://", repo.as_uri())):
             ups, full = [], []
             for run in range(runs):
