@@ -6,7 +6,9 @@ its earlier steps left it. If that workspace is a clean work tree at an earlier 
 applied to it and committed one by one, each checked as replay checks it (its sha256, the tree
 before, the tree after), with the same commit messages and fixed identity, so the commits are the
 ones a replay makes. The step then runs there without a new clone (for a remote repository, a clone
-over the network for every change of worker). Anything else (more than `MAX_BEHIND` checkpoints
+over the network for every change of worker). Files that ``.gitignore`` excludes stay as that earlier
+step left them, as they do when a step runs where the previous one ran (a replay has none: they do
+not travel, `checkpoints`). Anything else (more than `MAX_BEHIND` checkpoints
 behind too), or any failed check, and the caller rebuilds the workspace from scratch with
 `checkpoints.replay`, which replaces what is there.
 """
