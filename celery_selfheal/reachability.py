@@ -9,6 +9,7 @@ and no retry for a Redis store.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -47,16 +48,10 @@ def check_broker(app: Any, *, shown: Callable[[str], str] = str, where: str = "b
 
 def check_store(store: Any, *, shown: Callable[[str], str] = str, timeout: float = CHECK_TIMEOUT) -> None:
     """Ping a Redis store once without the store's own retries; SQLite needs no server."""
-    from celery_selfheal.store.sqlite import SQLiteStore
-
-    if isinstance(store, SQLiteStore):  # (not importing redis-py for it: a tenth of a CLI call)
-        return
+    redis_store = sys.modules.get("celery_selfheal.store.redis")  # loaded once a RedisStore exists
+    if redis_store is None or not isinstance(store, redis_store.RedisStore):
+        return  # no server to ask, and no redis-py import for it (a tenth of a CLI call)
     import redis
-
-    from celery_selfheal.store.redis import RedisStore
-
-    if not isinstance(store, RedisStore):
-        return
 
     client = redis.Redis.from_url(store._client_url, socket_connect_timeout=timeout, socket_timeout=timeout,
                                   retry=None)

@@ -26,10 +26,21 @@ def celery_app_arg() -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def running_under_celery() -> bool:
-    """This CLI runs as ``celery [-A APP] selfheal …`` (Celery's root command holds an app)."""
+def select_context(*, state_dir: str | None = None, broker_url: str | None = None,
+                   store_url: str | None = None, config_path: str | None = None) -> Any:
+    """The `Context` of `select_selfheal`'s choice, for a command that only reads the store. Run as
+    ``selfheal …`` that is the ready app's, built from the flags, env and config.toml as
+    `select_selfheal` builds it, without importing Celery or installing the app (most of such a
+    command's cost); under ``celery [-A APP] selfheal …`` it is the app's."""
+    flags: dict[str, Any] = {"state_dir": state_dir, "broker_url": broker_url, "store_url": store_url,
+                             "config_path": config_path}
     ctx = click.get_current_context(silent=True)
-    return ctx is not None and getattr(ctx.find_root().obj, "app", None) is not None
+    if ctx is not None and getattr(ctx.find_root().obj, "app", None) is not None:
+        return select_selfheal(**flags).context()
+    from celery_selfheal.context import build_context
+    from celery_selfheal.settings import load_settings
+
+    return build_context(load_settings(**flags))
 
 
 def select_selfheal(*, state_dir: str | None = None, broker_url: str | None = None,

@@ -71,21 +71,12 @@ def get_selfheal(state_dir: str | None = None, broker_url: str | None = None, st
 
 def get_context(state_dir: str | None = None, broker_url: str | None = None, store_url: str | None = None,
                 config_path: str | None = None) -> Any:
-    """The `Context` a read-only command (jobs, status, events, artifacts) reads, its store checked
-    first. Run as ``selfheal`` (no ``celery -A APP``), it is built from flags, env and config.toml
-    as the ready app's would be, without importing Celery or installing the app: a third of a
-    second per command, which is most of what such a command costs. Under ``celery -A APP`` it is
-    the app's (`get_selfheal`)."""
-    from celery_selfheal.cli.app_select import running_under_celery
-
-    if running_under_celery():
-        return get_selfheal(state_dir, broker_url, store_url, config_path).context()
-    from celery_selfheal.context import build_context
+    """The `Context` a read-only command (jobs, status, events, artifacts) reads (`cli.app_select`,
+    without Celery when run as ``selfheal``), its store checked first as `get_selfheal` checks it."""
+    from celery_selfheal.cli.app_select import select_context
     from celery_selfheal.reachability import check_store
-    from celery_selfheal.settings import load_settings
 
-    ctx = build_context(load_settings(state_dir=state_dir, broker_url=broker_url, store_url=store_url,
-                                      config_path=config_path))
+    ctx = select_context(state_dir=state_dir, broker_url=broker_url, store_url=store_url, config_path=config_path)
     check_store(ctx.store, shown=ctx.redactor.redact)
     return ctx
 

@@ -109,3 +109,23 @@ def test_read_only_commands_import_no_celery_and_answer_as_under_celery(env: dic
     assert alone.returncode == 0, alone
     shown = ("job-001", "task.job.started", "logs/step-0000-attempt-0001.log")
     assert any(seen in alone.stdout for seen in shown), alone
+
+
+@pytest.mark.parametrize("command", [["jobs"], ["status", "job-001"], ["events", "job-001"], ["artifacts", "job-001"]])
+@pytest.mark.parametrize(("config", "message"), [
+    ("[worker]\nlease_ttl_seconds = 'soon'\n", "[worker] lease_ttl_seconds: must be a number, got str 'soon'"),
+    ("[[redaction.rules]]\nid = 'mine'\nkeyword = 'acme_'\nregex = 'acme_[a-z0-9]{24}'\nprefilter = 'a(?<=b)'\n",
+     "[redaction] rules: entry 0 'mine': prefilter"),
+])
+def test_read_only_commands_refuse_a_bad_config_in_one_line(tmp_path: Path, command: list[str], config: str,
+                                                           message: str) -> None:
+    """Built without the app, a read-only command still reads the configuration the app would and
+    refuses a bad one in one line naming file, table and key, exit 2, touching no state."""
+    (tmp_path / "config.toml").write_text(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFHEAL_", "STATSD_"))}
+    env["SELFHEAL_STATE_DIR"] = str(tmp_path / "state")
+    out = subprocess.run([SELFHEAL, *command], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2, out
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("selfheal: error: ") and "config.toml: " + message in line, line
+    assert not (tmp_path / "state").exists()
