@@ -12,6 +12,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from celery.canvas import Signature
+
 from celery_selfheal.app import app, selfheal  # noqa: F401 - the worker's app
 from celery_selfheal.cluster.leases import AttemptLease
 from celery_selfheal.steps import finish
@@ -34,6 +36,8 @@ def _die_once(point: str) -> None:
         armed.rename(DIR / "fired")
     except FileNotFoundError:  # nothing armed, or another child fired it first
         return
+    if os.environ.get("KILLPOINT_WHOLE_WORKER"):  # the whole worker (its process group), as a lost host
+        os.killpg(os.getpgrp(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -74,5 +78,19 @@ def _writes_success(*args: Any, **kwargs: Any) -> bool:
 # points are after it
 SQLiteStore.write_job = _after("attempt", _after("step", SQLiteStore.write_job, _writes_success),  # type: ignore[method-assign]
                                _writes_success)
-# after the step task released the lease of a succeeded step, before Celery sends the chain's next step
+# after the step task released the lease of a succeeded step (once Celery sent the chain's next step)
 AttemptLease.release = _after("released", AttemptLease.release)  # type: ignore[method-assign]
+
+
+def _before(point: str, real: Any) -> Any:
+    @functools.wraps(real)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _die_once(point)
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+# a succeeded step recorded, its task returned, and Celery about to send the chain's next step: the
+# only message a pool child sends after a successful step of this two-step job
+Signature.apply_async = _before("chain", Signature.apply_async)  # type: ignore[method-assign]

@@ -8,7 +8,8 @@ It makes redelivered messages harmless (acks_late brings a dead worker's message
    expired one the sweeper has not handled yet, makes it wait (a short poll, then a re-queue);
 2. a message whose id is on an attempt record, or that the sweeper re-sent (``recoveredMessages``
    on the job), or whose step already succeeded in this epoch, is a duplicate: it does nothing (and
-   gives the lease back; one its own earlier run died holding is left to expire for the sweeper);
+   gives the lease back; one its own earlier run died holding, mid-attempt or before Celery sent the
+   chain's next step, is left to expire for the sweeper);
 3. holding the lease it records itself as the job's ``inflight`` message, so that the sweeper can
    re-send it if its worker dies before the attempt starts; deliveries that died that way are
    counted and end the job after `MAX_PRESTART_LOSSES`, so nothing loops forever.
@@ -170,8 +171,8 @@ def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease, snap: JobSnaps
     if why is not None:  # it ran before we got the lease
         log.warning("celery-selfheal: job %s: duplicate delivery of message %s does nothing: %s",
                     delivery.job_id, delivery.message, why)
-        if any(a.get("status") == "running" and a.get("leaseOwner") == delivery.owner for a in attempts):
-            lease.abandon()  # its earlier run died holding this very lease: it expires, the sweeper records it
+        if _died_holding(job, attempts, delivery):
+            lease.abandon()  # its earlier run died holding this very lease: it expires, the sweeper recovers it
         else:
             lease.release()
         return Gate(GateKind.DUPLICATE, reason=why)
@@ -188,6 +189,17 @@ def _admit(ctx: Context, delivery: Delivery, lease: AttemptLease, snap: JobSnaps
         return Gate(GateKind.RUN, lease=lease)
     return Gate(GateKind.RUN, lease=lease, job={**job, "inflight": inflight},
                 state=replace(snap, job={**job, "inflight": inflight}))
+
+
+def _died_holding(job: Mapping[str, Any], attempts: list[dict[str, Any]], delivery: Delivery) -> bool:
+    """This message's earlier run may have died holding the job's lease: mid-attempt, or after its
+    step's success was recorded but before Celery sent the chain's next step (the lease is released
+    only after that send, and the job's ``inflight`` message is still this one). Its lease must then
+    expire for the sweeper (`cluster.sweeper.recover_job`), not be given back by this duplicate."""
+    inflight = job.get("inflight") or {}
+    if inflight.get("messageId") == delivery.message and inflight.get("owner") == delivery.owner:
+        return True
+    return any(a.get("status") == "running" and a.get("leaseOwner") == delivery.owner for a in attempts)
 
 
 def note_prestart_loss(ctx: Context, job_id: str, step_index: int, epoch: int, *, why: str) -> bool:

@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, states
 from celery.exceptions import Retry
 
 from celery_selfheal.cluster.checks import ClusterOptions, cluster_options
@@ -96,11 +96,31 @@ def run_step_body(task: Task, ctx: Context, delivery: Delivery) -> dict[str, Any
         if gate.lease is not None:
             gate.lease.abandon()
         raise
-    if gate.lease is not None:
-        gate.lease.release()
     if outcome.kind is OutcomeKind.STOP:
         task.request.chain = None  # stale, cancelled, parked or failed: the rest of the chain must not run
+    if gate.lease is not None:
+        if outcome.kind is OutcomeKind.NEXT and task.request.chain:
+            # Celery sends the chain's next step after this returns: the lease is released only then
+            # (`release_after_chain`), so a worker dying in between leaves an expiring lease, and the
+            # sweeper completes the step and sends it (`cluster.sweeper.complete_succeeded`)
+            task.request.selfheal_lease = gate.lease
+        else:
+            gate.lease.release()
     return _result(delivery, outcome.kind.value, outcome.reason)
+
+
+def release_after_chain(task: Task, status: str) -> None:
+    """Release the lease `run_step_body` kept for the chain's next step once Celery sent it (it calls
+    ``after_return`` after dispatching the chain). If sending failed (``status`` is not SUCCESS),
+    the lease is left to expire instead: the sweeper then sends the next step."""
+    lease = getattr(task.request, "selfheal_lease", None)
+    if lease is None:
+        return
+    task.request.selfheal_lease = None
+    if status == states.SUCCESS:
+        lease.release()
+    else:
+        lease.abandon()
 
 
 def fail_bad_config(ctx: Context, delivery: Delivery, exc: ConfigError) -> None:
@@ -150,7 +170,8 @@ def register_tasks(app: Celery, get_context: Callable[[], Context]) -> Task:
     # Request: long steps on RabbitMQ are acknowledged at start (wiring/step_request.py)
     @app.task(bind=True, name=RUN_STEP, max_retries=None, acks_late=True, reject_on_worker_lost=True,
               ignore_result=True, serializer="json", shared=False,
-              Request="celery_selfheal.wiring.step_request:StepRequest")
+              Request="celery_selfheal.wiring.step_request:StepRequest",
+              after_return=lambda self, status, *_: release_after_chain(self, status))
     def run_step(self: Task, job_id: str, step_index: int, epoch: int, strategy: str = INITIAL,
                  retry_context: dict[str, Any] | None = None, operator: bool = False) -> dict[str, Any]:
         return run_step_body(self, get_context(),

@@ -1,7 +1,7 @@
 """Issue 11: a real SIGKILL of the pool child at each point of recording a successful step (after the
 patch, the metadata, the checkpoint commit, the store write that records the checkpoint with the
-attempt's and the step's success, and after the lease release before the chain's next message is
-sent) leaves a job that finishes, with checkpoint files and record in agreement."""
+attempt's and the step's success, before Celery sends the chain's next step, and after the lease is
+released once it was sent) leaves a job that finishes, with checkpoint files and record in agreement."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from celery_selfheal.settings import load_settings
 from celery_selfheal.workspace.checkpoints import verify_checkpoint
 from tests.integration.conftest import Harness, client_selfheal, start_worker, stop_worker
 
-POINTS = ["patch", "meta", "commit", "attempt", "step", "released"]
+POINTS = ["patch", "meta", "commit", "attempt", "step", "chain", "released"]
 
 
 @pytest.fixture(scope="module")
